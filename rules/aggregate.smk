@@ -1,0 +1,13 @@
+rule aggregate:
+    input:
+        metas=expand("resources/models/{model}/meta.json", model=MODELS),
+        summaries=expand("results/metrics/{model}/summary.json", model=MODELS),
+    output:
+        models="results/zoo/models.tsv",
+        regressions="results/zoo/regressions.tsv",
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/aggregate.log",
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,31 @@
+rule plot_esd:
+    input:
+        index="results/esd/{model}/index.json",
+        layers="results/metrics/{model}/layers.tsv",
+    output:
+        directory("results/plots/esd/{model}"),
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/plots/esd/{model}.log",
+    script:
+        "../scripts/plot_esd.py"
+
+
+rule plot_series:
+    input:
+        layers=lambda wildcards: expand(
+            "results/metrics/{model}/layers.tsv", model=series_models(wildcards)
+        ),
+        models="results/zoo/models.tsv",
+        regressions="results/zoo/regressions.tsv",
+    output:
+        directory("results/plots/series/{series}"),
+    params:
+        models=series_models,
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/plots/series/{series}.log",
+    script:
+        "../scripts/plot_series.py"

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from zooscope import io
+from zooscope.esd import compute_model_esd
+from zooscope.jobs import job
+
+with job(snakemake, name="esd"):
+    index = compute_model_esd(
+        snakemake.input.weights,
+        snakemake.input.layers,
+        Path(snakemake.output.index).parent,
+        conv2d=snakemake.params.conv2d,
+        normalize=snakemake.params.normalize,
+    )
+    io.write_json(snakemake.output.index, index)

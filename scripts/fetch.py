@@ -1,0 +1,12 @@
+from pathlib import Path
+
+from zooscope.jobs import job
+from zooscope.sources import fetch_model
+
+with job(snakemake, name="fetch"):
+    fetch_model(
+        dict(snakemake.params.row),
+        Path(snakemake.output.meta).parent,
+        sheet_dir=Path(snakemake.params.sheet_dir),
+        threads=snakemake.threads,
+    )

@@ -1,0 +1,34 @@
+"""The aggregate stage: one row per model (models.tsv) from each model's meta.json and summary.json."""
+from __future__ import annotations
+
+import pandas as pd
+
+from zooscope.metrics import SUMMARY_METRICS
+
+MODEL_COLUMNS = (
+    "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
+    "num_fitted", "num_skipped", "num_failed", *SUMMARY_METRICS,
+)
+
+
+def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
+    """Join model metadata and summaries, in the given (zoo sheet) order."""
+    rows = []
+    for meta, summary in zip(metas, summaries, strict=True):
+        if meta["model"] != summary["model"]:
+            raise ValueError(f"meta.json of {meta['model']!r} paired with summary of {summary['model']!r}")
+        rows.append({
+            "model": meta["model"],
+            "series": meta["series"],
+            "source": meta["source"],
+            "accuracy": meta.get("accuracy"),
+            "accuracy_source": meta.get("accuracy_source") or "",
+            "num_params": meta.get("num_params"),
+            **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed")},
+            **summary["metrics"],
+        })
+    frame = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
+    frame["accuracy"] = frame["accuracy"].astype(float)
+    for column in SUMMARY_METRICS:
+        frame[column] = frame[column].astype(float)
+    return frame

@@ -1,0 +1,118 @@
+"""The demo zoo's architectures, small enough to train on the digits data in seconds.
+
+A registry maps each architecture name to its builder and the options it accepts (with defaults),
+so that a zoo sheet's ``train:ARCH``/``random:ARCH`` rows are checked against one list and a typo
+gives an error that names the valid choices instead of a ``TypeError`` deep inside ``torch.nn``.
+Inputs are the 8x8 digits images flattened to 64 features; outputs are the 10 class scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+NUM_INPUTS = 64
+NUM_CLASSES = 10
+IMAGE_SIDE = 8
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers of ``width`` units (Linear + ReLU), then a Linear classifier."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        fan_in = NUM_INPUTS
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        layers.append(nn.Linear(fan_in, NUM_CLASSES))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.flatten(1))
+
+
+class CNN(nn.Module):
+    """Three 3x3 convolutions (c, c, 2c channels) with one 2x2 max-pool, global average pool, Linear.
+
+    Two of the convolutions have ``channels`` input channels, so at ``channels >= 50`` their
+    (out x in) kernel slices have at least 50 eigenvalues and are analysed.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.classifier = nn.Linear(2 * c, NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Accept flattened (N, 64) or image (N, 1, 8, 8) inputs, so one data pipeline serves all."""
+        return self.classifier(self.features(x.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A builder and the integer options it takes, with their defaults."""
+
+    build: Callable[..., nn.Module]
+    defaults: Mapping[str, int]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mlp": Architecture(MLP, {"width": 256, "depth": 2}),
+    "cnn": Architecture(CNN, {"channels": 64}),
+}
+
+# Every option name any architecture accepts: the zoo sheet's architecture columns.
+ARCHITECTURE_OPTIONS: tuple[str, ...] = tuple(
+    sorted({name for arch in ARCHITECTURES.values() for name in arch.defaults})
+)
+
+
+def architecture_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """The full option set for ``name``: the defaults overridden by ``options``, validated.
+
+    Raises ValueError naming an unknown architecture or option and listing the valid ones, or a
+    value that is not a positive integer.
+    """
+    if name not in ARCHITECTURES:
+        raise ValueError(
+            f"unknown architecture {name!r}; valid architectures: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    defaults = ARCHITECTURES[name].defaults
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for architecture {name!r}; "
+            f"valid options: {', '.join(sorted(defaults))}"
+        )
+    merged = {**defaults, **options}
+    for key, value in merged.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"option {key!r} of architecture {name!r} must be a positive integer, got {value!r}"
+            )
+    return merged
+
+
+def build_architecture(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build architecture ``name`` with ``options`` (missing ones take their defaults).
+
+    Initialisation uses torch's global RNG: seed it first (``torch.manual_seed``) for a
+    reproducible model.
+    """
+    checked = architecture_options(name, options)  # first: it names an unknown architecture
+    return ARCHITECTURES[name].build(**checked)

@@ -1,0 +1,129 @@
+"""Per-layer metrics from eigenvalues, and the per-model summary (design.md, "Metric definitions").
+
+Every reported log is base 10. A matrix that cannot be fitted still gets a row, with ``status``
+("skipped": too few eigenvalues; "failed": bad weights or a degenerate spectrum) and ``reason``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from zooscope.powerlaw_fit import fit_power_law
+
+# Columns of results/metrics/{model}/layers.tsv, in order.
+LAYER_COLUMNS = (
+    "layer", "slice", "type", "depth", "N", "M", "num_evals", "lambda_max", "alpha", "xmin",
+    "xmax", "D", "sigma", "num_pl_spikes", "log_norm", "log_spectral_norm", "alpha_weighted",
+    "log_alpha_norm", "stable_rank", "warning", "status", "reason",
+)
+# Per-layer quantities averaged into the model summary (over rows with status "ok").
+SUMMARY_METRICS = (
+    "alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
+    "D", "sigma", "num_pl_spikes", "lambda_max",
+)
+OVER_TRAINED_BELOW = 2.0
+UNDER_TRAINED_ABOVE = 6.0
+
+
+def norm_metrics(values: np.ndarray) -> dict:
+    """Norm metrics of one spectrum (needs a positive lambda_max)."""
+    lambda_max = float(values[-1])
+    total = float(values.sum())
+    return {
+        "num_evals": int(values.size),
+        "lambda_max": lambda_max,
+        "log_norm": math.log10(total),
+        "log_spectral_norm": math.log10(lambda_max),
+        "stable_rank": total / lambda_max,
+    }
+
+
+def warning_for(alpha: float) -> str:
+    if alpha < OVER_TRAINED_BELOW:
+        return "over-trained"
+    if alpha > UNDER_TRAINED_ABOVE:
+        return "under-trained"
+    return ""
+
+
+def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 1e-5) -> dict:
+    """All metrics of one matrix's eigenvalues (ascending), with ``status`` and ``reason``."""
+    values = np.asarray(values, dtype=np.float64)
+    row: dict = {"num_evals": int(values.size), "status": "ok", "reason": "", "warning": ""}
+    if values.size == 0 or not values[-1] > 0:
+        row.update(status="failed", reason="degenerate spectrum: all eigenvalues are zero")
+        return row
+    row.update(norm_metrics(values))
+    if values.size < min_evals:
+        row.update(status="skipped", reason=f"{values.size} eigenvalues < min_evals={min_evals}")
+        return row
+    try:
+        fit = fit_power_law(values, floor=floor)
+    except ValueError as error:
+        row.update(status="failed", reason=str(error))
+        return row
+    positive = values[values > 0]
+    row.update(
+        alpha=fit.alpha,
+        xmin=fit.xmin,
+        xmax=fit.xmax,
+        D=fit.D,
+        sigma=fit.sigma,
+        num_pl_spikes=fit.num_pl_spikes,
+        alpha_weighted=fit.alpha * math.log10(fit.xmax),
+        # log10 sum lambda^alpha, computed as log10(lambda_max^alpha * sum (lambda/lambda_max)^alpha)
+        # so that large alphas cannot overflow.
+        log_alpha_norm=fit.alpha * math.log10(row["lambda_max"])
+        + math.log10(float(np.sum((positive / row["lambda_max"]) ** fit.alpha))),
+        warning=warning_for(fit.alpha),
+    )
+    return row
+
+
+def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5) -> pd.DataFrame:
+    """One row per matrix of every layer of an esd index (see zooscope.esd)."""
+    rows = []
+    for record in index["layers"]:
+        base = {"layer": record["name"], "type": record["type"], "depth": record["depth"],
+                "N": record["N"], "M": record["M"]}
+        if record["status"] != "ok":
+            rows.append({**base, "slice": "", "status": record["status"], "reason": record["reason"]})
+            continue
+        values = load_eigenvalues(record)
+        for label, row_values in zip(record["slices"], values):
+            rows.append({**base, "slice": label,
+                         **spectrum_metrics(row_values, min_evals=min_evals, floor=floor)})
+    frame = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
+    for column in ("depth", "N", "M", "num_evals", "num_pl_spikes"):
+        frame[column] = frame[column].astype("Int64")
+    for column in ("slice", "warning", "reason"):
+        frame[column] = frame[column].fillna("")
+    return frame
+
+
+def summarize(model: str, layers: pd.DataFrame) -> dict:
+    """The per-model summary: the plain mean of each metric over the rows that were fitted."""
+    fitted = layers[layers["status"] == "ok"]
+    means = {
+        metric: (float(fitted[metric].astype(float).mean()) if len(fitted) else None)
+        for metric in SUMMARY_METRICS
+    }
+    return {
+        "model": model,
+        "num_layers": int(layers["layer"].nunique()),
+        "num_rows": int(len(layers)),
+        "num_fitted": int(len(fitted)),
+        "num_skipped": int((layers["status"] == "skipped").sum()),
+        "num_failed": int((layers["status"] == "failed").sum()),
+        "metrics": means,
+    }
+
+
+def read_layers_table(path) -> pd.DataFrame:
+    """Read a layers.tsv written by the fit stage, with text columns kept as text."""
+    frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "warning": str, "reason": str, "layer": str})
+    for column in ("slice", "warning", "reason"):
+        frame[column] = frame[column].fillna("")
+    return frame

@@ -1,0 +1,470 @@
+"""The ``fetch`` stage: turn one zoo-sheet row into the workflow's common model form.
+
+Whatever a model's source (a weights file, a demo architecture trained here, a random
+initialisation), ``fetch_model`` writes the same three files into ``resources/models/{model}/``:
+``model.safetensors`` (the analysed weights, float32), ``layers.json`` and ``meta.json``, so the
+later stages need no model library. This is the only stage that imports one (torch).
+
+Weights files are read without ever running code from them: safetensors, or PyTorch files
+through ``torch.load(..., weights_only=True)`` only. A pickle that needs more is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import numbers
+import os
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from zooscope import architectures, digits
+from zooscope.io import atomic_path, read_json, write_json
+from zooscope.layers import LayerList, layers_from_module, layers_from_state_dict, num_parameters
+
+log = logging.getLogger(__name__)
+
+# Source kinds and how each is written in a zoo sheet.
+SOURCE_KINDS: dict[str, str] = {"file": "file:PATH", "train": "train:ARCH", "random": "random:ARCH"}
+# Zoo-sheet columns that are not options.
+SHEET_COLUMNS = ("model", "series", "source", "accuracy")
+# Option columns and their types: the architecture's, then training's.
+ARCHITECTURE_OPTION_TYPES: dict[str, type] = {name: int for name in architectures.ARCHITECTURE_OPTIONS}
+TRAINING_OPTION_TYPES: dict[str, type] = {
+    "label_noise": float, "epochs": int, "lr": float, "batch_size": int, "seed": int,
+}
+OPTION_TYPES: dict[str, type] = {**ARCHITECTURE_OPTION_TYPES, **TRAINING_OPTION_TYPES}
+# A random: model is not trained, so of the training options only the initialisation seed applies.
+SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "train": tuple(OPTION_TYPES),
+    "random": (*ARCHITECTURE_OPTION_TYPES, "seed"),
+    "file": (),
+}
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+OUTPUT_FILES = ("model.safetensors", "layers.json", "meta.json")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Keys under which training scripts commonly nest the state dict in a checkpoint.
+CHECKPOINT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+# Where a model directory keeps its weights, most preferred first: (format, index, single file).
+DIRECTORY_LAYOUTS = (
+    ("safetensors", "model.safetensors.index.json", "model.safetensors"),
+    ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+CONVERT_HINT = (
+    "convert it to safetensors where you trust it, e.g. "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), "
+    "and point the zoo sheet's source at that file"
+)
+
+
+class FetchError(ValueError):
+    """A zoo-sheet row that cannot be fetched; the message names the model and what to fix."""
+
+
+@dataclass
+class Fetched:
+    """A model in the common form, before it is written: weights plus what meta.json records."""
+
+    layers: LayerList
+    num_params: int
+    accuracy: float | None
+    accuracy_source: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- sheet rows
+
+
+def parse_source(text: str, model: str | None = None) -> tuple[str, str]:
+    """Split a sheet's ``source`` cell into (kind, argument), e.g. "train:mlp" -> ("train", "mlp")."""
+    kind, sep, argument = str(text).strip().partition(":")
+    if not sep or kind not in SOURCE_KINDS or not argument.strip():
+        where = f" for model {model!r}" if model is not None else ""
+        raise FetchError(
+            f"unknown source {text!r}{where}; valid sources: {', '.join(SOURCE_KINDS.values())}"
+        )
+    return kind, argument.strip()
+
+
+def parse_options(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The row's non-empty option columns, typed; unknown or inapplicable ones are errors.
+
+    ``file:`` rows ignore options: the weights are given, nothing is built or trained.
+    """
+    model = row.get("model")
+    options = {}
+    for column, value in row.items():
+        if column in SHEET_COLUMNS or is_empty(value) or kind == "file":
+            continue
+        if column not in OPTION_TYPES:
+            raise FetchError(
+                f"model {model!r}: unknown option column {column!r}; "
+                f"valid option columns: {', '.join(OPTION_TYPES)}"
+            )
+        if column not in SOURCE_OPTIONS[kind]:
+            raise FetchError(
+                f"model {model!r}: option column {column!r} does not apply to {kind}: sources; "
+                f"valid there: {', '.join(SOURCE_OPTIONS[kind])}"
+            )
+        options[column] = convert(value, OPTION_TYPES[column], model, column)
+    return options
+
+
+def is_empty(value: Any) -> bool:
+    """Whether a sheet cell is unset: None, blank text, or NaN/NA (pandas' empty cells)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return math.isnan(float(value))
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def convert(value: Any, kind: type, model: Any, column: str) -> int | float:
+    """A cell as ``int`` or finite ``float``; "64", 64 and 64.0 (pandas) are all the integer 64."""
+    number: float | None = None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise FetchError(
+            f"model {model!r}: column {column!r} must be {'an integer' if kind is int else 'a number'}, "
+            f"got {value!r}"
+        )
+    return int(number) if kind is int else number
+
+
+def sheet_accuracy(row: Mapping[str, Any]) -> float | None:
+    """The sheet's reported top-1 accuracy in percent, or None when the cell is empty."""
+    value = row.get("accuracy")
+    if is_empty(value):
+        return None
+    accuracy = convert(value, float, row.get("model"), "accuracy")
+    if not 0.0 <= accuracy <= 100.0:
+        raise FetchError(
+            f"model {row.get('model')!r}: column 'accuracy' must be a percentage in [0, 100], "
+            f"got {value!r}"
+        )
+    return accuracy
+
+
+def model_id(row: Mapping[str, Any]) -> str:
+    """The row's model id, checked: it becomes a directory name in every later stage."""
+    model = row.get("model")
+    if not isinstance(model, str) or not MODEL_ID.fullmatch(model):
+        raise FetchError(
+            f"invalid model id {model!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return model
+
+
+# ----------------------------------------------------------------------------- fetch
+
+
+def fetch_model(
+    row: Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike, threads: int = 1
+) -> None:
+    """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json.
+
+    ``row`` holds ``model``, ``series``, ``source``, ``accuracy`` and option columns as read
+    from the sheet; relative ``file:`` paths are resolved against ``sheet_dir``. Every file is
+    written atomically and deterministically (no timings: reruns give identical bytes).
+    """
+    model = model_id(row)
+    kind, argument = parse_source(row.get("source", ""), model)
+    options = parse_options(row, kind)
+    accuracy = sheet_accuracy(row)
+    start = time.perf_counter()
+    if kind == "file":
+        fetched = fetch_file(model, resolve_path(argument, sheet_dir), accuracy)
+    elif kind == "train":
+        fetched = fetch_trained(model, argument, options, accuracy, threads)
+    else:
+        fetched = fetch_random(model, argument, options, accuracy, threads)
+    write_model(out_dir, _meta(row, model, fetched), fetched.layers)
+    log.info(
+        "fetched %s (%s) in %.1f s: %d layers, %d parameters, accuracy %s",
+        model, row["source"], time.perf_counter() - start, len(fetched.layers.layers),
+        fetched.num_params, fetched.accuracy,
+    )
+
+
+def _meta(row: Mapping[str, Any], model: str, fetched: Fetched) -> dict[str, Any]:
+    """meta.json's content except the weights' sha256, which is known once they are serialised."""
+    return {
+        "model": model,
+        "series": None if is_empty(row.get("series")) else str(row["series"]),
+        "source": str(row["source"]).strip(),
+        "accuracy": fetched.accuracy,
+        "accuracy_source": fetched.accuracy_source,
+        "num_params": fetched.num_params,
+        "options": fetched.options,
+        **fetched.extra_meta,
+    }
+
+
+def write_model(out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList) -> None:
+    """Write the three fetch outputs atomically; meta.json last, with the weights' sha256."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    payload = save(layers.tensors, metadata={"format": "pt"})
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        tmp.write_bytes(payload)
+    write_json(
+        out_dir / "layers.json",
+        {"model": meta["model"], "layers": [layer.to_json() for layer in layers.layers]},
+    )
+    write_json(out_dir / "meta.json", {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
+
+
+def fetch_trained(
+    model: str, arch: str, options: dict[str, Any], accuracy: float | None, threads: int
+) -> Fetched:
+    """Build ``arch`` and train it on digits; its accuracy is the measured test accuracy."""
+    if accuracy is not None:
+        log.warning(
+            "model %s: ignoring the sheet's accuracy %s: a train: model's accuracy is measured",
+            model, accuracy,
+        )
+    arch_options, config = _training_setup(model, arch, options)
+    with digits.deterministic_torch(config.seed, threads):
+        network = architectures.build_architecture(arch, arch_options)
+    result = digits.train(network, config, threads=threads)
+    return Fetched(
+        layers=layers_from_module(network),
+        num_params=_module_parameters(network),
+        accuracy=result.test_accuracy,
+        accuracy_source=_measured_source(),
+        options=options,
+        extra_meta={
+            "architecture": {"name": arch, "options": arch_options},
+            "training": result.to_meta(),
+        },
+    )
+
+
+def fetch_random(
+    model: str, arch: str, options: dict[str, Any], accuracy: float | None, threads: int
+) -> Fetched:
+    """Build ``arch`` at a seeded random initialisation: the untrained null baseline.
+
+    Its accuracy is the sheet's if given, else measured on the digits test split (about chance).
+    """
+    arch_options = _architecture_options(model, arch, options)
+    seed = options.get("seed", 0)
+    with digits.deterministic_torch(seed, threads):
+        network = architectures.build_architecture(arch, arch_options)
+        measured = digits.held_out_accuracy(network) if accuracy is None else None
+    return Fetched(
+        layers=layers_from_module(network),
+        num_params=_module_parameters(network),
+        accuracy=accuracy if accuracy is not None else measured,
+        accuracy_source="zoo sheet" if accuracy is not None else _measured_source(),
+        options=options,
+        extra_meta={"architecture": {"name": arch, "options": arch_options}, "init_seed": seed},
+    )
+
+
+def fetch_file(model: str, path: Path, accuracy: float | None) -> Fetched:
+    """Read a weights file or model directory; layers are typed by tensor name and rank."""
+    state, file_format = load_state_dict(path, model)
+    layers = layers_from_state_dict(state)
+    if not layers.layers:
+        log.warning("model %s: no analysable weight tensors in %s", model, path)
+    return Fetched(
+        layers=layers,
+        num_params=num_parameters(state.values()),
+        accuracy=accuracy,
+        accuracy_source="zoo sheet" if accuracy is not None else None,
+        extra_meta={"file_format": file_format},
+    )
+
+
+def _architecture_options(model: str, arch: str, options: Mapping[str, Any]) -> dict[str, int]:
+    """The architecture's full options, with its errors re-raised naming the model."""
+    given = {key: value for key, value in options.items() if key in ARCHITECTURE_OPTION_TYPES}
+    try:
+        return architectures.architecture_options(arch, given)
+    except ValueError as error:
+        raise FetchError(f"model {model!r}: {error}") from None
+
+
+def _training_setup(
+    model: str, arch: str, options: Mapping[str, Any]
+) -> tuple[dict[str, int], digits.TrainingConfig]:
+    """Architecture options and the training config: the architecture's defaults plus the row's."""
+    arch_options = _architecture_options(model, arch, options)
+    given = {key: value for key, value in options.items() if key in TRAINING_OPTION_TYPES}
+    config = dataclasses.replace(digits.TRAINING_DEFAULTS[arch], **given)
+    if not 0.0 <= config.label_noise <= 1.0:
+        raise FetchError(f"model {model!r}: column 'label_noise' must be in [0, 1], got {config.label_noise}")
+    for name in ("epochs", "batch_size", "lr"):
+        if not getattr(config, name) > 0:
+            raise FetchError(f"model {model!r}: column {name!r} must be positive, got {getattr(config, name)}")
+    return arch_options, config
+
+
+def _module_parameters(network: nn.Module) -> int:
+    """All parameters of a module tree (shared ones once)."""
+    return num_parameters(network.parameters())
+
+
+def _measured_source() -> str:
+    return f"measured: digits test split ({len(digits.load_digits_split().y_test)} samples)"
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+def resolve_path(argument: str, sheet_dir: str | os.PathLike) -> Path:
+    """A ``file:`` path; a relative one is relative to the zoo sheet, not the working directory."""
+    path = Path(argument).expanduser()
+    return path if path.is_absolute() else Path(sheet_dir) / path
+
+
+def load_state_dict(path: Path, model: str) -> tuple[dict[str, Tensor], str]:
+    """All tensors of a weights file or model directory, and its format ("safetensors"/"torch")."""
+    if not path.exists():
+        raise FetchError(f"model {model!r}: weights file not found: {path}")
+    file_format, files = checkpoint_files(path, model)
+    read = read_safetensors if file_format == "safetensors" else read_torch
+    state: dict[str, Tensor] = {}
+    for file in files:
+        part = read(file, model)
+        clash = sorted(state.keys() & part.keys())
+        if clash:
+            raise FetchError(f"model {model!r}: tensor {clash[0]!r} appears in more than one shard ({file})")
+        state.update(part)
+    return state, file_format
+
+
+def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
+    """The format and files holding a model's weights: a file, an index, or a model directory.
+
+    In a directory safetensors wins over pytorch_model.bin (no pickle at all), an index over
+    a single file; a directory of bare ``*.safetensors`` shards is read in name order.
+    """
+    if path.is_dir():
+        for file_format, index, single in DIRECTORY_LAYOUTS:
+            if (path / index).is_file():
+                return file_format, shard_files(path / index, model)
+            if (path / single).is_file():
+                return file_format, [path / single]
+        shards = sorted(path.glob("*.safetensors"))
+        if shards:
+            return "safetensors", shards
+        looked_for = ", ".join(name for _, index, single in DIRECTORY_LAYOUTS for name in (index, single))
+        raise FetchError(
+            f"model {model!r}: no weights in directory {path}; looked for {looked_for}, *.safetensors"
+        )
+    name = path.name
+    if name.endswith(".index.json"):
+        return ("safetensors" if ".safetensors" in name else "torch"), shard_files(path, model)
+    if path.suffix == ".safetensors":
+        return "safetensors", [path]
+    if path.suffix in TORCH_SUFFIXES:
+        return "torch", [path]
+    raise FetchError(
+        f"model {model!r}: unsupported weights file {path}; expected .safetensors, "
+        f"{', '.join(TORCH_SUFFIXES)}, an *.index.json or a model directory"
+    )
+
+
+def shard_files(index: Path, model: str) -> list[Path]:
+    """The shard files an ``*.index.json`` names in its weight_map, each inside its folder."""
+    try:
+        weight_map = read_json(index)["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FetchError(f"model {model!r}: cannot read shard index {index}: {error!r}") from None
+    folder = index.parent.resolve()
+    shards = [(folder / name).resolve() for name in names]
+    for shard in shards:
+        if not shard.is_relative_to(folder):
+            raise FetchError(f"model {model!r}: shard index {index} points outside its folder: {shard}")
+        if not shard.is_file():
+            raise FetchError(f"model {model!r}: shard {shard} listed in {index} is missing")
+    return shards
+
+
+def read_safetensors(path: Path, model: str) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file; a truncated or foreign file is a FetchError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise FetchError(f"model {model!r}: cannot read safetensors file {path}: {error}") from None
+
+
+def read_torch(path: Path, model: str) -> dict[str, Tensor]:
+    """The state dict in a PyTorch file, loaded with ``weights_only=True`` and nothing else.
+
+    A file the weights-only unpickler rejects (a pickled nn.Module, arbitrary objects, a
+    malicious pickle) would need its pickled code run to load: it is refused, never retried.
+    """
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise FetchError(
+            f"model {model!r}: refusing to load {path}: {_refusal_reason(error)}; "
+            f"zooscope never runs pickled code: {CONVERT_HINT}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
+        raise FetchError(
+            f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
+    state = unwrap_checkpoint(loaded)
+    if not state:
+        raise FetchError(f"model {model!r}: no tensors found in {path}; expected a state dict")
+    return state
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """A one-line why from the weights-only unpickler's long message."""
+    detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
+    first = detail[0].strip() if detail else ""
+    if first.startswith("Unsupported global"):
+        name = first.split(" was not")[0].removeprefix("Unsupported global:").strip().removeprefix("GLOBAL ")
+        return f"loading it would run pickled code (it references {name})"
+    return (
+        "it is not a tensors-only PyTorch file: loading it would need the full pickle machinery "
+        f"(weights-only unpickler: {first or type(error).__name__}), or it is corrupt"
+    )
+
+
+def unwrap_checkpoint(loaded: Any) -> dict[str, Tensor]:
+    """The tensors of a state dict, looking inside {"state_dict": ...}/{"model": ...} wrappers.
+
+    Non-tensor entries (epoch counters, hyper-parameters) are dropped.
+    """
+    while isinstance(loaded, Mapping):
+        inner = next(
+            (loaded[key] for key in CHECKPOINT_WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)),
+            None,
+        )
+        if inner is None:
+            break
+        loaded = inner
+    if not isinstance(loaded, Mapping):
+        return {}
+    return {key: value for key, value in loaded.items() if isinstance(key, str) and isinstance(value, Tensor)}

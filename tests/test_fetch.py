@@ -1,0 +1,505 @@
+"""Tests of the fetch stage (zooscope.sources): every source kind, every weights-file format,
+refusal of pickles that would run code, and the three output files."""
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from zooscope.sources import FetchError, fetch_model, parse_options, parse_source
+
+OUTPUTS = {"model.safetensors", "layers.json", "meta.json"}
+
+
+# --------------------------------------------------------------------------- a hand-made state dict
+
+
+def reference_state() -> dict:
+    """A state dict with every kind of entry the state-dict rule must sort out."""
+    g = torch.Generator().manual_seed(0)
+    return {
+        "tok_embed.weight": torch.randn(12, 4, generator=g),
+        "layers.2.fc.weight": torch.randn(6, 4, generator=g),
+        "layers.2.fc.bias": torch.randn(6, generator=g),
+        "layers.10.fc.weight": torch.randn(3, 6, generator=g),
+        "conv1d.weight": torch.randn(5, 3, 2, generator=g),
+        "conv2d.weight": torch.randn(4, 2, 3, 3, generator=g),
+        "norm.weight": torch.ones(6),
+        "norm.running_mean": torch.zeros(6),
+        "head:out.weight": torch.randn(10, 3, generator=g),
+        "index.weight": torch.zeros(2, 2, dtype=torch.int64),
+        "steps": torch.tensor(7),
+    }
+
+
+# Written by hand from the rules (natural key order; 2-D Linear unless "embed"; rank 3/4 convs;
+# biases, 1-D, integer and non-"weight" tensors skipped; unsafe characters replaced).
+EXPECTED_LAYERS = [
+    ("conv1d", "conv1d.weight", "Conv1d", [5, 3, 2]),
+    ("conv2d", "conv2d.weight", "Conv2d", [4, 2, 3, 3]),
+    ("head_out", "head:out.weight", "Linear", [10, 3]),
+    ("layers.2.fc", "layers.2.fc.weight", "Linear", [6, 4]),
+    ("layers.10.fc", "layers.10.fc.weight", "Linear", [3, 6]),
+    ("tok_embed", "tok_embed.weight", "Embedding", [12, 4]),
+]
+# All float tensors: 48 + 24 + 6 + 18 + 30 + 72 + 6 + 6 + 30 (integer ones excluded).
+EXPECTED_NUM_PARAMS = 240
+
+
+def split(state):
+    keys = list(state)
+    return {k: state[k] for k in keys[:5]}, {k: state[k] for k in keys[5:]}
+
+
+def write_index(path: Path, shards: dict[str, dict]):
+    weight_map = {key: name for name, part in shards.items() for key in part}
+    path.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+
+
+def fmt_safetensors(root: Path) -> str:
+    save_file(reference_state(), root / "weights.safetensors")
+    return "weights.safetensors"
+
+
+def fmt_safetensors_shards_no_index(root: Path) -> str:
+    first, second = split(reference_state())
+    (root / "shards").mkdir()
+    save_file(first, root / "shards" / "model-00001-of-00002.safetensors")
+    save_file(second, root / "shards" / "model-00002-of-00002.safetensors")
+    return "shards"
+
+
+def fmt_safetensors_shards_index(root: Path) -> str:
+    first, second = split(reference_state())
+    shards = {"model-00001-of-00002.safetensors": first, "model-00002-of-00002.safetensors": second}
+    (root / "hf").mkdir()
+    for name, part in shards.items():
+        save_file(part, root / "hf" / name)
+    write_index(root / "hf" / "model.safetensors.index.json", shards)
+    (root / "hf" / "config.json").write_text("{}")
+    return "hf"
+
+
+def fmt_hf_safetensors(root: Path) -> str:
+    (root / "hf").mkdir()
+    (root / "hf" / "config.json").write_text('{"architectures": ["Tiny"]}')
+    save_file(reference_state(), root / "hf" / "model.safetensors")
+    return "hf"
+
+
+def fmt_hf_bin(root: Path) -> str:
+    (root / "hf").mkdir()
+    (root / "hf" / "config.json").write_text("{}")
+    torch.save(reference_state(), root / "hf" / "pytorch_model.bin")
+    return "hf"
+
+
+def fmt_hf_bin_sharded(root: Path) -> str:
+    first, second = split(reference_state())
+    shards = {"pytorch_model-00001-of-00002.bin": first, "pytorch_model-00002-of-00002.bin": second}
+    (root / "hf").mkdir()
+    for name, part in shards.items():
+        torch.save(part, root / "hf" / name)
+    write_index(root / "hf" / "pytorch_model.bin.index.json", shards)
+    (root / "hf" / "config.json").write_text("{}")
+    return "hf"
+
+
+def fmt_hf_both_prefers_safetensors(root: Path) -> str:
+    """The .bin beside it is garbage: fetching only succeeds if safetensors is the one read."""
+    fmt_hf_safetensors(root)
+    (root / "hf" / "pytorch_model.bin").write_bytes(b"not a checkpoint")
+    return "hf"
+
+
+def fmt_pt(root: Path) -> str:
+    torch.save(reference_state(), root / "weights.pt")
+    return "weights.pt"
+
+
+def fmt_pth_state_dict_wrapper(root: Path) -> str:
+    torch.save({"state_dict": reference_state(), "epoch": 90, "arch": "tiny"}, root / "ckpt.pth")
+    return "ckpt.pth"
+
+
+def fmt_bin_model_wrapper(root: Path) -> str:
+    torch.save({"model": reference_state(), "optimizer": {"lr": 0.1}}, root / "weights.bin")
+    return "weights.bin"
+
+
+def fmt_legacy_torch_serialisation(root: Path) -> str:
+    torch.save(reference_state(), root / "old.pt", _use_new_zipfile_serialization=False)
+    return "old.pt"
+
+
+FORMATS = [
+    fmt_safetensors, fmt_safetensors_shards_no_index, fmt_safetensors_shards_index, fmt_hf_safetensors,
+    fmt_hf_bin, fmt_hf_bin_sharded, fmt_hf_both_prefers_safetensors, fmt_pt, fmt_pth_state_dict_wrapper,
+    fmt_bin_model_wrapper, fmt_legacy_torch_serialisation,
+]
+
+
+def file_row(path: str, model: str = "tiny", **extra) -> dict:
+    return {"model": model, "series": "s", "source": f"file:{path}", "accuracy": None, **extra}
+
+
+def read_outputs(out: Path):
+    return json.loads((out / "layers.json").read_text()), json.loads((out / "meta.json").read_text())
+
+
+@pytest.mark.parametrize("writer", FORMATS, ids=lambda f: f.__name__.removeprefix("fmt_"))
+def test_file_formats_round_trip(tmp_path, writer, monkeypatch):
+    sheet_dir = tmp_path / "sheet"
+    sheet_dir.mkdir()
+    relative = writer(sheet_dir)
+    monkeypatch.chdir(tmp_path)  # relative paths resolve against the sheet, not the working dir
+    out = tmp_path / "resources" / "models" / "tiny"
+    fetch_model(file_row(relative, width="ignored for file rows"), out, sheet_dir=sheet_dir)
+
+    assert {p.name for p in out.iterdir()} == OUTPUTS
+    layers, meta = read_outputs(out)
+    assert layers["model"] == "tiny"
+    assert [(l["name"], l["tensor"], l["type"], l["shape"]) for l in layers["layers"]] == EXPECTED_LAYERS
+    assert [l["depth"] for l in layers["layers"]] == list(range(len(EXPECTED_LAYERS)))
+
+    stored = load_file(out / "model.safetensors")
+    state = reference_state()
+    assert set(stored) == {tensor for _, tensor, _, _ in EXPECTED_LAYERS}
+    for layer in layers["layers"]:
+        tensor = stored[layer["tensor"]]
+        assert tensor.dtype == torch.float32
+        assert torch.equal(tensor, state[layer["tensor"]])
+        assert layer["sha256"] == hashlib.sha256(state[layer["tensor"]].numpy().tobytes()).hexdigest()
+
+    assert meta["num_params"] == EXPECTED_NUM_PARAMS
+    assert meta["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["accuracy"] is None and meta["accuracy_source"] is None
+    assert meta["options"] == {}
+    assert (meta["model"], meta["series"], meta["source"]) == ("tiny", "s", f"file:{relative}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_file_weights_are_converted_to_float32(tmp_path, dtype):
+    weight = torch.randn(8, 5).to(dtype)
+    save_file({"fc.weight": weight}, tmp_path / "w.safetensors")
+    fetch_model(file_row("w.safetensors", accuracy=76.5), tmp_path / "out", sheet_dir=tmp_path)
+    stored = load_file(tmp_path / "out" / "model.safetensors")["fc.weight"]
+    assert stored.dtype == torch.float32 and torch.equal(stored, weight.float())
+    _, meta = read_outputs(tmp_path / "out")
+    assert meta["accuracy"] == 76.5 and meta["accuracy_source"] == "zoo sheet"
+
+
+def test_tied_tensors_in_a_torch_file_count_once(tmp_path):
+    shared = torch.randn(30, 6)
+    torch.save({"embed.weight": shared, "lm_head.weight": shared}, tmp_path / "tied.pt")
+    fetch_model(file_row("tied.pt"), tmp_path / "out", sheet_dir=tmp_path)
+    layers, meta = read_outputs(tmp_path / "out")
+    assert [(l["name"], l["type"]) for l in layers["layers"]] == [("embed", "Embedding")]
+    assert meta["num_params"] == 30 * 6
+
+
+# --------------------------------------------------------------------------- refused pickles
+
+
+class WritesFile:
+    """A pickle payload that, when unpickled, creates the file ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_the_malicious_payload_is_real(tmp_path):
+    """Guard against a vacuous refusal test: plain pickle does run the payload."""
+    marker = tmp_path / "control"
+    pickle.loads(pickle.dumps(WritesFile(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("writer", [
+    lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=2)),
+    lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)),
+    lambda obj, path: torch.save(obj, path),
+], ids=["pickle-protocol-2", "pickle-highest", "torch-save"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("name", ["evil.pt", "evil.bin", "hf/pytorch_model.bin"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    writer({"fc.weight": torch.zeros(2, 2), "payload": WritesFile(marker)}, path)
+    source = str(Path(name).parent) if name.startswith("hf/") else name
+    with pytest.raises(FetchError) as error:
+        fetch_model(file_row(source, model="evil-model"), tmp_path / "out", sheet_dir=tmp_path)
+    message = str(error.value)
+    assert not marker.exists()
+    assert "evil-model" in message and str(path) in message
+    assert "refusing" in message and "safetensors" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_module_is_refused(tmp_path):
+    torch.save(nn.Sequential(nn.Linear(4, 3)), tmp_path / "whole_model.pt")
+    with pytest.raises(FetchError) as error:
+        fetch_model(file_row("whole_model.pt", model="whole"), tmp_path / "out", sheet_dir=tmp_path)
+    message = str(error.value)
+    assert "'whole'" in message and str(tmp_path / "whole_model.pt") in message
+    assert "pickled code" in message and "torch.nn.modules" in message
+    assert "safetensors.torch.save_file" in message
+
+
+def test_torch_load_is_only_called_weights_only(tmp_path, monkeypatch):
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    fmt_pt(tmp_path)
+    fetch_model(file_row("weights.pt"), tmp_path / "out", sheet_dir=tmp_path)
+    assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+
+# --------------------------------------------------------------------------- broken files
+
+
+def _truncated_safetensors(root):
+    save_file(reference_state(), root / "w.safetensors")
+    data = (root / "w.safetensors").read_bytes()
+    (root / "w.safetensors").write_bytes(data[: len(data) - 100])
+    return "w.safetensors"
+
+
+def _truncated_torch(root):
+    torch.save(reference_state(), root / "w.pt")
+    data = (root / "w.pt").read_bytes()
+    (root / "w.pt").write_bytes(data[: len(data) // 2])
+    return "w.pt"
+
+
+def _garbage(name):
+    def write(root):
+        (root / name).write_bytes(np.random.default_rng(0).bytes(300))
+        return name
+    return write
+
+
+def _empty(name):
+    def write(root):
+        (root / name).write_bytes(b"")
+        return name
+    return write
+
+
+def _missing_shard(root):
+    fmt_safetensors_shards_index(root)
+    (root / "hf" / "model-00002-of-00002.safetensors").unlink()
+    return "hf"
+
+
+def _empty_directory(root):
+    (root / "empty").mkdir()
+    return "empty"
+
+
+def _unsupported_suffix(root):
+    np.savez(root / "w.npz", a=np.zeros(3))
+    return "w.npz"
+
+
+def _no_tensors(root):
+    torch.save({"epoch": 3, "note": "no weights here"}, root / "w.pt")
+    return "w.pt"
+
+
+@pytest.mark.parametrize("writer, words", [
+    (lambda root: "does/not/exist.safetensors", "not found"),
+    (_truncated_safetensors, "cannot read safetensors"),
+    (_garbage("g.safetensors"), "cannot read safetensors"),
+    (_empty("e.safetensors"), "cannot read safetensors"),
+    (_truncated_torch, "cannot read PyTorch file"),
+    (_garbage("g.pt"), "refusing"),  # not a zip: the weights-only unpickler rejects it
+    (_empty("e.pt"), "cannot read PyTorch file"),
+    (_missing_shard, "missing"),
+    (_empty_directory, "no weights in directory"),
+    (_unsupported_suffix, "unsupported weights file"),
+    (_no_tensors, "no tensors found"),
+], ids=["missing", "truncated-safetensors", "garbage-safetensors", "empty-safetensors",
+        "truncated-torch", "garbage-torch", "empty-torch", "missing-shard", "empty-directory",
+        "unsupported-suffix", "no-tensors"])
+def test_broken_files_name_model_and_path(tmp_path, writer, words):
+    relative = writer(tmp_path)
+    with pytest.raises(FetchError) as error:
+        fetch_model(file_row(relative, model="broken"), tmp_path / "out", sheet_dir=tmp_path)
+    message = str(error.value)
+    assert "'broken'" in message and words in message
+    assert str(tmp_path / relative) in message or str((tmp_path / relative).resolve()) in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_shard_index_pointing_outside_its_folder(tmp_path):
+    (tmp_path / "hf").mkdir()
+    save_file({"w.weight": torch.zeros(2, 2)}, tmp_path / "outside.safetensors")
+    write_index(tmp_path / "hf" / "model.safetensors.index.json",
+                {"../outside.safetensors": {"w.weight": None}})
+    with pytest.raises(FetchError, match="outside its folder"):
+        fetch_model(file_row("hf"), tmp_path / "out", sheet_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- sheet rows
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("file:weights/a.safetensors", ("file", "weights/a.safetensors")),
+    ("train:mlp", ("train", "mlp")),
+    (" random:cnn ", ("random", "cnn")),
+    ("file:C:/x.pt", ("file", "C:/x.pt")),
+])
+def test_parse_source(text, expected):
+    assert parse_source(text) == expected
+
+
+@pytest.mark.parametrize("text", ["foo:bar", "train", "train:", "hub:resnet50", ""])
+def test_unknown_source(text):
+    with pytest.raises(FetchError) as error:
+        parse_source(text, model="x")
+    assert str(error.value) == (
+        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH"
+    )
+
+
+def test_unknown_source_through_fetch(tmp_path):
+    row = {"model": "x", "series": "s", "source": "foo:bar", "accuracy": None}
+    with pytest.raises(FetchError, match=r"unknown source 'foo:bar' for model 'x'; valid sources: "):
+        fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
+
+
+def train_row(**columns) -> dict:
+    return {"model": "m", "series": "s", "source": "train:mlp", "accuracy": None,
+            "width": "16", "depth": "1", "epochs": "1", **columns}
+
+
+@pytest.mark.parametrize("row, message", [
+    (train_row(dropout="0.1"), r"model 'm': unknown option column 'dropout'; valid option columns: channels, depth, width"),
+    (train_row(source="random:mlp"), r"model 'm': option column 'epochs' does not apply to random: sources"),
+    (train_row(width="wide"), r"model 'm': column 'width' must be an integer, got 'wide'"),
+    (train_row(depth="1.5"), r"model 'm': column 'depth' must be an integer, got '1.5'"),
+    (train_row(lr="fast"), r"model 'm': column 'lr' must be a number, got 'fast'"),
+    (train_row(label_noise="2"), r"model 'm': column 'label_noise' must be in \[0, 1\]"),
+    (train_row(epochs="0"), r"model 'm': column 'epochs' must be positive"),
+    (train_row(channels="8"), r"model 'm': unknown option\(s\) 'channels' for architecture 'mlp'; valid options: depth, width"),
+    (train_row(source="train:resnet"), r"model 'm': unknown architecture 'resnet'; valid architectures: cnn, mlp"),
+    (train_row(accuracy="high"), r"model 'm': column 'accuracy' must be a number"),
+    (train_row(accuracy=0.7, source="random:mlp", epochs=None), None),  # 0.7 % is a valid (if poor) accuracy
+    (train_row(accuracy=170.0), r"model 'm': column 'accuracy' must be a percentage in \[0, 100\]"),
+    (train_row(model="../escape"), r"invalid model id '../escape'"),
+])
+def test_invalid_rows(tmp_path, row, message):
+    if message is None:
+        fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
+        return
+    with pytest.raises(FetchError, match=message):
+        fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_option_values_as_read_by_csv_or_pandas():
+    row = {"model": "m", "series": "s", "source": "train:mlp", "accuracy": None,
+           "width": 64.0, "depth": "2", "epochs": 3, "lr": "0.01", "seed": float("nan"), "label_noise": ""}
+    assert parse_options(row, "train") == {"width": 64, "depth": 2, "epochs": 3, "lr": 0.01}
+    assert parse_options({**row, "bogus": "x"}, "file") == {}  # file: rows ignore options
+
+
+# --------------------------------------------------------------------------- train: and random:
+
+
+def test_train_row_outputs(tmp_path, caplog):
+    row = train_row(accuracy=99.0, seed="3")
+    fetch_model(row, tmp_path / "m", sheet_dir=tmp_path)
+    assert {p.name for p in (tmp_path / "m").iterdir()} == OUTPUTS
+    layers, meta = read_outputs(tmp_path / "m")
+    assert [(l["name"], l["tensor"], l["type"], l["shape"], l["depth"]) for l in layers["layers"]] == [
+        ("net.0", "net.0.weight", "Linear", [16, 64], 0),
+        ("net.2", "net.2.weight", "Linear", [10, 16], 1),
+    ]
+    assert meta["num_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert meta["accuracy"] == meta["training"]["test_accuracy"] != 99.0  # the sheet's is ignored
+    assert meta["accuracy_source"] == "measured: digits test split (450 samples)"
+    assert "ignoring the sheet's accuracy" in caplog.text
+    assert meta["options"] == {"width": 16, "depth": 1, "epochs": 1, "seed": 3}
+    assert meta["training"]["seed"] == 3 and meta["training"]["epochs"] == 1
+    assert meta["training"]["label_noise"] == 0.0
+    assert meta["architecture"] == {"name": "mlp", "options": {"width": 16, "depth": 1}}
+    assert "seconds" not in json.dumps(meta)
+    stored = load_file(tmp_path / "m" / "model.safetensors")
+    assert set(stored) == {"net.0.weight", "net.2.weight"}
+
+
+def test_train_row_is_deterministic(tmp_path):
+    row = {"model": "c", "series": "s", "source": "train:cnn", "accuracy": None,
+           "channels": "8", "epochs": "1", "label_noise": "0.5"}
+    fetch_model(row, tmp_path / "a", sheet_dir=tmp_path)
+    fetch_model(row, tmp_path / "b", sheet_dir=tmp_path)
+    for name in OUTPUTS:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_random_row(tmp_path):
+    row = {"model": "r", "series": "baseline", "source": "random:cnn", "accuracy": None, "channels": "8"}
+    fetch_model(row, tmp_path / "a", sheet_dir=tmp_path)
+    layers, meta = read_outputs(tmp_path / "a")
+    assert [(l["name"], l["type"], l["shape"]) for l in layers["layers"]] == [
+        ("features.0", "Conv2d", [8, 1, 3, 3]),
+        ("features.2", "Conv2d", [8, 8, 3, 3]),
+        ("features.5", "Conv2d", [16, 8, 3, 3]),
+        ("classifier", "Linear", [10, 16]),
+    ]
+    assert meta["accuracy"] < 30.0  # untrained: about chance (10 %)
+    assert meta["accuracy_source"].startswith("measured: digits test split")
+    assert "training" not in meta and meta["init_seed"] == 0
+
+    fetch_model({**row, "accuracy": 10.0}, tmp_path / "b", sheet_dir=tmp_path)
+    _, meta_b = read_outputs(tmp_path / "b")
+    assert meta_b["accuracy"] == 10.0 and meta_b["accuracy_source"] == "zoo sheet"
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+    fetch_model({**row, "seed": "1"}, tmp_path / "c", sheet_dir=tmp_path)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()
+
+
+def test_fetch_leaves_global_torch_state_alone(tmp_path):
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fetch_model(train_row(), tmp_path / "m", sheet_dir=tmp_path, threads=1)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+def test_demo_zoo_rows_are_valid():
+    """Every row of the shipped demo sheet parses (no training: that is the workflow's job)."""
+    from zooscope.architectures import architecture_options
+    from zooscope.config import load_schema, read_zoo_sheet
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = read_zoo_sheet(repo / "zoos" / "demo.tsv", load_schema(repo / "schemas" / "zoo.schema.yaml"))
+    series = {row["series"] for row in rows}
+    assert {"mlp-width", "cnn-width", "label-noise", "baseline"} <= series
+    for row in rows:
+        kind, arch = parse_source(row["source"], row["model"])
+        options = parse_options(row, kind)
+        architecture_options(arch, {k: v for k, v in options.items() if k in ("width", "depth", "channels")})
+    noise = sorted(parse_options(r, "train").get("label_noise", 0) for r in rows if r["series"] == "label-noise")
+    assert noise == [0, 0.25, 0.5, 1.0]

@@ -1,0 +1,154 @@
+"""Unit tests of zooscope.layers: which tensors are layers, their order, names and hashes."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from zooscope.layers import (
+    layers_from_module,
+    layers_from_state_dict,
+    natural_key,
+    num_parameters,
+    safe_name,
+    tensor_sha256,
+)
+
+
+def summary(layer_list):
+    return [(l.name, l.tensor, l.type, l.shape, l.depth) for l in layer_list.layers]
+
+
+class Mixed(nn.Module):
+    """Every analysed module type, next to modules whose weights are never analysed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.conv1 = nn.Conv1d(8, 6, 3)
+        self.norm = nn.LayerNorm(6)
+        self.conv2 = nn.Conv2d(6, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(4, 3))
+
+
+def test_module_tree_types_order_and_shapes():
+    torch.manual_seed(0)
+    assert summary(layers_from_module(Mixed())) == [
+        ("embed", "embed.weight", "Embedding", [20, 8], 0),
+        ("conv1", "conv1.weight", "Conv1d", [6, 8, 3], 1),
+        ("conv2", "conv2.weight", "Conv2d", [4, 6, 3, 3], 2),
+        ("head.1", "head.1.weight", "Linear", [3, 4], 3),
+    ]
+
+
+def test_module_tree_tensors_are_float32_copies_with_matching_hashes():
+    torch.manual_seed(0)
+    model = Mixed().to(torch.float64)
+    result = layers_from_module(model)
+    for layer in result.layers:
+        tensor = result.tensors[layer.tensor]
+        assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+        expected = model.get_parameter(layer.tensor).detach().float().numpy()
+        np.testing.assert_array_equal(tensor.numpy(), expected)
+        assert layer.sha256 == hashlib.sha256(np.ascontiguousarray(expected).tobytes()).hexdigest()
+
+
+class Tied(nn.Module):
+    """A language-model head tied to the embedding, and one Linear module used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 6)
+        self.shared = nn.Linear(6, 6)
+        self.block = nn.Sequential(self.shared, nn.ReLU(), self.shared)
+        self.lm_head = nn.Linear(6, 30, bias=False)
+        self.lm_head.weight = self.embed.weight
+
+
+def test_tied_weights_are_counted_once():
+    model = Tied()
+    result = layers_from_module(model)
+    assert [l.name for l in result.layers] == ["embed", "shared"]
+    assert set(result.tensors) == {"embed.weight", "shared.weight"}
+    assert num_parameters(model.parameters()) == 30 * 6 + 6 * 6 + 6
+
+
+def test_tied_tensors_in_a_state_dict_are_counted_once():
+    weight = torch.randn(30, 6)
+    state = {"embed.weight": weight, "lm_head.weight": weight, "view.weight": weight[:10]}
+    result = layers_from_state_dict(state)
+    assert summary(result) == [
+        ("embed", "embed.weight", "Embedding", [30, 6], 0),
+        ("view", "view.weight", "Linear", [10, 6], 1),  # a different view is its own tensor
+    ]
+    assert num_parameters(state.values()) == 30 * 6 + 10 * 6
+
+
+def test_state_dict_typing_by_name_and_rank():
+    state = {
+        "blocks.10.fc.weight": torch.zeros(3, 5),
+        "blocks.2.fc.weight": torch.zeros(5, 4),
+        "blocks.2.fc.bias": torch.zeros(5),
+        "Word_Embeddings.weight": torch.zeros(11, 4, dtype=torch.float16),
+        "attn.in_proj_weight": torch.zeros(12, 4),
+        "conv.weight": torch.zeros(4, 2, 3),
+        "stem.weight": torch.zeros(4, 3, 3, 3),
+        "conv3d.weight": torch.zeros(2, 2, 2, 2, 2),  # rank 5: no layer type
+        "norm.weight": torch.zeros(4),
+        "scale.weight": torch.tensor(1.0),
+        "codebook.weight": torch.zeros(4, 4, dtype=torch.int64),
+        "proj.weights_mask": torch.zeros(4, 4),  # does not end in "weight"
+        "steps": torch.tensor(3),
+    }
+    assert summary(layers_from_state_dict(state)) == [
+        ("Word_Embeddings", "Word_Embeddings.weight", "Embedding", [11, 4], 0),
+        ("attn.in_proj_weight", "attn.in_proj_weight", "Linear", [12, 4], 1),
+        ("blocks.2.fc", "blocks.2.fc.weight", "Linear", [5, 4], 2),
+        ("blocks.10.fc", "blocks.10.fc.weight", "Linear", [3, 5], 3),
+        ("conv", "conv.weight", "Conv1d", [4, 2, 3], 4),
+        ("stem", "stem.weight", "Conv2d", [4, 3, 3, 3], 5),
+    ]
+
+
+def test_half_precision_weights_become_float32():
+    weight = torch.randn(4, 3).to(torch.bfloat16)
+    result = layers_from_state_dict({"fc.weight": weight})
+    assert result.tensors["fc.weight"].dtype == torch.float32
+    np.testing.assert_array_equal(result.tensors["fc.weight"].numpy(), weight.float().numpy())
+    assert result.layers[0].sha256 == hashlib.sha256(weight.float().numpy().tobytes()).hexdigest()
+
+
+def test_names_are_file_safe_and_unique():
+    state = {
+        "a b/c.weight": torch.zeros(2, 2),
+        "a_b_c.weight": torch.zeros(2, 2),
+        "A_B_C.weight": torch.zeros(2, 2),  # unique also on case-insensitive file systems
+        "..weight": torch.zeros(2, 2),
+        "weight": torch.zeros(2, 2),
+    }
+    names = [l.name for l in layers_from_state_dict(state).layers]
+    assert sorted(names) == sorted(["_", "A_B_C", "a_b_c_2", "a_b_c_3", "weight"])
+    assert len({n.lower() for n in names}) == len(names)
+    assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for n in names)
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("net.0", "net.0"), ("enc/layer 1:q", "enc_layer_1_q"), ("..", "_."), ("-x", "_x"), ("", "_"),
+    ("ünï", "_n_"),
+])
+def test_safe_name(raw, clean):
+    assert safe_name(raw) == clean
+
+
+def test_natural_key_orders_numbers_numerically():
+    keys = ["h.10.w", "h.2.w", "h.1.w", "emb", "h.2.a"]
+    assert sorted(keys, key=natural_key) == ["emb", "h.1.w", "h.2.a", "h.2.w", "h.10.w"]
+
+
+def test_tensor_sha256_uses_contiguous_float32_bytes():
+    base = torch.arange(12, dtype=torch.float64).reshape(3, 4)
+    transposed = base.t()  # not contiguous
+    expected = hashlib.sha256(np.ascontiguousarray(base.numpy().T, dtype=np.float32).tobytes()).hexdigest()
+    assert tensor_sha256(transposed) == expected

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from zooscope.metrics import LAYER_COLUMNS, fit_layers, spectrum_metrics, summarize
+
+
+def pareto_spectrum(rng, n=400, exponent=3.0):
+    # inverse-CDF sample of p(x) ~ x^-exponent on x >= 1
+    return np.sort(rng.random(n) ** (-1.0 / (exponent - 1.0)))
+
+
+def test_norm_metrics_follow_their_closed_forms(rng):
+    values = pareto_spectrum(rng)
+    row = spectrum_metrics(values)
+    assert row["status"] == "ok"
+    assert row["num_evals"] == values.size
+    assert row["lambda_max"] == values.max()
+    assert row["log_norm"] == pytest.approx(math.log10(values.sum()))
+    assert row["log_spectral_norm"] == pytest.approx(math.log10(values.max()))
+    assert row["stable_rank"] == pytest.approx(values.sum() / values.max())
+
+
+def test_power_law_metrics_are_derived_from_the_fit(rng):
+    values = pareto_spectrum(rng)
+    row = spectrum_metrics(values)
+    alpha = row["alpha"]
+    assert row["xmax"] == values.max()
+    assert row["alpha_weighted"] == pytest.approx(alpha * math.log10(values.max()))
+    assert row["log_alpha_norm"] == pytest.approx(math.log10(np.sum(values ** alpha)), rel=1e-12)
+    assert row["num_pl_spikes"] == np.count_nonzero(values >= row["xmin"])
+    assert row["sigma"] == pytest.approx((alpha - 1) / math.sqrt(row["num_pl_spikes"]))
+
+
+@pytest.mark.parametrize("exponent, warning", [(1.6, "over-trained"), (3.5, ""), (8.0, "under-trained")])
+def test_warning_follows_alpha(rng, exponent, warning):
+    row = spectrum_metrics(pareto_spectrum(rng, n=20000, exponent=exponent))
+    assert row["warning"] == warning
+
+
+def test_too_few_eigenvalues_is_skipped_with_a_reason(rng):
+    row = spectrum_metrics(pareto_spectrum(rng, n=10), min_evals=50)
+    assert row["status"] == "skipped"
+    assert "10 eigenvalues < min_evals=50" in row["reason"]
+    assert "alpha" not in row
+    assert row["log_norm"] == pytest.approx(math.log10(row["stable_rank"] * row["lambda_max"]))
+
+
+def test_degenerate_spectra_fail_with_a_reason():
+    zero = spectrum_metrics(np.zeros(64))
+    assert zero["status"] == "failed" and "all eigenvalues are zero" in zero["reason"]
+    rank_one = np.zeros(64)
+    rank_one[-1] = 5.0
+    row = spectrum_metrics(rank_one)
+    assert row["status"] == "failed" and "degenerate" in row["reason"]
+    assert row["lambda_max"] == 5.0
+
+
+def test_fit_layers_rows_per_slice_and_failed_records_pass_through(rng):
+    spectra = {"a": np.vstack([pareto_spectrum(rng, 60), pareto_spectrum(rng, 60)])}
+    index = {"layers": [
+        {"name": "a", "type": "Conv2d", "depth": 0, "N": 90, "M": 60, "status": "ok", "reason": "",
+         "slices": ["0,0", "0,1"], "file": "a.npy"},
+        {"name": "b", "type": "Linear", "depth": 1, "N": 10, "M": 5, "status": "failed",
+         "reason": "ValueError: weights contain NaN or Inf (1 of 50 entries)", "slices": [], "file": None},
+    ]}
+    frame = fit_layers(index, lambda record: spectra[record["name"]])
+    assert list(frame.columns) == list(LAYER_COLUMNS)
+    assert list(frame["slice"]) == ["0,0", "0,1", ""]
+    assert list(frame["status"]) == ["ok", "ok", "failed"]
+    assert "NaN" in frame.loc[2, "reason"] and pd.isna(frame.loc[2, "alpha"])
+
+
+def test_summary_is_the_mean_over_fitted_rows_only():
+    layers = pd.DataFrame({
+        "layer": ["a", "a", "b", "c"],
+        "status": ["ok", "ok", "skipped", "failed"],
+        **{m: [1.0, 3.0, 100.0, np.nan] for m in ("alpha", "alpha_weighted", "log_alpha_norm", "log_norm",
+                                                    "log_spectral_norm", "stable_rank", "D", "sigma",
+                                                    "num_pl_spikes", "lambda_max")},
+    })
+    summary = summarize("m", layers)
+    assert summary["metrics"]["alpha"] == 2.0
+    assert (summary["num_layers"], summary["num_rows"], summary["num_fitted"]) == (3, 4, 2)
+    assert (summary["num_skipped"], summary["num_failed"]) == (1, 1)

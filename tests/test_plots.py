@@ -1,0 +1,148 @@
+"""Every plot function writes a valid, non-blank PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from zooscope.plots import (
+    plot_correlation_flow,
+    plot_esd,
+    plot_metric_vs_accuracy,
+    plot_series_regressions,
+    safe_filename,
+)
+from zooscope.regression import regress
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    path = Path(path)
+    assert path.is_file()
+    data = path.read_bytes()
+    assert len(data) > 1000
+    assert data[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    pixels = image.reshape(-1, image.shape[-1])
+    assert len(np.unique(pixels, axis=0)) > 10, "blank single-colour image"
+    # No temporary files left beside it.
+    assert not list(path.parent.glob(".*.part"))
+
+
+def pareto_spectrum(seed=0, n=400, alpha=3.0, xmin=1.0):
+    rng = np.random.default_rng(seed)
+    bulk = rng.uniform(0.05, xmin, n)
+    tail = xmin * (1 - rng.random(n // 4)) ** (-1.0 / (alpha - 1.0))
+    values = np.sort(np.concatenate([bulk, tail]))
+    tail_values = values[values >= xmin]
+    fitted_alpha = 1 + tail_values.size / np.sum(np.log(tail_values / xmin))
+    fit = SimpleNamespace(alpha=fitted_alpha, xmin=xmin, xmax=values[-1], D=0.05,
+                          num_pl_spikes=tail_values.size)
+    return values, fit
+
+
+def test_plot_esd_with_fit(tmp_path):
+    values, fit = pareto_spectrum()
+    out = plot_esd(values, fit, tmp_path / "esd" / "layer.png", title="model / layer 3")
+    assert out == tmp_path / "esd" / "layer.png"
+    assert_png(out)
+
+
+def test_plot_esd_not_fitted_and_degenerate_values(tmp_path):
+    values, _ = pareto_spectrum(1, n=30)
+    values = np.concatenate([values, [0.0, -1e-9, np.nan]])
+    assert_png(plot_esd(values, None, tmp_path / "a.png", title="tiny layer",
+                        reason="fewer than 50 eigenvalues"))
+    assert_png(plot_esd([], None, tmp_path / "b.png", title="empty layer"))
+
+
+def test_plot_esd_accepts_mapping_fit(tmp_path):
+    values, fit = pareto_spectrum(2)
+    assert_png(plot_esd(values, vars(fit), tmp_path / "m.png", title="mapping fit"))
+
+
+def test_plot_correlation_flow(tmp_path):
+    rng = np.random.default_rng(0)
+    layers = {}
+    for name in ["vgg16", "vgg11", "vgg13"]:
+        depth = np.repeat(np.arange(8), 3)  # three conv slices per depth
+        layers[name] = pd.DataFrame({
+            "depth": depth,
+            "alpha": 3 + 0.2 * depth + rng.normal(0, 0.3, depth.size),
+            "status": np.where(rng.random(depth.size) < 0.1, "skipped", "ok"),
+        })
+    layers["empty"] = pd.DataFrame({"depth": [0], "alpha": [np.nan], "status": ["skipped"]})
+    assert_png(plot_correlation_flow(layers, tmp_path / "flow.png", series="VGG"))
+
+
+def test_plot_correlation_flow_missing_column(tmp_path):
+    with pytest.raises(ValueError, match="'status'"):
+        plot_correlation_flow({"m": pd.DataFrame({"depth": [0], "alpha": [3.0]})},
+                              tmp_path / "x.png", series="s")
+    assert not (tmp_path / "x.png").exists()
+
+
+def small_zoo():
+    return pd.DataFrame({
+        "model": ["vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn"],
+        "series": "VGG",
+        "accuracy": [69.02, 69.93, 71.59, 72.38, 70.37],
+        "alpha": [4.1, 3.9, 3.6, 3.4, 3.8],
+        "log_norm": [2.2, 2.2, 2.2, 2.2, 2.2],  # constant: no fit
+    })
+
+
+def test_plot_metric_vs_accuracy(tmp_path):
+    zoo = small_zoo()
+    reg = regress(zoo)
+    row = reg[reg["metric"] == "alpha"].iloc[0]
+    assert_png(plot_metric_vs_accuracy(zoo, row, tmp_path / "alpha.png", series="VGG",
+                                       metric="alpha"))
+    row = reg[reg["metric"] == "log_norm"].iloc[0]
+    assert np.isnan(row["r2"])
+    assert_png(plot_metric_vs_accuracy(zoo, row, tmp_path / "log_norm.png", series="VGG",
+                                       metric="log_norm"))
+
+
+def test_plot_series_regressions_sanitises_names(tmp_path):
+    zoo = small_zoo()
+    zoo["series"] = "VGG (ImageNet)/v1"
+    zoo = zoo.rename(columns={"alpha": "alpha hat*"})
+    reg = regress(zoo)
+    paths = plot_series_regressions(zoo, reg, tmp_path / "plots")
+    assert paths == [tmp_path / "plots" / "VGG__ImageNet__v1" / "alpha_hat_.png",
+                     tmp_path / "plots" / "VGG__ImageNet__v1" / "log_norm.png"]
+    for path in paths:
+        assert_png(path)
+
+
+def test_safe_filename():
+    assert safe_filename("ResNet-50.v1_5") == "ResNet-50.v1_5"
+    assert safe_filename("a b/c\\d:é") == "a_b_c_d__"
+    assert safe_filename("..") == "_.."
+    assert safe_filename("") == "_"
+
+
+def test_plot_series_regressions_collision(tmp_path):
+    zoo = small_zoo()
+    other = small_zoo()
+    zoo["series"], other["series"] = "a b", "a_b"
+    both = pd.concat([zoo, other], ignore_index=True)
+    with pytest.raises(ValueError, match="both be written"):
+        plot_series_regressions(both, regress(both, ["alpha"]), tmp_path)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_plot_esd_with_package_fit(tmp_path):
+    from zooscope import fit_power_law
+
+    rng = np.random.default_rng(0)
+    eigenvalues = np.linalg.svd(rng.standard_t(3, size=(300, 150)), compute_uv=False) ** 2
+    fit = fit_power_law(eigenvalues)
+    assert_png(plot_esd(eigenvalues, fit, tmp_path / "real.png", title="student-t 300x150"))

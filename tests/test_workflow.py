@@ -1,0 +1,170 @@
+"""Workflow tests: the real snakemake CLI on a tiny zoo in a temporary working directory."""
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import save_file
+
+from conftest import REPO
+from zooscope.metrics import LAYER_COLUMNS
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+HEADER = "model\tseries\tsource\taccuracy\twidth\tdepth\tepochs\n"
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args],
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def write_weights(path, seed, scale):
+    """A small 'pretrained' model as a safetensors file: three Linear layers and a bias."""
+    rng = np.random.default_rng(seed)
+    heavy = rng.standard_t(df=3, size=(120, 80)) * scale  # heavy-tailed entries
+    save_file({
+        "fc1.weight": heavy.astype(np.float32),
+        "fc1.bias": np.zeros(120, np.float32),
+        "fc2.weight": rng.standard_normal((90, 120)).astype(np.float32) * scale,
+        "head.weight": rng.standard_normal((10, 90)).astype(np.float32),
+    }, str(path))
+
+
+def make_zoo(workdir, extra_rows=""):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "weights").mkdir(exist_ok=True)
+    rows = []
+    for i, accuracy in enumerate((70.0, 74.0, 79.0)):
+        write_weights(workdir / "weights" / f"f{i}.safetensors", seed=i, scale=1.0 + 0.5 * i)
+        rows.append(f"file{i}\tfiles\tfile:weights/f{i}.safetensors\t{accuracy}\t\t\t\n")
+    rows.append("rand\tbaseline\trandom:mlp\t\t64\t2\t\n")
+    rows.append("tiny\ttrained\ttrain:mlp\t\t64\t1\t2\n")
+    (workdir / "zoo.tsv").write_text(HEADER + "".join(rows) + extra_rows)
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\n")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = make_zoo(tmp_path_factory.mktemp("zoo"))
+    snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_run_produces_every_artifact(finished_run):
+    w = finished_run
+    for model in ("file0", "file1", "file2", "rand", "tiny"):
+        for name in ("model.safetensors", "layers.json", "meta.json"):
+            assert (w / "resources" / "models" / model / name).is_file()
+        assert (w / "results" / "esd" / model / "index.json").is_file()
+        assert (w / "results" / "metrics" / model / "summary.json").is_file()
+        assert any((w / "results" / "plots" / "esd" / model).glob("*.png"))
+        assert (w / "logs" / "esd" / f"{model}.log").is_file()
+    layers = pd.read_csv(w / "results" / "metrics" / "file0" / "layers.tsv", sep="\t", keep_default_na=False)
+    assert list(layers.columns) == list(LAYER_COLUMNS)
+    assert list(layers["layer"]) == ["fc1", "fc2", "head"]
+    assert list(layers["status"]) == ["ok", "ok", "skipped"]  # head has 10 < 50 eigenvalues
+    assert (w / "results" / "esd" / "file0" / "fc1.npy").is_file()
+    for series in ("files", "baseline", "trained"):
+        assert (w / "results" / "plots" / "series" / series / "correlation_flow.png").is_file()
+
+
+def test_models_and_regressions_tables(finished_run):
+    models = pd.read_csv(finished_run / "results" / "zoo" / "models.tsv", sep="\t")
+    assert list(models["model"]) == ["file0", "file1", "file2", "rand", "tiny"]
+    assert list(models.loc[:2, "accuracy"]) == [70.0, 74.0, 79.0]
+    # the trained and the random model get a measured accuracy on the digits test split
+    assert models.loc[4, "accuracy"] > models.loc[3, "accuracy"]
+    regressions = pd.read_csv(finished_run / "results" / "zoo" / "regressions.tsv", sep="\t")
+    files = regressions[regressions["series"] == "files"].set_index("metric")
+    # the file models' log_norm grows with the scale, as does accuracy: recompute independently
+    subset = models[models["series"] == "files"]
+    slope, intercept = np.polyfit(subset["log_norm"], subset["accuracy"], 1)
+    assert files.loc["log_norm", "n"] == 3
+    assert files.loc["log_norm", "slope"] == pytest.approx(slope, rel=1e-6)
+    assert files.loc["log_norm", "intercept"] == pytest.approx(intercept, rel=1e-6)
+    assert files.loc["log_norm", "kendall_tau"] == pytest.approx(1.0)
+
+
+def test_rerun_has_nothing_to_do(finished_run):
+    result = snakemake(finished_run, "--cores", "2", "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_lint_is_clean(finished_run):
+    result = snakemake(finished_run, "--lint", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Lints for" not in output, output
+
+
+def test_fit_option_change_reruns_fits_not_eigenvalues(finished_run):
+    result = snakemake(finished_run, "--cores", "2", "-n", "--config", "zoo=zoo.tsv", "min_evals=20")
+    jobs = job_counts(result.stdout)
+    assert jobs.get("esd", 0) == 0 and jobs.get("fetch", 0) == 0
+    assert jobs["fit"] == 5
+
+
+def job_counts(dry_run_output):
+    """Job counts per rule from the 'Job stats' table of a dry run."""
+    counts, in_table = {}, False
+    for line in dry_run_output.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table and parts and parts[0] == "total":
+            break
+        if in_table and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_growing_the_zoo_reruns_only_the_new_model_and_the_aggregates(finished_run, tmp_path):
+    workdir = tmp_path / "grown"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    sheet = workdir / "zoo.tsv"
+    write_weights(workdir / "weights" / "f3.safetensors", seed=3, scale=3.0)
+    sheet.write_text(sheet.read_text() + "file3\tfiles\tfile:weights/f3.safetensors\t83.0\t\t\t\n")
+    jobs = job_counts(snakemake(workdir, "--cores", "2", "-n").stdout)
+    assert jobs == {"aggregate": 1, "all": 1, "esd": 1, "fetch": 1, "fit": 1, "plot_esd": 1,
+                    "plot_series": 3, "summarize": 1}
+
+
+def test_identical_inputs_give_byte_identical_tables(finished_run, tmp_path):
+    second = make_zoo(tmp_path / "again")
+    snakemake(second, "--cores", "1")
+    for table in ("results/zoo/models.tsv", "results/zoo/regressions.tsv",
+                  "results/metrics/tiny/layers.tsv", "results/metrics/file1/layers.tsv"):
+        assert (finished_run / table).read_bytes() == (second / table).read_bytes(), table
+
+
+def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
+    workdir = make_zoo(tmp_path / "bad", extra_rows=(
+        "missing\tfiles\tfile:weights/nope.safetensors\t80\t\t\t\n"
+        "corrupt\tfiles\tfile:weights/corrupt.safetensors\t81\t\t\t\n"
+    ))
+    (workdir / "weights" / "corrupt.safetensors").write_bytes(b"\x00" * 100)
+    result = snakemake(workdir, "--cores", "2", "--keep-going", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "missing" in output and "nope.safetensors" in output
+    assert "corrupt" in output and "corrupt.safetensors" in output
+    for model in ("file0", "file1", "file2", "rand", "tiny"):
+        assert (workdir / "results" / "metrics" / model / "summary.json").is_file()
+    for model in ("missing", "corrupt"):
+        assert not (workdir / "resources" / "models" / model / "model.safetensors").exists()
+
+
+def test_invalid_zoo_sheet_stops_before_any_job(tmp_path):
+    workdir = make_zoo(tmp_path / "invalid", extra_rows="../escape\tfiles\tfile:x\t\t\t\t\n")
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "zoo.tsv" in output and "row 7" in output and "field 'model'" in output
+    assert not (workdir / "resources").exists()
