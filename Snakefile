@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/fetch.smk"
 include: "rules/esd.smk"
 include: "rules/fit.smk"
+include: "rules/jacobian.smk"
 include: "rules/aggregate.smk"
 include: "rules/plots.smk"
 

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from zooscope.config import load_schema, read_zoo_sheet, validate_config
+from zooscope.resources import stage_resources
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -37,3 +38,27 @@ def file_source_input(wildcards):
 
 def series_models(wildcards):
     return [model for model, row in MODELS.items() if row["series"] == wildcards.series]
+
+
+def model_resource(stage, name):
+    """A callable resource (`mem_mb` or `runtime`) of a model's esd or fit job, estimated from the
+    model's layers.json; Snakemake evaluates it again when the job is scheduled, once the fetch
+    job has written that file (zooscope.resources documents the estimate)."""
+
+    def resource(wildcards):
+        layers_json = f"resources/models/{wildcards.model}/layers.json"
+        return getattr(stage_resources(stage, layers_json), name)
+
+    return resource
+
+
+# The models of the Jacobian stage (rules/jacobian.smk): rows that name a data set.
+JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.get("data")]
+
+
+def jacobian_data_input(wildcards):
+    """A data file or folder named by the row, so that changing it reruns the model's job; a
+    missing path is left to the job to report (as for file: sources)."""
+    data = MODELS[wildcards.model].get("data") or ""
+    path = ZOO_SHEET.parent / data
+    return [str(path)] if data != "digits" and path.exists() else []

@@ -6,7 +6,13 @@ rule fetch:
         layers="resources/models/{model}/layers.json",
         meta="resources/models/{model}/meta.json",
     params:
-        row=lambda wildcards: MODELS[wildcards.model],
+        # The row without its data columns (rules/jacobian.smk): giving a model a data set must
+        # not refetch (retrain) it.
+        row=lambda wildcards: {
+            key: value
+            for key, value in MODELS[wildcards.model].items()
+            if key not in ("data", "data_samples")
+        },
         sheet_dir=str(ZOO_SHEET.parent),
     conda:
         "../envs/torch.yaml"

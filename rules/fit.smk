@@ -6,10 +6,14 @@ rule fit:
     params:
         min_evals=config["min_evals"],
         floor=config["fit"]["floor"],
+        kind=config["fit"]["kind"],
     conda:
         "../envs/numeric.yaml"
     log:
         "logs/fit/{model}.log",
+    resources:
+        mem_mb=model_resource("fit", "mem_mb"),
+        runtime=model_resource("fit", "runtime"),
     script:
         "../scripts/fit.py"
 

@@ -1,5 +1,5 @@
 from zooscope import io
-from zooscope.aggregate import models_table
+from zooscope.aggregate import join_jacobian, models_table
 from zooscope.jobs import job
 from zooscope.metrics import SUMMARY_METRICS
 from zooscope.regression import regress
@@ -8,5 +8,7 @@ with job(snakemake, name="aggregate"):
     metas = [io.read_json(path) for path in snakemake.input.metas]
     summaries = [io.read_json(path) for path in snakemake.input.summaries]
     models = models_table(metas, summaries)
+    jacobian = [io.read_json(path) for path in getattr(snakemake.input, "jacobian", [])]
+    models, jacobian_metrics = join_jacobian(models, jacobian)
     io.write_tsv(snakemake.output.models, models)
-    io.write_tsv(snakemake.output.regressions, regress(models, list(SUMMARY_METRICS)))
+    io.write_tsv(snakemake.output.regressions, regress(models, [*SUMMARY_METRICS, *jacobian_metrics]))

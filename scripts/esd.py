@@ -11,5 +11,7 @@ with job(snakemake, name="esd"):
         Path(snakemake.output.index).parent,
         conv2d=snakemake.params.conv2d,
         normalize=snakemake.params.normalize,
+        conv2d_fft_size=snakemake.params.conv2d_fft_size,
+        randomize=snakemake.params.randomize,
     )
     io.write_json(snakemake.output.index, index)

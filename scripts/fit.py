@@ -13,5 +13,6 @@ with job(snakemake, name="fit"):
         partial(load_layer_eigenvalues, Path(snakemake.input.index).parent),
         min_evals=snakemake.params.min_evals,
         floor=snakemake.params.floor,
+        kind=snakemake.params.kind,
     )
     io.write_tsv(snakemake.output.layers, layers)

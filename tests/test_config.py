@@ -17,7 +17,7 @@ def write_sheet(tmp_path, text):
 def test_shipped_config_is_valid_and_defaults_are_filled():
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
     assert config["zoo"] == "zoos/demo.tsv"
-    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["fit"] == {"floor": 1e-5}
+    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["fit"] == {"floor": 1e-5, "kind": "pl"}
     assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["min_evals"] == 50
 
 

@@ -79,3 +79,55 @@ def test_entries_of_removed_layers_are_deleted(model_dir, tmp_path, rng):
     write_model_dir(model_dir, [("fc1", "Linear", rng.standard_normal((80, 64)))])
     run(model_dir, tmp_path / "esd")
     assert sorted(p.name for p in (tmp_path / "esd").iterdir()) == ["fc1.entry.json", "fc1.npy"]
+
+
+def test_randomize_stores_the_shuffled_spectra_beside_the_originals(model_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    index = run(model_dir, tmp_path / "esd", randomize=True)
+    assert index["settings"]["randomize"] is True
+    weights = load_file(str(model_dir / "model.safetensors"))
+    for record in index["layers"]:
+        assert record["rand_file"] == f"{record['name']}.rand.npy"
+        values = esd.load_layer_eigenvalues(tmp_path / "esd", record)
+        rand = esd.load_layer_eigenvalues(tmp_path / "esd", record, randomized=True)
+        assert rand.shape == values.shape
+        # shuffling keeps every entry, so each matrix keeps its squared Frobenius norm, not its spectrum
+        np.testing.assert_allclose(rand.sum(axis=1), values.sum(axis=1), rtol=1e-9)
+        assert not np.allclose(rand, values)
+    fc1 = np.load(tmp_path / "esd" / "fc1.npy")[0]
+    assert fc1.sum() == pytest.approx(np.sum(weights["fc1.weight"].astype(np.float64) ** 2), rel=1e-9)
+    # seeded per layer: a fresh run gives the same shuffled spectra
+    run(model_dir, tmp_path / "again", randomize=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "esd" / "conv.rand.npy"),
+                                  np.load(tmp_path / "again" / "conv.rand.npy"))
+
+
+def test_turning_randomize_off_recomputes_and_removes_the_shuffled_spectra(model_dir, tmp_path):
+    run(model_dir, tmp_path / "esd", randomize=True)
+    index = run(model_dir, tmp_path / "esd", randomize=False)
+    assert all(record["rand_file"] is None for record in index["layers"])
+    assert sorted(p.name for p in (tmp_path / "esd").glob("*.npy")) == ["conv.npy", "fc1.npy", "fc2.npy"]
+
+
+def test_conv2d_fft_is_one_pooled_spectrum_of_the_operator(model_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    index = run(model_dir, tmp_path / "esd", conv2d="fft", conv2d_fft_size=4, randomize=True)
+    conv = index["layers"][1]
+    assert conv["slices"] == [""] and (conv["N"], conv["M"]) == (16 * 16, 8 * 16)
+    values = esd.load_layer_eigenvalues(tmp_path / "esd", conv)
+    kernel = load_file(str(model_dir / "model.safetensors"))["conv.weight"].astype(np.float64)
+    assert values.shape == (1, 8 * 16)
+    # Parseval: the operator on 4 x 4 inputs has 16 times the kernel's squared Frobenius norm
+    assert values.sum() == pytest.approx(16 * np.sum(kernel ** 2), rel=1e-9)
+    rand = esd.load_layer_eigenvalues(tmp_path / "esd", conv, randomized=True)
+    assert rand.sum() == pytest.approx(values.sum(), rel=1e-9)
+    # a kernel larger than the input is a failed layer that says how to fix it
+    index = run(model_dir, tmp_path / "esd", conv2d="fft", conv2d_fft_size=2)
+    assert index["layers"][1]["status"] == "failed" and "conv2d_fft_size" in index["layers"][1]["reason"]
+
+
+def test_conv2d_stacked_is_one_matrix(model_dir, tmp_path):
+    conv = run(model_dir, tmp_path / "esd", conv2d="stacked")["layers"][1]
+    assert conv["slices"] == [""] and (conv["N"], conv["M"]) == (9 * 16, 8)

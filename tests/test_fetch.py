@@ -355,6 +355,21 @@ def test_shard_index_pointing_outside_its_folder(tmp_path):
         fetch_model(file_row("hf"), tmp_path / "out", sheet_dir=tmp_path)
 
 
+def test_a_hugging_face_cache_snapshot_folder_is_read(tmp_path):
+    """A cache snapshot links each file to ../../blobs/SHA256: links out of the folder are no escape."""
+    fmt_safetensors_shards_index(tmp_path)
+    blobs, snapshot = tmp_path / "repo" / "blobs", tmp_path / "repo" / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in (tmp_path / "hf").iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        file.rename(blobs / digest)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", digest))
+    fetch_model(file_row(str(snapshot)), tmp_path / "out", sheet_dir=tmp_path)
+    layers, _ = read_outputs(tmp_path / "out")
+    assert [l["name"] for l in layers["layers"]] == [name for name, *_ in EXPECTED_LAYERS]
+
+
 # --------------------------------------------------------------------------- sheet rows
 
 
@@ -373,7 +388,8 @@ def test_unknown_source(text):
     with pytest.raises(FetchError) as error:
         parse_source(text, model="x")
     assert str(error.value) == (
-        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH"
+        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, "
+        "torchvision:NAME[@WEIGHTS], timm:NAME, hf:REPO[@REVISION]"
     )
 
 

@@ -152,3 +152,119 @@ def test_tensor_sha256_uses_contiguous_float32_bytes():
     transposed = base.t()  # not contiguous
     expected = hashlib.sha256(np.ascontiguousarray(base.numpy().T, dtype=np.float32).tobytes()).hexdigest()
     assert tensor_sha256(transposed) == expected
+
+
+# --------------------------------------------------------------------------- real architectures
+# Expected layer lists are counted by hand from each architecture's definition (registration
+# order of its modules), not from the code's output.
+
+
+def hand_summary(layer_list):
+    return [(l.name, l.type, l.shape) for l in layer_list.layers]
+
+
+def test_gpt2_conv1d_is_a_transposed_linear_and_the_tied_head_counts_once():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    expected = [("transformer.wte", "Embedding", [100, 32]), ("transformer.wpe", "Embedding", [16, 32])]
+    for block in range(2):
+        h = f"transformer.h.{block}"
+        expected += [  # Conv1D weights are (in, out); recorded as (out, in); n_inner = 4 * n_embd
+            (f"{h}.attn.c_attn", "Linear", [96, 32]),
+            (f"{h}.attn.c_proj", "Linear", [32, 32]),
+            (f"{h}.mlp.c_fc", "Linear", [128, 32]),
+            (f"{h}.mlp.c_proj", "Linear", [32, 128]),
+        ]
+    result = layers_from_module(model)
+    assert hand_summary(result) == expected  # lm_head is wte (tied): not a second layer
+    assert [l.depth for l in result.layers] == list(range(10))
+    c_attn = model.transformer.h[0].attn.c_attn.weight
+    assert list(c_attn.shape) == [32, 96]
+    np.testing.assert_array_equal(result.tensors["transformer.h.0.attn.c_attn.weight"].numpy(),
+                                  c_attn.detach().numpy().T)
+    # the recorded matrix is the linear map: y = W x + b
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        y = model.transformer.h[0].attn.c_attn(x)
+    w, b = result.tensors["transformer.h.0.attn.c_attn.weight"], model.transformer.h[0].attn.c_attn.bias
+    torch.testing.assert_close(y, x @ w.T + b.detach())
+
+
+def test_bert_layers():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=16, type_vocab_size=2)
+    expected = [
+        ("embeddings.word_embeddings", "Embedding", [100, 32]),
+        ("embeddings.position_embeddings", "Embedding", [16, 32]),
+        ("embeddings.token_type_embeddings", "Embedding", [2, 32]),
+    ]
+    for i in range(2):
+        layer = f"encoder.layer.{i}"
+        expected += [
+            (f"{layer}.attention.self.query", "Linear", [32, 32]),
+            (f"{layer}.attention.self.key", "Linear", [32, 32]),
+            (f"{layer}.attention.self.value", "Linear", [32, 32]),
+            (f"{layer}.attention.output.dense", "Linear", [32, 32]),
+            (f"{layer}.intermediate.dense", "Linear", [64, 32]),
+            (f"{layer}.output.dense", "Linear", [32, 64]),
+        ]
+    expected.append(("pooler.dense", "Linear", [32, 32]))
+    assert hand_summary(layers_from_module(transformers.BertModel(config))) == expected
+
+
+def test_resnet18_layers():
+    torchvision = pytest.importorskip("torchvision")
+    expected = [("conv1", "Conv2d", [64, 3, 7, 7])]
+    channels_in = 64
+    for stage, channels in enumerate([64, 128, 256, 512], start=1):
+        for block in range(2):  # BasicBlock: conv1, bn1, relu, conv2, bn2, downsample
+            name = f"layer{stage}.{block}"
+            first_in = channels_in if block == 0 else channels
+            expected += [(f"{name}.conv1", "Conv2d", [channels, first_in, 3, 3]),
+                         (f"{name}.conv2", "Conv2d", [channels, channels, 3, 3])]
+            if block == 0 and stage > 1:  # stride 2 and more channels: a 1x1 projection
+                expected.append((f"{name}.downsample.0", "Conv2d", [channels, channels_in, 1, 1]))
+        channels_in = channels
+    expected.append(("fc", "Linear", [1000, 512]))
+    assert len(expected) == 21
+    assert hand_summary(layers_from_module(torchvision.models.resnet18(weights=None))) == expected
+
+
+def test_vgg11_layers():
+    torchvision = pytest.importorskip("torchvision")
+    # cfg "A": 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M; each conv is followed by a
+    # ReLU, so the convs sit at these indices of `features`.
+    convs = [(0, 3, 64), (3, 64, 128), (6, 128, 256), (8, 256, 256),
+             (11, 256, 512), (13, 512, 512), (16, 512, 512), (18, 512, 512)]
+    expected = [(f"features.{i}", "Conv2d", [out, cin, 3, 3]) for i, cin, out in convs]
+    expected += [("classifier.0", "Linear", [4096, 512 * 7 * 7]), ("classifier.3", "Linear", [4096, 4096]),
+                 ("classifier.6", "Linear", [1000, 4096])]
+    assert hand_summary(layers_from_module(torchvision.models.vgg11(weights=None))) == expected
+
+
+def test_multihead_attention_is_split_into_q_k_v():
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16)
+    result = layers_from_module(encoder)
+    assert hand_summary(result) == [
+        ("self_attn.q_proj", "Linear", [8, 8]),
+        ("self_attn.k_proj", "Linear", [8, 8]),
+        ("self_attn.v_proj", "Linear", [8, 8]),
+        ("self_attn.out_proj", "Linear", [8, 8]),
+        ("linear1", "Linear", [16, 8]),
+        ("linear2", "Linear", [8, 16]),
+    ]
+    fused = encoder.self_attn.in_proj_weight.detach().numpy()
+    for i, name in enumerate("qkv"):
+        np.testing.assert_array_equal(result.tensors[f"self_attn.{name}_proj.weight"].numpy(), fused[8 * i: 8 * (i + 1)])
+
+
+def test_multihead_attention_with_separate_key_and_value_sizes():
+    attention = nn.MultiheadAttention(8, 2, kdim=5, vdim=3)
+    assert hand_summary(layers_from_module(attention)) == [
+        ("q_proj", "Linear", [8, 8]), ("k_proj", "Linear", [8, 5]), ("v_proj", "Linear", [8, 3]),
+        ("out_proj", "Linear", [8, 8]),
+    ]

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zooscope.metrics import LAYER_COLUMNS, fit_layers, spectrum_metrics, summarize
+from zooscope.metrics import LAYER_COLUMNS, SUMMARY_METRICS, fit_layers, spectrum_metrics, summarize
 
 
 def pareto_spectrum(rng, n=400, exponent=3.0):
@@ -77,11 +77,56 @@ def test_summary_is_the_mean_over_fitted_rows_only():
     layers = pd.DataFrame({
         "layer": ["a", "a", "b", "c"],
         "status": ["ok", "ok", "skipped", "failed"],
-        **{m: [1.0, 3.0, 100.0, np.nan] for m in ("alpha", "alpha_weighted", "log_alpha_norm", "log_norm",
-                                                    "log_spectral_norm", "stable_rank", "D", "sigma",
-                                                    "num_pl_spikes", "lambda_max")},
+        **{m: [1.0, 3.0, 100.0, np.nan] for m in SUMMARY_METRICS},
     })
     summary = summarize("m", layers)
     assert summary["metrics"]["alpha"] == 2.0
     assert (summary["num_layers"], summary["num_rows"], summary["num_fitted"]) == (3, 4, 2)
     assert (summary["num_skipped"], summary["num_failed"]) == (1, 1)
+
+
+@pytest.mark.parametrize("kind", ["pl", "tpl", "etpl"])
+def test_fit_kind_sets_the_tail_columns(rng, kind):
+    values = pareto_spectrum(rng, n=2000, exponent=3.0)
+    row = spectrum_metrics(values, kind=kind)
+    assert row["status"] == "ok" and row["fit_kind"] == kind
+    assert abs(row["alpha"] - 3.0) < 4 * row["sigma"]
+    assert row["alpha_weighted"] == pytest.approx(row["alpha"] * math.log10(values.max()))
+    assert np.isnan(row["truncation"]) == (kind != "etpl")
+    if kind == "pl":  # log-likelihood of the Pareto density on the tail
+        tail = values[values >= row["xmin"]]
+        expected = np.sum(np.log((row["alpha"] - 1) / row["xmin"] * (tail / row["xmin"]) ** -row["alpha"]))
+        assert row["loglik"] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="unknown fit kind 'xpl'; valid: pl, tpl, etpl"):
+        spectrum_metrics(values, kind="xpl")
+
+
+def test_random_matrix_columns_tell_a_random_matrix_from_a_structured_one(rng):
+    n_rows, m_cols = 400, 200
+    noise = rng.standard_normal((n_rows, m_cols))
+    # correlated: columns share a few strong directions (a low-rank part), shuffling destroys them
+    structured = noise + 3.0 * rng.standard_normal((n_rows, 3)) @ rng.standard_normal((3, m_cols))
+    rows = {}
+    for name, w in (("noise", noise), ("structured", structured)):
+        values = np.linalg.eigvalsh(w.T @ w)
+        shuffled = rng.permutation(w.ravel()).reshape(w.shape)
+        randomized = np.linalg.eigvalsh(shuffled.T @ shuffled)
+        rows[name] = spectrum_metrics(values, shape=(n_rows, m_cols), randomized=randomized)
+    assert rows["noise"]["num_spikes"] <= 2 and rows["structured"]["num_spikes"] >= 3
+    assert rows["noise"]["rand_distance"] < 0.15 < rows["structured"]["rand_distance"]
+    assert rows["structured"]["num_traps"] <= 2  # shuffled, the low-rank part is gone
+    edge = rows["noise"]["mp_bulk_edge"]
+    assert edge == pytest.approx(n_rows * (1 + math.sqrt(m_cols / n_rows)) ** 2, rel=0.03)
+    assert rows["noise"]["mp_softrank"] == pytest.approx(edge / rows["noise"]["lambda_max"])
+
+
+def test_fit_layers_reads_the_randomized_spectra_when_the_record_has_them(rng):
+    w = rng.standard_normal((120, 60))
+    values = np.linalg.eigvalsh(w.T @ w)[None, :]
+    index = {"layers": [{"name": "a", "type": "Linear", "depth": 0, "N": 120, "M": 60, "status": "ok",
+                         "reason": "", "slices": [""], "file": "a.npy", "rand_file": "a.rand.npy"}]}
+    loads = []
+    frame = fit_layers(index, lambda record, randomized=False: loads.append(randomized) or values)
+    assert loads == [False, True]
+    assert frame.loc[0, "rand_distance"] == 0.0 and frame.loc[0, "fit_kind"] == "pl"
+    assert frame.loc[0, "num_spikes"] == frame.loc[0, "num_traps"]

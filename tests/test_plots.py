@@ -146,3 +146,30 @@ def test_plot_esd_with_package_fit(tmp_path):
     eigenvalues = np.linalg.svd(rng.standard_t(3, size=(300, 150)), compute_uv=False) ** 2
     fit = fit_power_law(eigenvalues)
     assert_png(plot_esd(eigenvalues, fit, tmp_path / "real.png", title="student-t 300x150"))
+
+
+def test_plot_randomization_and_its_place_in_the_model_esds(tmp_path):
+    from conftest import write_model_dir
+    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.metrics import fit_layers
+    from zooscope.plots import plot_model_esds, plot_randomization
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((300, 100)) + 2.0 * rng.standard_normal((300, 2)) @ rng.standard_normal((2, 100))
+    model_dir = write_model_dir(tmp_path / "model", [("fc", "Linear", w), ("tiny", "Linear", w[:20, :10])])
+    index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", tmp_path / "esd",
+                              randomize=True)
+    record = index["layers"][0]
+    values = load_layer_eigenvalues(tmp_path / "esd", record)[0]
+    rand = load_layer_eigenvalues(tmp_path / "esd", record, randomized=True)[0]
+    assert_png(plot_randomization(values, rand, (300, 100), tmp_path / "one.png", title="fc"))
+    square = rng.standard_normal((80, 80))  # MP ratio 1: the bulk starts at 0
+    assert_png(plot_randomization(np.linalg.eigvalsh(square.T @ square), rand[:80], (80, 80),
+                                  tmp_path / "square.png", title="square"))
+    layers = fit_layers(index, lambda r, randomized=False: load_layer_eigenvalues(tmp_path / "esd", r,
+                                                                                 randomized=randomized))
+    written = plot_model_esds(index, layers, esd_dir=tmp_path / "esd", out_dir=tmp_path / "plots", model="m")
+    # the fitted matrix gets both figures, the skipped one (10 eigenvalues) only its ESD
+    assert sorted(p.name for p in written) == ["fc.png", "fc.rand.png", "tiny.png"]
+    for path in written:
+        assert_png(path)

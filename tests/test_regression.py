@@ -72,7 +72,8 @@ def random_zoo(seed=0):
 def test_metric_columns_order():
     assert METRIC_COLUMNS == (
         "alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm",
-        "stable_rank", "D", "sigma", "num_pl_spikes", "lambda_max",
+        "stable_rank", "D", "sigma", "num_pl_spikes", "lambda_max", "mp_softrank", "num_spikes",
+        "rand_distance", "num_traps",
     )
 
 

@@ -1,7 +1,10 @@
 """Workflow tests: the real snakemake CLI on a tiny zoo in a temporary working directory."""
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -144,12 +147,24 @@ def test_identical_inputs_give_byte_identical_tables(finished_run, tmp_path):
         assert (finished_run / table).read_bytes() == (second / table).read_bytes(), table
 
 
+def write_degenerate_weights(path):
+    """One good layer and one of each bad kind: NaN entries, all zeros, rank one."""
+    rng = np.random.default_rng(7)
+    nan = rng.standard_normal((70, 60)).astype(np.float32)
+    nan[5, 5] = np.nan
+    rank_one = np.outer(rng.standard_normal(70), rng.standard_normal(60)).astype(np.float32)
+    save_file({"good.weight": rng.standard_normal((70, 60)).astype(np.float32), "nan.weight": nan,
+               "zero.weight": np.zeros((70, 60), np.float32), "rank1.weight": rank_one}, str(path))
+
+
 def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
     workdir = make_zoo(tmp_path / "bad", extra_rows=(
         "missing\tfiles\tfile:weights/nope.safetensors\t80\t\t\t\n"
         "corrupt\tfiles\tfile:weights/corrupt.safetensors\t81\t\t\t\n"
+        "degenerate\tfiles\tfile:weights/degenerate.safetensors\t82\t\t\t\n"
     ))
     (workdir / "weights" / "corrupt.safetensors").write_bytes(b"\x00" * 100)
+    write_degenerate_weights(workdir / "weights" / "degenerate.safetensors")
     result = snakemake(workdir, "--cores", "2", "--keep-going", check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
@@ -159,6 +174,37 @@ def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
         assert (workdir / "results" / "metrics" / model / "summary.json").is_file()
     for model in ("missing", "corrupt"):
         assert not (workdir / "resources" / "models" / model / "model.safetensors").exists()
+    # bad layers become rows with a status and a reason; the model itself completes
+    layers = pd.read_csv(workdir / "results" / "metrics" / "degenerate" / "layers.tsv", sep="\t",
+                         keep_default_na=False).set_index("layer")
+    assert layers.loc["good", "status"] == "ok"
+    assert layers.loc["nan", "status"] == "failed" and "NaN or Inf" in layers.loc["nan", "reason"]
+    assert layers.loc["zero", "status"] == "failed" and "all eigenvalues are zero" in layers.loc["zero", "reason"]
+    assert layers.loc["rank1", "status"] == "failed" and "degenerate spectrum" in layers.loc["rank1", "reason"]
+    esd_log = (workdir / "logs" / "esd" / "degenerate.log").read_text()
+    assert "nan" in esd_log and "NaN or Inf" in esd_log
+
+
+def test_interrupted_run_resumes_and_keeps_finished_work(tmp_path):
+    workdir = make_zoo(tmp_path / "interrupted")
+    process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    summaries = workdir / "results" / "metrics"
+    deadline = time.monotonic() + 300
+    while not list(summaries.glob("*/summary.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Those jobs are finished: give Snakemake a moment to record that, then cut the power.
+    # Outputs are written by atomic rename, so a recomputed file has a new inode (Snakemake
+    # itself may touch finished outputs, which changes their mtime but not their inode).
+    finished = {path: path.stat().st_ino for path in summaries.glob("*/summary.json")}
+    time.sleep(1.5)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole run, jobs included
+    process.wait()
+    assert finished and not (workdir / "results" / "zoo" / "models.tsv").exists()
+    snakemake(workdir, "--unlock")  # a killed run leaves its lock behind
+    snakemake(workdir, "--cores", "2", "--rerun-incomplete")
+    assert (workdir / "results" / "zoo" / "models.tsv").is_file()
+    assert {path: path.stat().st_ino for path in finished} == finished
 
 
 def test_invalid_zoo_sheet_stops_before_any_job(tmp_path):

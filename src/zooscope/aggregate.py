@@ -32,3 +32,25 @@ def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
     for column in SUMMARY_METRICS:
         frame[column] = frame[column].astype(float)
     return frame
+
+
+def join_jacobian(models: pd.DataFrame, jacobian_summaries: list[dict]) -> tuple[pd.DataFrame, list[str]]:
+    """models.tsv with the Jacobian stage's per-model ``jac_`` metrics joined on ``model``
+    (empty for models without a data set), and the names of those columns.
+
+    Without any Jacobian summary the table is returned unchanged: a zoo without data sets keeps
+    the columns it always had. The columns are those the summaries carry (the stage defines them,
+    zooscope.jacobian.JACOBIAN_METRICS), so this module stays free of torch.
+    """
+    if not jacobian_summaries:
+        return models, []
+    columns = list(dict.fromkeys(key for summary in jacobian_summaries for key in summary["metrics"]))
+    found = {summary["model"]: summary["metrics"] for summary in jacobian_summaries}
+    unknown = sorted(set(found) - set(models["model"]))
+    if unknown:
+        raise ValueError(f"Jacobian summaries of models not in the table: {', '.join(unknown)}")
+    extra = pd.DataFrame(
+        [{column: found.get(model, {}).get(column) for column in columns} for model in models["model"]],
+        columns=columns, index=models.index, dtype=float,
+    )
+    return pd.concat([models, extra], axis=1), columns

@@ -4,7 +4,9 @@ Snakemake runs one job per model (design.md: per-layer jobs would make no-op rer
 slow), and inside it each layer is a cache entry: ``{layer}.npy`` (the eigenvalues, one sorted row
 per matrix) and ``{layer}.entry.json`` (its record, written last as the entry's commit marker). An entry
 is reused when its key (the layer's weights hash and the spectrum settings) is unchanged, so a
-rerun after a model changes recomputes only the layers whose weights changed. The entries are not
+rerun after a model changes recomputes only the layers whose weights changed. With ``randomize``
+the entry also holds ``{layer}.rand.npy``: the eigenvalues of the same matrices with their entries
+shuffled (the randomization check of design.md), computed here because this stage has the weights. The entries are not
 declared as Snakemake outputs on purpose: Snakemake deletes a job's outputs before running it.
 """
 from __future__ import annotations
@@ -21,11 +23,13 @@ from zooscope import io, spectrum
 log = logging.getLogger(__name__)
 
 # Bump when the eigenvalue computation changes, to invalidate every cache entry.
-ESD_VERSION = 1
+ESD_VERSION = 2
 ENTRY_SUFFIX = ".entry.json"
+RAND_SUFFIX = ".rand.npy"
 
 
-def cache_key(layer: dict, *, conv2d: str, normalize: str) -> str:
+def cache_key(layer: dict, *, conv2d: str, normalize: str, conv2d_fft_size: int | None = None,
+              randomize: bool = False) -> str:
     fields = {
         "version": ESD_VERSION,
         "sha256": layer["sha256"],
@@ -33,18 +37,37 @@ def cache_key(layer: dict, *, conv2d: str, normalize: str) -> str:
         "shape": list(layer["shape"]),
         "conv2d": conv2d,
         "normalize": normalize,
+        "conv2d_fft_size": conv2d_fft_size,
+        "randomize": randomize,
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str):
-    """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M))."""
+def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str,
+                      conv2d_fft_size: int | None = None, shuffle_seed: int | None = None):
+    """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)).
+
+    With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
+    they are the operator's entries), so every matrix keeps its own values.
+    """
+    def prepare(array):
+        return array if shuffle_seed is None else spectrum.shuffled(array, shuffle_seed)
+
+    if layer_type == "Conv2d" and conv2d == "fft":
+        n = spectrum.conv2d_fft_size(np.shape(weight), conv2d_fft_size)
+        values = spectrum.conv2d_fft_eigenvalues(prepare(weight), n, normalize=normalize)
+        return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
-    rows = [spectrum.eigenvalues(m.matrix, normalize=normalize) for m in matrices]
+    rows = [spectrum.eigenvalues(prepare(m.matrix), normalize=normalize) for m in matrices]
     return [m.label for m in matrices], np.vstack(rows), spectrum.oriented_shape(matrices[0].matrix)
 
 
-def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, conv2d: str, normalize: str) -> dict:
+def shuffle_seed(layer: dict) -> int:
+    """The shuffle's seed, from the layer's weights hash: deterministic per layer and weights."""
+    return int(layer["sha256"][:16], 16)
+
+
+def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: bool, **settings) -> dict:
     record = {
         "name": layer["name"],
         "tensor": layer["tensor"],
@@ -53,6 +76,7 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, conv2d: str,
         "depth": layer["depth"],
         "key": key,
         "file": None,
+        "rand_file": None,
         "slices": [],
         "N": None,
         "M": None,
@@ -60,39 +84,53 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, conv2d: str,
         "reason": "",
     }
     npy_path = out_dir / f"{layer['name']}.npy"
+    rand_path = out_dir / f"{layer['name']}{RAND_SUFFIX}"
     try:
         weight = reader.get_tensor(layer["tensor"])
-        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], conv2d=conv2d, normalize=normalize)
+        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **settings)
+        rand = (layer_eigenvalues(weight, layer["type"], **settings, shuffle_seed=shuffle_seed(layer))[1]
+                if randomize else None)
     except Exception as error:  # a bad layer becomes a failed row, never a failed model
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
         npy_path.unlink(missing_ok=True)
+        rand_path.unlink(missing_ok=True)
         return record
     io.write_npy(npy_path, values)
-    record.update(file=npy_path.name, slices=labels, N=int(n), M=int(m))
+    if rand is None:
+        rand_path.unlink(missing_ok=True)
+    else:
+        io.write_npy(rand_path, rand)
+    record.update(file=npy_path.name, rand_file=rand_path.name if randomize else None, slices=labels,
+                  N=int(n), M=int(m))
     return record
 
 
-def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slices", normalize: str = "none") -> dict:
-    """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads."""
-    from safetensors import safe_open
+def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slices", normalize: str = "none",
+                      conv2d_fft_size: int | None = None, randomize: bool = False) -> dict:
+    """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
+    ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled.
+    """
+    settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers_doc = io.read_json(layers_path)
     layers = layers_doc["layers"]
     records = []
     reused = 0
-    with safe_open(str(weights_path), framework="numpy") as reader:
+    with io.SafetensorsReader(weights_path) as reader:  # one tensor's pages at a time (its docstring)
         for position, layer in enumerate(layers, start=1):
-            key = cache_key(layer, conv2d=conv2d, normalize=normalize)
+            key = cache_key(layer, **settings, randomize=randomize)
             entry_path = out_dir / f"{layer['name']}{ENTRY_SUFFIX}"
             cached = io.read_json(entry_path) if entry_path.is_file() else None
-            if cached and cached.get("key") == key and (cached["file"] is None or (out_dir / cached["file"]).is_file()):
+            if cached and cached.get("key") == key and all(
+                cached[field] is None or (out_dir / cached[field]).is_file() for field in ("file", "rand_file")
+            ):
                 record = cached
                 reused += 1
                 action = "cached"
             else:
-                record = _compute_entry(reader, layer, key, out_dir, conv2d=conv2d, normalize=normalize)
+                record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize)
                 io.write_json(entry_path, record)
                 action = "computed"
             log.info("[%d/%d] %s %s (%s)%s", position, len(layers), action, layer["name"], layer["type"],
@@ -102,18 +140,21 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
     log.info("%s: %d layers, %d reused from the cache", layers_doc.get("model", ""), len(records), reused)
     return {
         "model": layers_doc.get("model"),
-        "settings": {"conv2d": conv2d, "normalize": normalize},
+        "settings": {**settings, "randomize": randomize},
         "layers": records,
     }
 
 
 def _remove_stale_entries(out_dir: Path, names: set[str]) -> None:
     for path in out_dir.iterdir():
-        for suffix in (ENTRY_SUFFIX, ".npy"):
-            if path.name.endswith(suffix) and path.name[: -len(suffix)] not in names:
-                path.unlink()
+        for suffix in (RAND_SUFFIX, ENTRY_SUFFIX, ".npy"):  # the longest suffix first
+            if path.name.endswith(suffix):
+                if path.name[: -len(suffix)] not in names:
+                    path.unlink()
+                break
 
 
-def load_layer_eigenvalues(esd_dir, record: dict) -> np.ndarray:
-    """The (num_matrices, M) eigenvalue array of one index record."""
-    return np.load(Path(esd_dir) / record["file"], allow_pickle=False)
+def load_layer_eigenvalues(esd_dir, record: dict, *, randomized: bool = False) -> np.ndarray:
+    """The (num_matrices, M) eigenvalue array of one index record (``randomized``: of its shuffled
+    matrices, which exist when the record's ``rand_file`` is set)."""
+    return np.load(Path(esd_dir) / record["rand_file" if randomized else "file"], allow_pickle=False)

@@ -62,3 +62,35 @@ def write_npy(path: str | os.PathLike, array) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
+
+
+class SafetensorsReader:
+    """Reads tensors of a safetensors file one at a time, as numpy arrays, opening it per tensor.
+
+    Why not one ``safe_open`` handle for the whole model: it memory-maps the file, and every page
+    read through it stays mapped, counted in the process's RSS, until the handle closes, so
+    reading a 2 GiB model tensor by tensor through one handle still peaks at 2 GiB of RSS
+    (benchmarks/bench_memory.py). Reopening per tensor (the header is small) releases each
+    tensor's pages when it has been copied out. A context manager, like ``safe_open``.
+    """
+
+    def __init__(self, path: str | os.PathLike, framework: str = "numpy"):
+        self.path, self.framework = str(path), framework
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def get_tensor(self, key: str):
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework=self.framework) as handle:
+            return handle.get_tensor(key)
+
+    def keys(self) -> list[str]:
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework=self.framework) as handle:
+            return list(handle.keys())

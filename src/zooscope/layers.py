@@ -1,7 +1,19 @@
 """Which weight tensors of a model are analysed, in what order, under what names.
 
-Two routes lead to the same layer list. With a module tree (``train:``/``random:``, later the
-hub loaders) the module class says what a weight is. A bare state dict (``file:`` sources) has
+Two routes lead to the same layer list. With a module tree (``train:``/``random:`` and the hub
+sources) the module class says what a weight is:
+
+- Linear, Conv1d, Conv2d, Embedding: their ``.weight``, as is (subclasses included).
+- transformers' ``Conv1D`` (GPT-2 style models) is a linear layer that stores its weight
+  transposed, (in, out): it is recorded as ``Linear`` with the weight transposed to (out, in),
+  so that the matrix is the linear map like every other Linear's. Its tensor keeps its name.
+- ``nn.MultiheadAttention`` fuses the query, key and value projections in one
+  ``in_proj_weight`` (3E, E): it becomes three ``Linear`` layers ``{path}.q_proj``,
+  ``{path}.k_proj``, ``{path}.v_proj`` (tensors ``{path}.q_proj.weight``...), each (E, E), in
+  that order (the rows of ``in_proj_weight`` in order); with separate key/value dimensions the
+  ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` give the same three names. Its
+  ``out_proj`` is an ordinary Linear child.
+ A bare state dict (``file:`` sources) has
 no classes, so the tensor's name and rank decide. Each layer is one weight tensor; biases, norms
 and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
 
@@ -13,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
+
+from zooscope.io import SafetensorsReader
 
 # Module classes whose ``.weight`` is analysed, and the type name each is recorded under.
 # Order matters only for subclasses; these four are unrelated classes.
@@ -50,21 +65,110 @@ class Layer:
 
 @dataclass(frozen=True)
 class LayerList:
-    """The layers in depth order and their float32, contiguous weights keyed by ``Layer.tensor``."""
+    """The layers in depth order and their float32, contiguous weights keyed by ``Layer.tensor``.
+
+    ``tensors`` makes each float32 weight when asked (a Float32View): fetch writes them one at a
+    time, so a model is never held twice (a transposed or half-precision copy of every weight).
+    """
 
     layers: list[Layer]
-    tensors: dict[str, Tensor]
+    tensors: Mapping[str, Tensor]
+
+
+# safetensors dtype names -> torch dtypes, to describe a stored tensor without reading it.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class TensorStore(Mapping):
+    """The tensors of safetensors files, read one at a time when asked, never all at once.
+
+    Why: a state dict of a large model read whole, then converted, holds it twice. Each access
+    opens its shard and copies out just that tensor (io.SafetensorsReader says why per access). ``describe`` gives a tensor's
+    dtype and shape (a ``meta`` tensor) from the file header, without reading its data.
+    Safetensors files cannot alias tensors, so tied weights do not arise here.
+    """
+
+    def __init__(self, files: Mapping[str, Path], headers: Mapping[str, tuple[str, list[int]]]):
+        self._files = dict(files)  # key -> shard file
+        self._headers = dict(headers)  # key -> (safetensors dtype, shape)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return SafetensorsReader(self._files[key], framework="pt").get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def describe(self, key: str) -> Tensor:
+        dtype, shape = self._headers[key]
+        return torch.empty(shape, dtype=SAFETENSORS_DTYPES.get(dtype, torch.uint8), device="meta")
+
+    def num_parameters(self) -> int:
+        """Elements of the floating-point tensors, from the headers alone."""
+        return sum(t.numel() for t in map(self.describe, self) if t.is_floating_point())
+
+
+class Float32View(Mapping):
+    """Some of a mapping's tensors (a TensorStore, or weights of a module tree, views included)
+    as float32 contiguous CPU tensors, each made when asked."""
+
+    def __init__(self, source: Mapping[str, Tensor], keys: Iterable[str]):
+        self._source, self._keys = source, list(keys)
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return as_float32(self._source[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def layers_from_module(model: nn.Module) -> LayerList:
-    """The weights of Linear/Conv1d/Conv2d/Embedding modules, in registration order."""
+    """The analysed weights of a module tree (module docstring), in registration (depth) order."""
     found = []
     for path, module in model.named_modules():
-        kind = module_type(module)
-        weight = getattr(module, "weight", None) if kind else None
-        if isinstance(weight, Tensor):
-            found.append((f"{path}.weight" if path else "weight", kind, weight))
+        found.extend(module_weights(path, module))
     return _build(found)
+
+
+def module_weights(path: str, module: nn.Module) -> list[tuple[str, str, Tensor]]:
+    """(tensor key, layer type, matrix) of one module's own analysed weights; [] if none."""
+    prefix = f"{path}." if path else ""
+    if isinstance(module, nn.MultiheadAttention):
+        return attention_projections(prefix, module)
+    if is_transposed_conv1d(module):
+        return [(f"{prefix}weight", "Linear", module.weight.t())]
+    kind = module_type(module)
+    weight = getattr(module, "weight", None) if kind else None
+    return [(f"{prefix}weight", kind, weight)] if isinstance(weight, Tensor) else []
+
+
+def attention_projections(prefix: str, module: nn.MultiheadAttention) -> list[tuple[str, str, Tensor]]:
+    """The query, key and value projections of a MultiheadAttention, as three Linear weights."""
+    if module.in_proj_weight is not None:
+        projections = module.in_proj_weight.chunk(3, dim=0)
+    else:
+        projections = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
+    return [(f"{prefix}{name}_proj.weight", "Linear", weight) for name, weight in zip("qkv", projections)]
+
+
+def is_transposed_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D``, recognised without importing transformers."""
+    return any(
+        cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+        for cls in type(module).__mro__
+    )
 
 
 def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
@@ -72,14 +176,16 @@ def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
 
     Natural order ("layer.2" before "layer.10") stands in for depth, because safetensors files
     do not keep the order tensors were registered in; using it for every file format makes the
-    same weights give the same layer list whatever format they came in.
+    same weights give the same layer list whatever format they came in. A TensorStore is typed
+    from its headers and read one tensor at a time (its class docstring).
     """
+    lazy = isinstance(state, TensorStore)
     found = []
     for key in sorted(state, key=natural_key):
-        kind = state_dict_type(key, state[key])
+        kind = state_dict_type(key, state.describe(key) if lazy else state[key])
         if kind:
-            found.append((key, kind, state[key]))
-    return _build(found)
+            found.append((key, kind, state.describe(key) if lazy else state[key]))
+    return _build(found, store=state if lazy else None)
 
 
 def module_type(module: nn.Module) -> str | None:
@@ -161,24 +267,31 @@ def natural_key(text: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
-def _build(found: list[tuple[str, str, Tensor]]) -> LayerList:
-    """Drop repeated (tied) tensors, name the rest uniquely and hash their float32 bytes."""
+def _build(found: list[tuple[str, str, Tensor]], store: TensorStore | None = None) -> LayerList:
+    """Drop repeated (tied) tensors, name the rest uniquely and hash their float32 bytes.
+
+    Each float32 copy is made, hashed and let go; the list's tensors are made again when
+    written (Float32View). With a ``store`` the found tensors are ``meta`` descriptions, and
+    each is read from the store.
+    """
     seen: set[tuple] = set()
     names: set[str] = set()
     layers: list[Layer] = []
-    tensors: dict[str, Tensor] = {}
+    weights: dict[str, Tensor] = {}
     for key, kind, weight in found:
-        identity = storage_key(weight)
+        identity = ("key", key) if store is not None else storage_key(weight)
         if identity in seen:
             continue
         seen.add(identity)
-        value = as_float32(weight)
+        value = as_float32(store[key] if store is not None else weight)
         name = _unique(safe_name(layer_name(key)), names)
         layers.append(
             Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value))
         )
-        tensors[key] = value
-    return LayerList(layers, tensors)
+        if store is None:
+            weights[key] = weight.detach()
+        del value
+    return LayerList(layers, Float32View(store if store is not None else weights, [layer.tensor for layer in layers]))
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -11,17 +11,22 @@ import numpy as np
 import pandas as pd
 
 from zooscope.powerlaw_fit import fit_power_law
+from zooscope.random_matrix import esd_distance, fit_marchenko_pastur
+from zooscope.truncated_fit import (
+    FIT_KINDS, TailFit, fit_exp_truncated_power_law, fit_truncated_power_law, power_law_loglik,
+)
 
 # Columns of results/metrics/{model}/layers.tsv, in order.
 LAYER_COLUMNS = (
     "layer", "slice", "type", "depth", "N", "M", "num_evals", "lambda_max", "alpha", "xmin",
     "xmax", "D", "sigma", "num_pl_spikes", "log_norm", "log_spectral_norm", "alpha_weighted",
-    "log_alpha_norm", "stable_rank", "warning", "status", "reason",
+    "log_alpha_norm", "stable_rank", "fit_kind", "truncation", "loglik", "mp_bulk_edge", "mp_softrank",
+    "num_spikes", "rand_distance", "num_traps", "warning", "status", "reason",
 )
 # Per-layer quantities averaged into the model summary (over rows with status "ok").
 SUMMARY_METRICS = (
     "alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
-    "D", "sigma", "num_pl_spikes", "lambda_max",
+    "D", "sigma", "num_pl_spikes", "lambda_max", "mp_softrank", "num_spikes", "rand_distance", "num_traps",
 )
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
@@ -48,8 +53,48 @@ def warning_for(alpha: float) -> str:
     return ""
 
 
-def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 1e-5) -> dict:
-    """All metrics of one matrix's eigenvalues (ascending), with ``status`` and ``reason``."""
+def fit_tail(values: np.ndarray, *, kind: str = "pl", floor: float = 1e-5) -> TailFit:
+    """The tail fit of config ``fit.kind``: ``pl`` (pure power law, Clauset et al.), ``tpl``
+    (truncated at lambda_max, on the pure fit's tail) or ``etpl`` (exponentially truncated, from
+    the ESD peak); see zooscope.truncated_fit."""
+    _check_kind(kind)
+    if kind == "etpl":
+        return fit_exp_truncated_power_law(values, floor=floor)
+    fit = fit_power_law(values, floor=floor)
+    if kind == "tpl":
+        return fit_truncated_power_law(values, xmin=fit.xmin)
+    tail = values[values >= fit.xmin]
+    return TailFit(kind="pl", alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
+                   num_pl_spikes=fit.num_pl_spikes, truncation=math.nan,
+                   loglik=power_law_loglik(tail, fit.alpha, fit.xmin))
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in FIT_KINDS:
+        raise ValueError(f"unknown fit kind {kind!r}; valid: {', '.join(FIT_KINDS)} (config fit.kind)")
+
+
+def random_matrix_metrics(values: np.ndarray, shape: tuple[int, int], randomized: np.ndarray | None = None) -> dict:
+    """MP bulk columns of one ESD and, given the ESD of the shuffled matrix, the randomization
+    check: ``rand_distance`` (KS distance of the two ESDs) and ``num_traps`` (eigenvalues of the
+    shuffled matrix above its own MP bulk edge: correlation traps)."""
+    mp = fit_marchenko_pastur(values, shape)
+    row = {"mp_bulk_edge": mp.bulk_edge, "mp_softrank": mp.softrank, "num_spikes": mp.num_spikes}
+    if randomized is not None:
+        row.update(rand_distance=esd_distance(values, randomized),
+                   num_traps=fit_marchenko_pastur(randomized, shape).num_spikes)
+    return row
+
+
+def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 1e-5, kind: str = "pl",
+                     shape: tuple[int, int] | None = None, randomized: np.ndarray | None = None) -> dict:
+    """All metrics of one matrix's eigenvalues (ascending), with ``status`` and ``reason``.
+
+    ``shape`` (N, M) of the matrix adds the MP columns, ``randomized`` (the ESD of the
+    shuffled matrix) the randomization check; fitted rows only. An unknown ``kind`` is an
+    error of the caller, not a failed row.
+    """
+    _check_kind(kind)
     values = np.asarray(values, dtype=np.float64)
     row: dict = {"num_evals": int(values.size), "status": "ok", "reason": "", "warning": ""}
     if values.size == 0 or not values[-1] > 0:
@@ -60,7 +105,7 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
         row.update(status="skipped", reason=f"{values.size} eigenvalues < min_evals={min_evals}")
         return row
     try:
-        fit = fit_power_law(values, floor=floor)
+        fit = fit_tail(values, kind=kind, floor=floor)
     except ValueError as error:
         row.update(status="failed", reason=str(error))
         return row
@@ -72,6 +117,9 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
         D=fit.D,
         sigma=fit.sigma,
         num_pl_spikes=fit.num_pl_spikes,
+        fit_kind=fit.kind,
+        truncation=fit.truncation,
+        loglik=fit.loglik,
         alpha_weighted=fit.alpha * math.log10(fit.xmax),
         # log10 sum lambda^alpha, computed as log10(lambda_max^alpha * sum (lambda/lambda_max)^alpha)
         # so that large alphas cannot overflow.
@@ -79,11 +127,18 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
         + math.log10(float(np.sum((positive / row["lambda_max"]) ** fit.alpha))),
         warning=warning_for(fit.alpha),
     )
+    if shape is not None:
+        row.update(random_matrix_metrics(values, shape, randomized))
     return row
 
 
-def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5) -> pd.DataFrame:
-    """One row per matrix of every layer of an esd index (see zooscope.esd)."""
+def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
+               kind: str = "pl") -> pd.DataFrame:
+    """One row per matrix of every layer of an esd index (see zooscope.esd).
+
+    ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
+    ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
+    """
     rows = []
     for record in index["layers"]:
         base = {"layer": record["name"], "type": record["type"], "depth": record["depth"],
@@ -92,13 +147,15 @@ def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: flo
             rows.append({**base, "slice": "", "status": record["status"], "reason": record["reason"]})
             continue
         values = load_eigenvalues(record)
-        for label, row_values in zip(record["slices"], values):
+        randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
+        for label, row_values, row_rand in zip(record["slices"], values, randomized, strict=True):
             rows.append({**base, "slice": label,
-                         **spectrum_metrics(row_values, min_evals=min_evals, floor=floor)})
+                         **spectrum_metrics(row_values, min_evals=min_evals, floor=floor, kind=kind,
+                                            shape=(record["N"], record["M"]), randomized=row_rand)})
     frame = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
-    for column in ("depth", "N", "M", "num_evals", "num_pl_spikes"):
+    for column in ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_spikes", "num_traps"):
         frame[column] = frame[column].astype("Int64")
-    for column in ("slice", "warning", "reason"):
+    for column in ("slice", "fit_kind", "warning", "reason"):
         frame[column] = frame[column].fillna("")
     return frame
 
@@ -123,7 +180,8 @@ def summarize(model: str, layers: pd.DataFrame) -> dict:
 
 def read_layers_table(path) -> pd.DataFrame:
     """Read a layers.tsv written by the fit stage, with text columns kept as text."""
-    frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "warning": str, "reason": str, "layer": str})
-    for column in ("slice", "warning", "reason"):
+    frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "fit_kind": str, "warning": str, "reason": str,
+                                               "layer": str})
+    for column in ("slice", "fit_kind", "warning", "reason"):
         frame[column] = frame[column].fillna("")
     return frame

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -24,6 +25,7 @@ from zooscope.io import atomic_path  # noqa: E402
 __all__ = [
     "safe_filename",
     "plot_esd",
+    "plot_randomization",
     "plot_correlation_flow",
     "plot_metric_vs_accuracy",
     "plot_series_regressions",
@@ -170,6 +172,44 @@ def plot_esd(
     return _save(fig, path)
 
 
+def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: str | os.PathLike, *,
+                       title: str) -> Path:
+    """The randomization check of one matrix (seed 001, Figure 1) on one figure: the ESD, the ESD
+    of the same matrix with its entries shuffled, and the Marchenko-Pastur density fitted to the
+    ESD's bulk (:func:`zooscope.random_matrix.fit_marchenko_pastur`, ``shape`` = (N, M)).
+
+    Densities of log10(lambda), with shared bins: ESDs span decades, and on a log axis the heavy
+    tail, the MP bulk and the shuffled spectrum are all visible at once. The MP density is
+    transformed to the same variable, p(log10 x) = p(x) x ln 10.
+    """
+    from zooscope.random_matrix import esd_distance, fit_marchenko_pastur, mp_density
+
+    values = np.asarray(eigenvalues, dtype=np.float64).ravel()
+    rand = np.asarray(randomized, dtype=np.float64).ravel()
+    mp, mp_rand = fit_marchenko_pastur(values, shape), fit_marchenko_pastur(rand, shape)
+    logs, rand_logs = np.log10(values[values > 0]), np.log10(rand[rand > 0])
+    bins = np.linspace(min(logs.min(), rand_logs.min()), max(logs.max(), rand_logs.max()), 61)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.hist(logs, bins=bins, density=True, alpha=0.55, color="tab:blue",
+            label=f"ESD ({mp.num_spikes} above the MP edge)")
+    ax.hist(rand_logs, bins=bins, density=True, alpha=0.45, color="tab:green",
+            label=f"shuffled W ({mp_rand.num_spikes} traps), KS distance {esd_distance(values, rand):.3f}")
+    # the lower edge is 0 for a square matrix, where the log-variable density tends to 0 anyway
+    lower = max(mp.scale * (1 - math.sqrt(mp.ratio)) ** 2, mp.bulk_edge * 1e-6)
+    x = np.geomspace(lower * (1 + 1e-9), mp.bulk_edge * (1 - 1e-9), 400)
+    ax.plot(np.log10(x), mp_density(x, mp.ratio, mp.scale) * x * math.log(10.0), color="tab:red", linewidth=2,
+            label=f"Marchenko-Pastur fit of the bulk (Q = {1 / mp.ratio:.3g})")
+    ax.axvline(math.log10(mp.bulk_edge), color="tab:red", linestyle="--", linewidth=1,
+               label=f"MP bulk edge = {mp.bulk_edge:.4g}")
+    ax.set_xlabel("log10 eigenvalue")
+    ax.set_ylabel("density of log10 eigenvalue")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 # --------------------------------------------------------------------------------------------
 # Correlation flow
 
@@ -231,6 +271,7 @@ def plot_correlation_flow(
     for level in _ALPHA_BAND:
         ax.axhline(level, color="0.5", linestyle=":", linewidth=1)
     ax.set_xlabel("layer depth (index)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("alpha (power-law exponent of the layer ESD)")
     ax.set_title(f"Correlation flow: {series}")
     ax.grid(True, alpha=0.3)
@@ -353,7 +394,9 @@ def _matrix_label(layer: str, slice_label: str) -> str:
 
 
 def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, model: str) -> list[Path]:
-    """The ESD plot of every matrix of one model that has eigenvalues: ``out_dir/{layer}[.sliceI-J].png``.
+    """The ESD plot of every matrix of one model that has eigenvalues: ``out_dir/{layer}[.sliceI-J].png``,
+    and for fitted matrices with shuffled spectra (config ``randomize``) the randomization check
+    ``{layer}[.sliceI-J].rand.png`` (:func:`plot_randomization`).
 
     ``index`` is the esd stage's index, ``layers`` the fit stage's layers.tsv; rows that were
     skipped are drawn without a fit, with their reason in the title.
@@ -364,6 +407,7 @@ def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, mode
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {record["name"]: record for record in index["layers"] if record["status"] == "ok"}
     spectra: dict[str, np.ndarray] = {}
+    randomized: dict[str, np.ndarray] = {}
     written = []
     for row in layers.itertuples(index=False):
         record = records.get(row.layer)
@@ -371,12 +415,19 @@ def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, mode
             continue
         if row.layer not in spectra:
             spectra[row.layer] = load_layer_eigenvalues(esd_dir, record)
-        values = spectra[row.layer][record["slices"].index(row.slice)]
+            if record.get("rand_file"):
+                randomized[row.layer] = load_layer_eigenvalues(esd_dir, record, randomized=True)
+        position = record["slices"].index(row.slice)
+        values = spectra[row.layer][position]
         label = _matrix_label(row.layer, row.slice)
         title = f"{model}: {label} ({row.type}, {row.N} x {row.M})"
         fitted = row.status == "ok"
         written.append(plot_esd(values, row if fitted else None, out_dir / f"{safe_filename(label)}.png",
                                 title=title, reason=None if fitted else row.reason))
+        if fitted and record.get("rand_file"):
+            written.append(plot_randomization(values, randomized[row.layer][position], (row.N, row.M),
+                                              out_dir / f"{safe_filename(label)}.rand.png",
+                                              title=f"{title}: randomization check"))
     return written
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import numbers
@@ -28,14 +29,40 @@ from torch import Tensor, nn
 
 from zooscope import architectures, digits
 from zooscope.io import atomic_path, read_json, write_json
-from zooscope.layers import LayerList, layers_from_module, layers_from_state_dict, num_parameters
+from zooscope.layers import (
+    LayerList,
+    TensorStore,
+    as_float32,
+    layers_from_module,
+    layers_from_state_dict,
+    num_parameters,
+)
 
 log = logging.getLogger(__name__)
 
 # Source kinds and how each is written in a zoo sheet.
-SOURCE_KINDS: dict[str, str] = {"file": "file:PATH", "train": "train:ARCH", "random": "random:ARCH"}
+SOURCE_KINDS: dict[str, str] = {
+    "file": "file:PATH", "train": "train:ARCH", "random": "random:ARCH",
+    "torchvision": "torchvision:NAME[@WEIGHTS]", "timm": "timm:NAME", "hf": "hf:REPO[@REVISION]",
+}
+# What a source's argument may be. Hub names are restricted so that a sheet cannot smuggle a
+# path or URL into a library call; schemas/zoo.schema.yaml's source pattern says the same.
+_HF_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?![.-]))*"
+SOURCE_ARGUMENTS: dict[str, re.Pattern] = {
+    "file": re.compile(r".+"),
+    "train": re.compile(r".+"),
+    "random": re.compile(r".+"),
+    "torchvision": re.compile(r"[a-z][a-z0-9_]*(@[A-Z][A-Z0-9_]*)?"),
+    "timm": re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?"),
+    "hf": re.compile(rf"{_HF_NAME}(/{_HF_NAME})?(@[A-Za-z0-9][A-Za-z0-9._/-]*)?"),
+}
+# Sources loaded through a model library's hub code (zooscope.hubs).
+HUB_KINDS = ("torchvision", "timm", "hf")
 # Zoo-sheet columns that are not options.
 SHEET_COLUMNS = ("model", "series", "source", "accuracy")
+# Columns of the Jacobian stage (zooscope.data): they name data, not options of the model, so
+# fetch ignores them (and a change to them must not refetch or retrain the model).
+DATA_COLUMNS = ("data", "data_samples")
 # Option columns and their types: the architecture's, then training's.
 ARCHITECTURE_OPTION_TYPES: dict[str, type] = {name: int for name in architectures.ARCHITECTURE_OPTIONS}
 TRAINING_OPTION_TYPES: dict[str, type] = {
@@ -47,8 +74,15 @@ SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "train": tuple(OPTION_TYPES),
     "random": (*ARCHITECTURE_OPTION_TYPES, "seed"),
     "file": (),
+    **{kind: () for kind in HUB_KINDS},
 }
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+SOURCE_EXAMPLES = {
+    "file": "file:weights/model.safetensors", "train": "train:mlp", "random": "random:cnn",
+    "torchvision": "torchvision:resnet50@IMAGENET1K_V1", "timm": "timm:resnet50.a1_in1k",
+    "hf": "hf:openai-community/gpt2@main",
+}
 
 OUTPUT_FILES = ("model.safetensors", "layers.json", "meta.json")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -86,14 +120,21 @@ class Fetched:
 
 
 def parse_source(text: str, model: str | None = None) -> tuple[str, str]:
-    """Split a sheet's ``source`` cell into (kind, argument), e.g. "train:mlp" -> ("train", "mlp")."""
+    """Split a sheet's ``source`` cell into (kind, argument), e.g. "train:mlp" -> ("train", "mlp").
+
+    Hub arguments are checked against SOURCE_ARGUMENTS here too, for rows that did not come
+    through the schema-validated sheet.
+    """
     kind, sep, argument = str(text).strip().partition(":")
+    where = f" for model {model!r}" if model is not None else ""
     if not sep or kind not in SOURCE_KINDS or not argument.strip():
-        where = f" for model {model!r}" if model is not None else ""
         raise FetchError(
             f"unknown source {text!r}{where}; valid sources: {', '.join(SOURCE_KINDS.values())}"
         )
-    return kind, argument.strip()
+    argument = argument.strip()
+    if not SOURCE_ARGUMENTS[kind].fullmatch(argument):
+        raise FetchError(f"invalid source {text!r}{where}; expected {SOURCE_KINDS[kind]}, e.g. {SOURCE_EXAMPLES[kind]}")
+    return kind, argument
 
 
 def parse_options(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -104,7 +145,7 @@ def parse_options(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
     model = row.get("model")
     options = {}
     for column, value in row.items():
-        if column in SHEET_COLUMNS or is_empty(value) or kind == "file":
+        if column in SHEET_COLUMNS or column in DATA_COLUMNS or is_empty(value) or kind == "file":
             continue
         if column not in OPTION_TYPES:
             raise FetchError(
@@ -195,8 +236,10 @@ def fetch_model(
         fetched = fetch_file(model, resolve_path(argument, sheet_dir), accuracy)
     elif kind == "train":
         fetched = fetch_trained(model, argument, options, accuracy, threads)
-    else:
+    elif kind == "random":
         fetched = fetch_random(model, argument, options, accuracy, threads)
+    else:
+        fetched = fetch_hub(model, kind, argument, accuracy, threads)
     write_model(out_dir, _meta(row, model, fetched), fetched.layers)
     log.info(
         "fetched %s (%s) in %.1f s: %d layers, %d parameters, accuracy %s",
@@ -221,17 +264,42 @@ def _meta(row: Mapping[str, Any], model: str, fetched: Fetched) -> dict[str, Any
 
 def write_model(out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList) -> None:
     """Write the three fetch outputs atomically; meta.json last, with the weights' sha256."""
-    from safetensors.torch import save
-
     out_dir = Path(out_dir)
-    payload = save(layers.tensors, metadata={"format": "pt"})
     with atomic_path(out_dir / "model.safetensors") as tmp:
-        tmp.write_bytes(payload)
+        digest = write_safetensors(tmp, layers)
     write_json(
         out_dir / "layers.json",
         {"model": meta["model"], "layers": [layer.to_json() for layer in layers.layers]},
     )
-    write_json(out_dir / "meta.json", {**meta, "sha256": hashlib.sha256(payload).hexdigest()})
+    write_json(out_dir / "meta.json", {**meta, "sha256": digest})
+
+
+def write_safetensors(path: Path, layers: LayerList) -> str:
+    """Write the layers' float32 weights as a safetensors file, one tensor at a time; its sha256.
+
+    Streaming (header, then each tensor's bytes in depth order) instead of serialising the whole
+    file in memory keeps fetch's memory at the model plus one tensor, whatever the model's size.
+    The header is computed from the layer list, so the bytes are deterministic.
+    """
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for layer in layers.layers:
+        size = 4 * math.prod(layer.shape)
+        header[layer.tensor] = {"dtype": "F32", "shape": layer.shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        for chunk in (len(encoded).to_bytes(8, "little"), encoded):
+            handle.write(chunk)
+            digest.update(chunk)
+        for layer in layers.layers:
+            data = memoryview(as_float32(layers.tensors[layer.tensor]).numpy()).cast("B")
+            handle.write(data)
+            digest.update(data)
+            del data
+    return digest.hexdigest()
 
 
 def fetch_trained(
@@ -282,6 +350,28 @@ def fetch_random(
     )
 
 
+def fetch_hub(model: str, kind: str, argument: str, accuracy: float | None, threads: int) -> Fetched:
+    """Load a torchvision/timm/Hugging Face model; layers are typed from its module tree.
+
+    The sheet's accuracy wins; else the one the weights report (torchvision's meta), else none.
+    meta.json's ``weights`` records where the weights came from (zooscope.hubs).
+    """
+    from zooscope import hubs
+
+    with digits.deterministic_torch(0, threads):
+        loaded = hubs.load_hub_model(kind, argument, model)
+        layers = layers_from_module(loaded.module)
+    if accuracy is None and loaded.accuracy is None:
+        log.warning("model %s: no accuracy in the zoo sheet and none reported by %s:%s", model, kind, argument)
+    return Fetched(
+        layers=layers,
+        num_params=_module_parameters(loaded.module),
+        accuracy=accuracy if accuracy is not None else loaded.accuracy,
+        accuracy_source="zoo sheet" if accuracy is not None else loaded.accuracy_source,
+        extra_meta={"weights": loaded.provenance},
+    )
+
+
 def fetch_file(model: str, path: Path, accuracy: float | None) -> Fetched:
     """Read a weights file or model directory; layers are typed by tensor name and rank."""
     state, file_format = load_state_dict(path, model)
@@ -290,7 +380,7 @@ def fetch_file(model: str, path: Path, accuracy: float | None) -> Fetched:
         log.warning("model %s: no analysable weight tensors in %s", model, path)
     return Fetched(
         layers=layers,
-        num_params=num_parameters(state.values()),
+        num_params=state.num_parameters() if isinstance(state, TensorStore) else num_parameters(state.values()),
         accuracy=accuracy,
         accuracy_source="zoo sheet" if accuracy is not None else None,
         extra_meta={"file_format": file_format},
@@ -339,20 +429,28 @@ def resolve_path(argument: str, sheet_dir: str | os.PathLike) -> Path:
     return path if path.is_absolute() else Path(sheet_dir) / path
 
 
-def load_state_dict(path: Path, model: str) -> tuple[dict[str, Tensor], str]:
-    """All tensors of a weights file or model directory, and its format ("safetensors"/"torch")."""
+def load_state_dict(path: Path, model: str) -> tuple[Mapping[str, Tensor], str]:
+    """All tensors of a weights file or model directory, and its format ("safetensors"/"torch").
+
+    safetensors come as a TensorStore that reads one tensor at a time (bounded memory: a model
+    is never whole in memory); a pickle cannot be read in part, so torch files are read whole.
+    """
     if not path.exists():
         raise FetchError(f"model {model!r}: weights file not found: {path}")
     file_format, files = checkpoint_files(path, model)
-    read = read_safetensors if file_format == "safetensors" else read_torch
-    state: dict[str, Tensor] = {}
+    read = safetensors_headers if file_format == "safetensors" else read_torch
+    contents: dict[str, Any] = {}
+    owners: dict[str, Path] = {}
     for file in files:
         part = read(file, model)
-        clash = sorted(state.keys() & part.keys())
+        clash = sorted(contents.keys() & part.keys())
         if clash:
             raise FetchError(f"model {model!r}: tensor {clash[0]!r} appears in more than one shard ({file})")
-        state.update(part)
-    return state, file_format
+        contents.update(part)
+        owners.update(dict.fromkeys(part, file))
+    if file_format == "safetensors":
+        return TensorStore(owners, contents), file_format
+    return contents, file_format
 
 
 def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
@@ -394,8 +492,10 @@ def shard_files(index: Path, model: str) -> list[Path]:
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise FetchError(f"model {model!r}: cannot read shard index {index}: {error!r}") from None
-    folder = index.parent.resolve()
-    shards = [(folder / name).resolve() for name in names]
+    # Containment is checked on the names, not on resolved links: a Hugging Face cache snapshot
+    # links every file to ../../blobs, and that is no escape.
+    folder = Path(os.path.abspath(index.parent))
+    shards = [Path(os.path.normpath(folder / name)) for name in names]
     for shard in shards:
         if not shard.is_relative_to(folder):
             raise FetchError(f"model {model!r}: shard index {index} points outside its folder: {shard}")
@@ -404,13 +504,17 @@ def shard_files(index: Path, model: str) -> list[Path]:
     return shards
 
 
-def read_safetensors(path: Path, model: str) -> dict[str, Tensor]:
-    """Every tensor of a safetensors file; a truncated or foreign file is a FetchError."""
+def safetensors_headers(path: Path, model: str) -> dict[str, tuple[str, list[int]]]:
+    """(dtype, shape) of every tensor of a safetensors file, from its header alone; a truncated
+    or foreign file is a FetchError (safetensors checks the header against the file's size)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
+            return {
+                key: (handle.get_slice(key).get_dtype(), list(handle.get_slice(key).get_shape()))
+                for key in handle.keys()
+            }
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise FetchError(f"model {model!r}: cannot read safetensors file {path}: {error}") from None
 
@@ -425,7 +529,7 @@ def read_torch(path: Path, model: str) -> dict[str, Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise FetchError(
-            f"model {model!r}: refusing to load {path}: {_refusal_reason(error)}; "
+            f"model {model!r}: refusing to load {path}: {refusal_reason(error)}; "
             f"zooscope never runs pickled code: {CONVERT_HINT}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
@@ -439,7 +543,7 @@ def read_torch(path: Path, model: str) -> dict[str, Tensor]:
     return state
 
 
-def _refusal_reason(error: pickle.UnpicklingError) -> str:
+def refusal_reason(error: pickle.UnpicklingError) -> str:
     """A one-line why from the weights-only unpickler's long message."""
     detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
     first = detail[0].strip() if detail else ""

@@ -4,6 +4,11 @@ A layer gives one matrix (Linear, Embedding, Conv1d with kernel 1) or several (t
 Conv1d/Conv2d kernel). Each matrix W is oriented N x M with N >= M and its eigenvalues are those of
 X = W^T W, computed from the M x M Gram matrix in float64: as exact as an SVD for the spectrum's top
 and the norms, and cheaper (one GEMM plus a symmetric eigensolver).
+
+A Conv2d weight (out, in, kh, kw) is analysed one of three ways (config ``conv2d``):
+``slices`` (kh*kw matrices out x in, the paper's choice), ``stacked`` (one matrix
+(kh*kw*out) x in) or ``fft`` (the convolution as a linear operator on n x n inputs, whose
+singular values come from the 2-D FFT of the kernel: :func:`conv2d_fft_eigenvalues`).
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CONV2D_METHODS = ("slices",)
+CONV2D_METHODS = ("slices", "stacked", "fft")
 NORMALIZATIONS = ("none", "N")
 
 
@@ -28,7 +33,11 @@ def layer_matrices(weight: np.ndarray, layer_type: str, *, conv2d: str = "slices
 
     Linear (out, in) and Embedding (num, dim) are one matrix. Conv2d (out, in, kh, kw) with
     ``conv2d="slices"`` gives kh*kw matrices of out x in, each scaled by sqrt(kh*kw/2) (the
-    published Methods rescale Conv2D maps by k/sqrt(2)). Conv1d (out, in, k) gives k unscaled slices.
+    published Methods rescale Conv2D maps by k/sqrt(2)). ``conv2d="stacked"`` gives one unscaled
+    matrix (kh*kw*out) x in, row (i*kw + j)*out + o holding weight[o, :, i, j]: the unfolded operator
+    (im2col), whose W^T W = sum_ij W_ij^T W_ij; it is the operator's own matrix, so it is not
+    rescaled. ``conv2d="fft"`` is not a set of real matrices: use :func:`conv2d_fft_eigenvalues`.
+    Conv1d (out, in, k) gives k unscaled slices.
     """
     weight = np.asarray(weight)
     if layer_type in ("Linear", "Embedding"):
@@ -43,7 +52,11 @@ def layer_matrices(weight: np.ndarray, layer_type: str, *, conv2d: str = "slices
         _expect_rank(weight, 4, layer_type)
         if conv2d not in CONV2D_METHODS:
             raise ValueError(f"unknown conv2d method {conv2d!r}; valid: {', '.join(CONV2D_METHODS)}")
-        kh, kw = weight.shape[2:]
+        if conv2d == "fft":
+            raise ValueError("conv2d='fft' has no real matrices; call conv2d_fft_eigenvalues(weight, n)")
+        out_channels, in_channels, kh, kw = weight.shape
+        if conv2d == "stacked":
+            return [LayerMatrix("", weight.transpose(2, 3, 0, 1).reshape(kh * kw * out_channels, in_channels))]
         scale = np.sqrt(kh * kw / 2.0)
         return [
             LayerMatrix(f"{i},{j}", weight[:, :, i, j] * scale) for i in range(kh) for j in range(kw)
@@ -83,3 +96,71 @@ def eigenvalues(matrix: np.ndarray, *, normalize: str = "none") -> np.ndarray:
     if normalize == "N":
         values = values / n_rows
     return np.sort(values)
+
+
+def conv2d_fft_size(kernel_shape, n: int | None = None) -> int:
+    """The input size n of the ``fft`` method: ``n`` if given, else the kernel size max(kh, kw).
+
+    Why the kernel size by default: it is the smallest n on which the kernel fits without
+    wrapping onto itself, and it gives kh*kw*min(out, in) eigenvalues for a square kernel,
+    as many as the ``slices`` method, so ``min_evals`` and the tail fits see comparable
+    sample sizes. A larger n samples the same frequency response (the kernel's symbol) on a
+    finer grid of frequencies: more eigenvalues from the same continuous spectrum.
+    """
+    kh, kw = kernel_shape[2:]
+    if n is None:
+        return int(max(kh, kw))
+    if n < max(kh, kw):
+        raise ValueError(
+            f"conv2d_fft_size={n} is smaller than the kernel ({kh} x {kw}); set conv2d_fft_size to at "
+            f"least {max(kh, kw)} or leave it empty (null) for the kernel size"
+        )
+    return int(n)
+
+
+def conv2d_fft_shape(kernel_shape, n: int) -> tuple[int, int]:
+    """(N, M) of the Conv2d operator on n x n inputs, a (out*n*n) x (in*n*n) matrix, N >= M."""
+    out_channels, in_channels = kernel_shape[:2]
+    return max(out_channels, in_channels) * n * n, min(out_channels, in_channels) * n * n
+
+
+def conv2d_fft_eigenvalues(weight: np.ndarray, n: int | None = None, *, normalize: str = "none") -> np.ndarray:
+    """Eigenvalues of A^T A for the Conv2d operator A on n x n inputs with circular padding.
+
+    Sedghi, Gupta & Long (2019): with circular padding A is block-circulant with circulant
+    blocks, so the 2-D DFT block-diagonalises it. At each of the n*n frequencies (u, v) the
+    block is the out x in matrix of the kernels' 2-D DFT coefficients, and the singular values
+    of A are those of all n*n blocks together. Their squares (the eigenvalues of each block's
+    Gram matrix), pooled into one ascending array
+    of min(out, in)*n*n values, are the layer's ESD (the spectrum of the whole operator, the
+    way the paper means it). Unscaled: these are the operator's own singular values.
+    ``normalize="N"`` divides by the operator's N (see :func:`conv2d_fft_shape`).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
+    w = np.asarray(weight, dtype=np.float64)
+    _expect_rank(w, 4, "Conv2d")
+    if not np.isfinite(w).all():
+        bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+        raise ValueError(f"weights contain NaN or Inf ({bad} of {w.size} entries)")
+    n = conv2d_fft_size(w.shape, n)
+    blocks = np.fft.fft2(w, s=(n, n), axes=(2, 3)).transpose(2, 3, 0, 1)  # (n, n, out, in)
+    if blocks.shape[2] < blocks.shape[3]:
+        blocks = np.conj(np.swapaxes(blocks, 2, 3))  # B B^H has the same nonzero eigenvalues
+    blocks = np.ascontiguousarray(blocks)  # batched matmul runs on BLAS only for contiguous blocks
+    # The Gram route of eigenvalues(), per frequency: B^H B is min(out, in) square and Hermitian,
+    # and a batched eigvalsh is several times faster than a batched complex SVD.
+    values = np.clip(np.linalg.eigvalsh(np.conj(np.swapaxes(blocks, 2, 3)) @ blocks).ravel(), 0.0, None)
+    if normalize == "N":
+        values = values / conv2d_fft_shape(w.shape, n)[0]
+    return np.sort(values)
+
+
+def shuffled(array: np.ndarray, seed: int) -> np.ndarray:
+    """The same entries in a random order (seeded): the randomization check's null matrix.
+
+    Shuffling keeps every value, so any large entry stays, but destroys the correlations
+    between entries; an ESD that changes under shuffling was shaped by those correlations.
+    """
+    array = np.asarray(array)
+    return np.random.default_rng(seed).permutation(array.ravel()).reshape(array.shape)

@@ -1,0 +1,124 @@
+"""Peak memory of the fetch and esd stages on a synthetic sharded model (default 2 GiB of weights).
+
+Why: design.md promises that memory is bounded by the largest tensor, not the model: fetch reads
+a safetensors-sourced model one tensor at a time (zooscope.layers.TensorStore) and streams its
+output (zooscope.sources.write_safetensors); esd reads one tensor at a time (safe_open). This
+builds a Hugging Face style sharded model (model-0000i-of-0000n.safetensors + index), runs each
+stage in a fresh subprocess (so nothing else is in its memory) and reports the child's peak RSS
+(``VmHWM`` of /proc/self/status, Linux), next to the RSS of the same imports alone.
+
+    python benchmarks/bench_memory.py                 # --gib 2 --shards 4 --rows 8192 --cols 1024
+    python benchmarks/bench_memory.py --keep DIR      # keep the synthetic model and outputs in DIR
+
+Exit status 1 when the esd stage's peak RSS reaches --esd-limit-gib (default 0.75).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GIB = 1 << 30
+
+# Each child prints its peak RSS in bytes as the last line of stdout: VmHWM, the high-water mark of
+# its own address space (ru_maxrss would not do: Linux carries the parent's peak over fork and exec).
+PEAK = (
+    "import re; status = open('/proc/self/status').read(); "
+    "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)"
+)
+CHILDREN = {
+    "fetch imports": "import zooscope.sources, safetensors.torch\n" + PEAK,
+    "fetch": (
+        "import sys\nfrom zooscope.sources import fetch_model\n"
+        "fetch_model({'model': 'synthetic', 'series': 's', 'source': 'file:' + sys.argv[1], 'accuracy': None},"
+        " sys.argv[2], sheet_dir='.', threads=2)\n" + PEAK
+    ),
+    "esd imports": "import zooscope.esd, safetensors\n" + PEAK,
+    "esd": (
+        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.esd import compute_model_esd\n"
+        "with threadpool_limits(2):\n"
+        "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2])\n"
+        + PEAK
+    ),
+}
+
+
+def make_sharded_model(folder: Path, gib: float, shards: int, rows: int, cols: int, seed: int = 0) -> int:
+    """A sharded safetensors model of ``gib`` GiB of float32 (rows x cols) Linear weights; its tensor count.
+
+    Tensors are generated one shard at a time, so building it needs one shard of memory.
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    count = max(shards, round(gib * GIB / (4 * rows * cols)))
+    rng = np.random.default_rng(seed)
+    weight_map = {}
+    per_shard = -(-count // shards)
+    for shard in range(shards):
+        name = f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        keys = [f"layers.{i}.fc.weight" for i in range(shard * per_shard, min(count, (shard + 1) * per_shard))]
+        tensors = {key: rng.standard_normal((rows, cols), dtype=np.float32) for key in keys}
+        save_file(tensors, str(folder / name))
+        weight_map.update(dict.fromkeys(keys, name))
+        del tensors
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": count * rows * cols * 4}, "weight_map": weight_map})
+    )
+    return count
+
+
+def run_child(label: str, *args: str) -> tuple[float, float]:
+    """(peak RSS in bytes, seconds) of one stage run in a fresh interpreter."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", CHILDREN[label], *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{result.stderr}")
+    return float(result.stdout.strip().splitlines()[-1]), time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=2.0, help="weights in the synthetic model (GiB)")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--cols", type=int, default=1024)
+    parser.add_argument("--esd-limit-gib", type=float, default=0.75)
+    parser.add_argument("--keep", type=Path, help="build in this folder and keep it")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.keep or Path(scratch)
+        source, fetched, esd_out = root / "source", root / "resources" / "synthetic", root / "esd"
+        count = make_sharded_model(source, args.gib, args.shards, args.rows, args.cols)
+        weights = count * args.rows * args.cols * 4
+        tensor = args.rows * args.cols * 4
+        print(f"synthetic model: {count} float32 tensors of {args.rows} x {args.cols} "
+              f"({tensor / GIB * 1024:.0f} MiB each) in {args.shards} shards, {weights / GIB:.2f} GiB")
+        rows = []
+        for label, child_args in (
+            ("fetch imports", ()), ("fetch", (str(source), str(fetched))),
+            ("esd imports", ()), ("esd", (str(fetched), str(esd_out))),
+        ):
+            peak, seconds = run_child(label, *child_args)
+            rows.append((label, peak, seconds))
+        print(f"{'stage':<15}{'peak RSS (GiB)':>16}{'seconds':>10}")
+        for label, peak, seconds in rows:
+            print(f"{label:<15}{peak / GIB:>16.3f}{seconds:>10.1f}")
+        peaks = {label: peak for label, peak, _ in rows}
+        print(f"fetch above its imports: {(peaks['fetch'] - peaks['fetch imports']) / GIB:.3f} GiB; "
+              f"esd above its imports: {(peaks['esd'] - peaks['esd imports']) / GIB:.3f} GiB "
+              f"(the model is {weights / GIB:.2f} GiB, one tensor {tensor / GIB:.3f} GiB)")
+        ok = peaks["esd"] < args.esd_limit_gib * GIB
+        print(f"esd peak RSS {peaks['esd'] / GIB:.3f} GiB {'<' if ok else '>='} limit {args.esd_limit_gib} GiB: "
+              f"{'PASS' if ok else 'FAIL'}")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from zooscope import io
+from zooscope.jobs import job
+
+with job(snakemake, name="jacobian") as log:
+    import torch
+
+    from zooscope.data import load_samples
+    from zooscope.jacobian import JacobianSettings, model_jacobian
+    from zooscope.rebuild import rebuild_module
+
+    meta = io.read_json(snakemake.input.meta)
+    network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"])
+    samples = load_samples(snakemake.params.data, sheet_dir=Path(snakemake.params.sheet_dir),
+                           samples=snakemake.params.samples)
+    options = snakemake.params.settings
+    settings = JacobianSettings(
+        batch_size=options["batch_size"], memory_budget=options["memory_mb"] * 2**20,
+        min_evals=snakemake.params.min_evals, input_output=options["input_output"],
+        hessian_steps=options["hessian_steps"], hessian_probes=options["hessian_probes"],
+    )
+    torch.set_num_threads(snakemake.threads)
+    result = model_jacobian(network, samples.x, samples.y, settings)
+    log.info("%s: %d of %d samples of %s, %s route, %d gradient passes", meta["model"], len(samples.y),
+             samples.total, samples.source, result.route, result.passes)
+    io.write_tsv(snakemake.output.layers, result.layers)
+    io.write_json(snakemake.output.summary, {
+        "model": meta["model"], "data": samples.source, "num_samples": len(samples.y),
+        "data_total": samples.total, "route": result.route, "passes": result.passes,
+        "loss": result.loss, "accuracy": result.accuracy, "metrics": result.metrics,
+    })

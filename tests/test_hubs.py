@@ -1,0 +1,358 @@
+"""Tests of the hub sources (zooscope.hubs), offline: every loader reads weights that the test
+made at random initialisation and put where the hub download would have put them (torch hub's
+checkpoint cache, a Hugging Face cache snapshot), through the same code path a download takes."""
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from zooscope.config import load_schema, read_zoo_sheet
+from zooscope.sources import FetchError, fetch_model, parse_source
+
+torchvision = pytest.importorskip("torchvision")
+timm = pytest.importorskip("timm")
+transformers = pytest.importorskip("transformers")
+
+REPO = Path(__file__).resolve().parents[1]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# torchvision's ResNet18_Weights.IMAGENET1K_V1: its published file name and top-1 accuracy.
+RESNET18_FILE = "resnet18-f37072fd.pth"
+RESNET18_ACC1 = 69.758
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """Empty TORCH_HOME and HF_HOME, offline: nothing can come from the network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+def hub_row(source: str, model: str = "hub-model", accuracy=None) -> dict:
+    return {"model": model, "series": "s", "source": source, "accuracy": accuracy}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_outputs(out: Path):
+    return json.loads((out / "layers.json").read_text()), json.loads((out / "meta.json").read_text())
+
+
+def put_in_hf_cache(hf_home: Path, repo: str, folder: Path, commit: str = COMMIT) -> Path:
+    """Lay out ``folder``'s files as huggingface_hub caches a download: blobs named by their
+    sha256, a snapshot of relative links to them, and refs/main naming the snapshot."""
+    repo_dir = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir()
+    for file in sorted(folder.iterdir()):
+        blob = repo_dir / "blobs" / sha256(file)
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def resnet18_names() -> list[str]:
+    """ResNet-18's 21 analysed layers, from its definition (as in test_layers.py)."""
+    names = ["conv1"]
+    for stage in range(1, 5):
+        for block in range(2):
+            names += [f"layer{stage}.{block}.conv1", f"layer{stage}.{block}.conv2"]
+            if block == 0 and stage > 1:
+                names.append(f"layer{stage}.{block}.downsample.0")
+    return names + ["fc"]
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def put_torchvision_checkpoint(root: Path) -> dict:
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    checkpoints = root / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(state, checkpoints / RESNET18_FILE)
+    return state
+
+
+def test_torchvision_from_the_torch_hub_cache(caches, monkeypatch):
+    state = put_torchvision_checkpoint(caches)
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    out = caches / "out"
+    fetch_model(hub_row("torchvision:resnet18@IMAGENET1K_V1"), out, sheet_dir=caches)
+    assert calls and all(value is True for value in calls)  # torchvision's own default is False
+
+    layers, meta = read_outputs(out)
+    assert [l["name"] for l in layers["layers"]] == resnet18_names()
+    stored = load_file(out / "model.safetensors")
+    for layer in layers["layers"]:
+        assert torch.equal(stored[layer["tensor"]], state[layer["tensor"]])
+    assert meta["accuracy"] == RESNET18_ACC1
+    assert meta["accuracy_source"] == "torchvision ResNet18_Weights.IMAGENET1K_V1 meta: ImageNet-1K acc@1"
+    assert meta["num_params"] == 11_689_512  # ResNet-18's published parameter count
+    weights = meta["weights"]
+    assert weights["library"] == "torchvision" and weights["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert weights["url"].endswith("/" + RESNET18_FILE)
+    checkpoint = caches / "torch" / "hub" / "checkpoints" / RESNET18_FILE
+    assert weights["files"] == [{"file": RESNET18_FILE, "sha256": sha256(checkpoint)}]
+
+
+def test_torchvision_sheet_accuracy_wins(caches):
+    put_torchvision_checkpoint(caches)
+    fetch_model(hub_row("torchvision:resnet18@IMAGENET1K_V1", accuracy=70.0), caches / "out", sheet_dir=caches)
+    _, meta = read_outputs(caches / "out")
+    assert meta["accuracy"] == 70.0 and meta["accuracy_source"] == "zoo sheet"
+
+
+class WritesFile:
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_malicious_torchvision_checkpoint_is_refused_and_never_runs(caches):
+    checkpoints = caches / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    marker = caches / "pwned"
+    torch.save({"conv1.weight": torch.zeros(1), "payload": WritesFile(marker)}, checkpoints / RESNET18_FILE)
+    with pytest.raises(FetchError) as error:
+        fetch_model(hub_row("torchvision:resnet18@IMAGENET1K_V1", model="evil"), caches / "out", sheet_dir=caches)
+    message = str(error.value)
+    assert not marker.exists()
+    assert "'evil'" in message and "torchvision:resnet18@IMAGENET1K_V1" in message
+    assert "refusing" in message and "safetensors" in message
+    assert not (caches / "out").exists()
+
+
+@pytest.mark.parametrize("source, words", [
+    ("torchvision:resnet51", "unknown torchvision model 'resnet51'; did you mean resnet50"),
+    ("torchvision:resnet18@IMAGENET1K_V9", "has no weights 'IMAGENET1K_V9'; valid: IMAGENET1K_V1, DEFAULT"),
+    ("timm:resnet18.no_such_tag", "unknown timm pretrained tag 'resnet18.no_such_tag'; valid: "),
+    ("timm:resnet181", "unknown timm model 'resnet181'; did you mean"),
+])
+def test_unknown_hub_names(caches, source, words):
+    with pytest.raises(FetchError) as error:
+        fetch_model(hub_row(source, model="typo"), caches / "out", sheet_dir=caches)
+    assert str(error.value).startswith("model 'typo': ") and words in str(error.value)
+
+
+# --------------------------------------------------------------------------- timm
+
+
+def test_timm_from_the_hugging_face_cache(caches):
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    (caches / "download").mkdir()
+    save_file(state, caches / "download" / "model.safetensors")
+    put_in_hf_cache(caches / "hf", "timm/resnet18.a1_in1k", caches / "download")
+
+    fetch_model(hub_row("timm:resnet18.a1_in1k"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert [l["name"] for l in layers["layers"]] == resnet18_names()  # timm's ResNet names its layers alike
+    stored = load_file(caches / "out" / "model.safetensors")
+    for layer in layers["layers"]:
+        assert torch.equal(stored[layer["tensor"]], state[layer["tensor"]])
+    assert meta["accuracy"] is None and meta["accuracy_source"] is None
+    weights = meta["weights"]
+    assert (weights["library"], weights["pretrained"], weights["repo"], weights["revision"]) == (
+        "timm", "resnet18.a1_in1k", "timm/resnet18.a1_in1k", COMMIT)
+    assert weights["files"] == [{"file": "model.safetensors",
+                                 "sha256": sha256(caches / "download" / "model.safetensors")}]
+
+
+# --------------------------------------------------------------------------- Hugging Face
+
+
+def tiny_gpt2_folder(root: Path, **save_options) -> Path:
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    folder = root / "download"
+    transformers.GPT2Model(config).save_pretrained(folder, **save_options)
+    return folder
+
+
+# GPT2Model's layers, counted by hand: wte, wpe, then per block c_attn (3E x E), c_proj, c_fc (4E x E), c_proj.
+GPT2_LAYERS = [("wte", "Embedding", [100, 32]), ("wpe", "Embedding", [16, 32])] + [
+    (f"h.{i}.{name}", "Linear", shape) for i in range(2) for name, shape in
+    [("attn.c_attn", [96, 32]), ("attn.c_proj", [32, 32]), ("mlp.c_fc", [128, 32]), ("mlp.c_proj", [32, 128])]
+]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single-file", "sharded"])
+@pytest.mark.parametrize("revision", ["", f"@{COMMIT}"], ids=["main", "commit"])
+def test_hf_from_the_hugging_face_cache(caches, sharded, revision):
+    folder = tiny_gpt2_folder(caches, **({"max_shard_size": "20KB"} if sharded else {}))
+    weight_files = sorted(p.name for p in folder.iterdir() if p.name != "config.json")
+    assert len(weight_files) > 2 if sharded else weight_files == ["model.safetensors"]
+    put_in_hf_cache(caches / "hf", "openai-community/gpt2", folder)
+
+    fetch_model(hub_row(f"hf:openai-community/gpt2{revision}"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert [(l["name"], l["type"], l["shape"]) for l in layers["layers"]] == GPT2_LAYERS
+    stored = load_file(caches / "out" / "model.safetensors")
+    original = {}
+    for name in weight_files:
+        if name.endswith(".safetensors"):
+            original.update(load_file(folder / name))
+    assert torch.equal(stored["h.0.attn.c_attn.weight"], original["h.0.attn.c_attn.weight"].T)
+    assert torch.equal(stored["wte.weight"], original["wte.weight"])
+    weights = meta["weights"]
+    assert (weights["library"], weights["class"], weights["repo"], weights["revision"]) == (
+        "transformers", "GPT2Model", "openai-community/gpt2", COMMIT)
+    assert sorted(f["file"] for f in weights["files"]) == weight_files
+    assert all(f["sha256"] == sha256(folder / f["file"]) for f in weights["files"])
+
+
+def test_hf_remote_code_is_never_run(caches):
+    folder = caches / "download"
+    folder.mkdir()
+    marker = caches / "pwned"
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "modeling_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"},
+    }))
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    put_in_hf_cache(caches / "hf", "someone/evil", folder)
+    with pytest.raises(FetchError) as error:
+        fetch_model(hub_row("hf:someone/evil", model="evil"), caches / "out", sheet_dir=caches)
+    assert not marker.exists()
+    assert "'evil'" in str(error.value) and "hf:someone/evil" in str(error.value)
+
+
+# --------------------------------------------------------------------------- failures offline
+
+
+@pytest.mark.parametrize("source, cache_words", [
+    ("torchvision:resnet18@IMAGENET1K_V1", f"hub/checkpoints/ (set by TORCH_HOME)"),
+    ("timm:resnet18.a1_in1k", "hf download timm/resnet18.a1_in1k"),
+    ("hf:openai-community/gpt2", "hf download openai-community/gpt2"),
+], ids=["torchvision", "timm", "hf"])
+def test_a_missing_download_fails_fast_with_the_fixes(caches, source, cache_words):
+    start = time.perf_counter()
+    with pytest.raises(FetchError) as error:
+        fetch_model(hub_row(source, model="unreachable"), caches / "out", sheet_dir=caches)
+    assert time.perf_counter() - start < 30  # no retry loops (imports included)
+    message = str(error.value)
+    assert message.startswith("model 'unreachable': cannot load source ")
+    assert repr(source) in message and cache_words in message
+    assert "file:PATH" in message and "save_pretrained" in message
+    assert not (caches / "out").exists()
+
+
+# --------------------------------------------------------------------------- sheets and schema
+
+
+SOURCE_CASES = [
+    ("torchvision:resnet50@IMAGENET1K_V1", True), ("torchvision:vgg11_bn", True),
+    ("torchvision:resnet50@imagenet", False), ("torchvision:../x", False),
+    ("timm:resnet50.a1_in1k", True), ("timm:resnet50", True), ("timm:hf-hub:x/y", False),
+    ("hf:gpt2", True), ("hf:openai-community/gpt2-xl@main", True), ("hf:google-bert/bert-base-uncased@refs/pr/1", True),
+    ("hf:a/b/c", False), ("hf:../etc", False), ("hf:a..b/c", False), ("hf:https://x.org/m", False), ("hf:", False),
+]
+
+
+@pytest.mark.parametrize("source, valid", SOURCE_CASES, ids=[case for case, _ in SOURCE_CASES])
+def test_parse_source_and_the_schema_agree_on_hub_sources(source, valid):
+    pattern = load_schema(REPO / "schemas" / "zoo.schema.yaml")["properties"]["source"]["pattern"]
+    assert bool(re.search(pattern, source)) is valid
+    if valid:
+        kind, argument = parse_source(source)
+        assert f"{kind}:{argument}" == source
+    else:
+        with pytest.raises(FetchError, match=r"(invalid|unknown) source"):
+            parse_source(source, model="m")
+
+
+SHEETS = sorted((REPO / "zoos").glob("*.tsv"))
+
+
+@pytest.mark.parametrize("sheet", SHEETS, ids=[path.name for path in SHEETS])
+def test_every_shipped_sheet_is_valid(sheet):
+    rows = read_zoo_sheet(sheet, load_schema(REPO / "schemas" / "zoo.schema.yaml"))
+    for row in rows:
+        parse_source(row["source"], row["model"])
+
+
+def test_the_paper_imagenet_sheet():
+    rows = read_zoo_sheet(REPO / "zoos" / "paper-imagenet.tsv", load_schema(REPO / "schemas" / "zoo.schema.yaml"))
+    by_series = {}
+    for row in rows:
+        by_series.setdefault(row["series"], []).append(row["source"])
+    assert by_series == {
+        "VGG": [f"torchvision:vgg{d}{bn}@IMAGENET1K_V1" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
+        "ResNet": [f"torchvision:resnet{d}@IMAGENET1K_V1" for d in (18, 34, 50, 101, 152)],
+        "DenseNet": [f"torchvision:densenet{d}@IMAGENET1K_V1" for d in (121, 161, 169, 201)],
+    }
+
+
+def test_keep_going_completes_the_other_models_when_a_download_is_impossible(caches):
+    """The real workflow, offline with empty caches: the hub models fail alone, the file model completes."""
+    import subprocess
+    import sys
+
+    workdir = caches / "run"
+    workdir.mkdir()
+    torch.manual_seed(0)
+    save_file({"fc.weight": torch.randn(60, 50)}, workdir / "local.safetensors")
+    (workdir / "zoo.tsv").write_text(
+        "model\tseries\tsource\taccuracy\n"
+        "local\ts\tfile:local.safetensors\t70\n"
+        "gpt\ts\thf:openai-community/gpt2\t\n"
+        "vgg\ts\ttorchvision:vgg11@IMAGENET1K_V1\t\n"
+    )
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\n")
+    targets = [f"resources/models/{model}/meta.json" for model in ("local", "gpt", "vgg")]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--cores", "2", "--keep-going", *targets],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    assert (workdir / "resources" / "models" / "local" / "meta.json").is_file()
+    for model, source in (("gpt", "hf:openai-community/gpt2"), ("vgg", "torchvision:vgg11@IMAGENET1K_V1")):
+        assert not (workdir / "resources" / "models" / model / "meta.json").exists()
+        log = (workdir / "logs" / "fetch" / f"{model}.log").read_text()
+        assert f"model '{model}': cannot load source '{source}'" in log and "file:PATH" in log
+
+
+@pytest.mark.parametrize("source", ["torchvision:resnet18@IMAGENET1K_V1", "timm:resnet18.a1_in1k",
+                                    "hf:openai-community/gpt2"], ids=["torchvision", "timm", "hf"])
+def test_no_network_without_offline_mode_fails_fast_too(caches, monkeypatch, source):
+    """HF_HUB_OFFLINE unset, but no name resolves (as on a machine without network)."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in this test)")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    start = time.perf_counter()
+    with pytest.raises(FetchError) as error:
+        fetch_model(hub_row(source, model="no-net"), caches / "out", sheet_dir=caches)
+    assert time.perf_counter() - start < 30
+    message = str(error.value)
+    assert message.startswith(f"model 'no-net': cannot load source {source!r}: ") and "file:PATH" in message

@@ -1,0 +1,166 @@
+"""zooscope.jacobian against independent constructions: explicit per-sample loops, explicit
+Hessians, and closed forms."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from zooscope import jacobian
+
+
+def tiny_mlp(seed=0, inputs=5, hidden=4, classes=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, classes))
+
+
+def tiny_data(n=11, inputs=5, classes=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, inputs, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+def explicit_jacobian(model, x, y, name):
+    """J (samples x parameters) built one sample at a time with torch.autograd.grad."""
+    weight = dict(model.named_parameters())[name]
+    rows = []
+    for xs, ys in zip(x, y):
+        loss = nn.functional.cross_entropy(model(xs[None]), ys[None])
+        (g,) = torch.autograd.grad(loss, weight)
+        rows.append(g.reshape(-1).double())
+    return torch.stack(rows).numpy()
+
+
+@pytest.mark.parametrize("budget", [jacobian.DEFAULT_MEMORY_BUDGET, 0])  # store route, blocks route
+def test_gram_spectrum_is_the_nonzero_spectrum_of_explicit_jtj(budget):
+    model, (x, y) = tiny_mlp(), tiny_data()
+    grams = jacobian.jacobian_grams(model, x, y, batch_size=4, memory_budget=budget)
+    assert grams.route == ("store" if budget else "blocks")
+    assert grams.passes == (3 if budget else 3 * 4 // 2)  # 11 samples in batches of 4: 3 batches
+    for name in ("0.weight", "2.weight"):
+        j = explicit_jacobian(model, x, y, name)
+        explicit = np.linalg.eigvalsh(j.T @ j)
+        explicit = explicit[explicit > 1e-9 * explicit[-1]]
+        np.testing.assert_allclose(jacobian.gram_eigenvalues(grams.gram[name]), explicit, rtol=1e-5, atol=1e-9)
+        # float32 gradients: entries agree to float32 precision of the largest one
+        np.testing.assert_allclose(grams.gram[name], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
+        np.testing.assert_allclose(grams.diag[name], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
+
+
+def test_gram_rank_is_at_most_min_of_samples_and_parameters():
+    # 11 samples, layer 2 has 4*3 = 12 weights, but the per-sample gradient of a Linear weight is
+    # an outer product (dL/dz) a^T with dL/dz summing to 0 over the 3 classes: rank <= 2 * 4 = 8.
+    model, (x, y) = tiny_mlp(), tiny_data()
+    grams = jacobian.jacobian_grams(model, x, y)
+    assert jacobian.gram_eigenvalues(grams.gram["2.weight"]).size == 8
+
+
+def test_effective_rank_closed_forms():
+    assert jacobian.effective_rank(np.full(7, 3.0)) == pytest.approx(7.0)
+    assert jacobian.effective_rank(np.array([0.0, 0.0, 5.0])) == pytest.approx(1.0)
+    # p = (1/2, 1/4, 1/4): entropy 1.5 ln 2, so exp(H) = 2^1.5
+    assert jacobian.effective_rank(np.array([2.0, 1.0, 1.0])) == pytest.approx(2**1.5)
+    assert math.isnan(jacobian.effective_rank(np.zeros(3)))
+
+
+def test_diagonal_row_of_a_pareto_sample():
+    rng = np.random.default_rng(0)
+    diag = np.concatenate([np.zeros(100), 1.0 + rng.pareto(1.5, size=4000)])  # density exponent 2.5
+    row = jacobian.diagonal_row(diag)
+    assert row["diag_max"] == diag.max()
+    assert row["diag_alpha"] == pytest.approx(2.5, abs=0.15)
+    assert row["diag_num_pl_spikes"] <= 4000
+
+
+def test_orthogonal_deep_linear_network_has_unit_input_output_singular_values():
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 6, bias=False) for _ in range(4)]
+    for layer in layers:
+        nn.init.orthogonal_(layer.weight)
+    model = nn.Sequential(*layers)
+    x = torch.randn(9, 6)
+    values = jacobian.input_output_singular_values(model, x, batch_size=4)
+    assert values.shape == (9 * 6,)
+    np.testing.assert_allclose(values, 1.0, atol=1e-5)
+
+
+def test_input_output_singular_values_of_a_linear_map():
+    # one Linear layer: every sample's Jacobian is W itself
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    values = jacobian.input_output_singular_values(model, torch.randn(4, 5))
+    expected = np.linalg.svd(model.weight.detach().double().numpy(), compute_uv=False)
+    np.testing.assert_allclose(values.reshape(4, 3), np.tile(expected, (4, 1)), rtol=1e-6)
+
+
+def test_slq_on_an_explicit_diagonal_matrix():
+    d = np.array([5.0, 3.0, 2.0, 1.0, 1.0, -0.5, 0.25])
+    density = jacobian.slq_density(lambda v: d * v, d.size, steps=d.size, probes=3)
+    assert density.weights.sum() == pytest.approx(1.0)
+    # Rademacher probes: z^T D z = sum d_i z_i^2 = trace(D) exactly
+    assert density.trace == pytest.approx(d.sum())
+    # a full Krylov space: the Ritz values are the distinct eigenvalues
+    assert density.top[0] == pytest.approx(5.0)
+    np.testing.assert_allclose(np.unique(density.nodes.round(8)), np.unique(d))
+    # quadrature of x -> x with weights from z/|z|: mean of z^T D z / n = trace / n
+    assert density.nodes @ density.weights == pytest.approx(d.sum() / d.size)
+
+
+def test_slq_top_ritz_value_matches_explicit_hessian_of_a_tiny_model():
+    model, (x, y) = tiny_mlp(), tiny_data(n=32)
+    reference = tiny_mlp().double().eval()  # the same weights, in float64
+
+    def loss(a, b):
+        params = {"0.weight": a, "2.weight": b, "0.bias": reference[0].bias, "2.bias": reference[2].bias}
+        return nn.functional.cross_entropy(torch.func.functional_call(reference, params, (x.double(),)), y)
+
+    w1, w2 = reference[0].weight.detach(), reference[2].weight.detach()
+    blocks = torch.autograd.functional.hessian(loss, (w1, w2))
+    # assemble the (32 x 32) Hessian from its blocks, parameters flattened in order w1, w2
+    sizes = (w1.numel(), w2.numel())
+    h = np.block([[blocks[i][j].reshape(sizes[i], sizes[j]).numpy() for j in range(2)] for i in range(2)])
+    matvec, dim = jacobian.hessian_matvec(model, x, y)
+    assert dim == sum(sizes)
+    density = jacobian.slq_density(matvec, dim, steps=20, probes=2)
+    assert density.weights.sum() == pytest.approx(1.0)
+    top = np.linalg.eigvalsh(h)[-1]
+    assert density.top[0] == pytest.approx(top, rel=1e-3)
+    v = np.random.default_rng(0).standard_normal(dim)
+    np.testing.assert_allclose(matvec(v), h @ v, rtol=1e-3, atol=1e-5)
+
+
+def test_layer_rows_have_every_column():
+    model, (x, y) = tiny_mlp(hidden=16), tiny_data(n=60)
+    rows = jacobian.jacobian_layer_rows(jacobian.jacobian_grams(model, x, y), min_evals=5)
+    assert [row["layer"] for row in rows] == ["0", "2"]
+    for row in rows:
+        assert tuple(row) == jacobian.JACOBIAN_LAYER_COLUMNS
+        assert row["num_samples"] == 60
+        assert 1.0 <= row["effective_rank"] <= row["rank"] <= 60
+
+
+def test_model_jacobian_gives_every_metric():
+    model, (x, y) = tiny_mlp(hidden=16), tiny_data(n=60)
+    settings = jacobian.JacobianSettings(min_evals=5, hessian_steps=5, hessian_probes=1)
+    result = jacobian.model_jacobian(model, x, y, settings)
+    assert tuple(result.metrics) == jacobian.JACOBIAN_METRICS
+    assert all(math.isfinite(value) for value in result.metrics.values())
+    assert list(result.layers.columns) == list(jacobian.JACOBIAN_LAYER_COLUMNS)
+    # the summary is the plain mean over the fitted layers
+    assert result.metrics["jac_rank"] == pytest.approx(result.layers["rank"].astype(float).mean())
+    # loss and accuracy on the samples, from their definitions
+    logits = model(x).detach()
+    assert result.loss == pytest.approx(float(nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    assert result.accuracy == pytest.approx(100.0 * float((logits.argmax(1) == y).float().mean()))
+
+
+def test_conv_layers_gram_matches_explicit_jacobian():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(7, 1, 6, 6, generator=g), torch.randint(3, (7,), generator=g)
+    grams = jacobian.jacobian_grams(model, x, y, batch_size=3)
+    assert list(grams.gram) == ["0.weight", "3.weight"]
+    j = explicit_jacobian(model, x, y, "0.weight")
+    np.testing.assert_allclose(grams.gram["0.weight"], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
+    np.testing.assert_allclose(grams.diag["0.weight"], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
