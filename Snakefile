@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/fetch.smk"
 include: "rules/esd.smk"
@@ -15,6 +18,7 @@ include: "rules/fit.smk"
 include: "rules/jacobian.smk"
 include: "rules/aggregate.smk"
 include: "rules/plots.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -23,4 +27,9 @@ rule all:
         "results/zoo/regressions.tsv",
         expand("results/plots/esd/{model}", model=MODELS),
         expand("results/plots/series/{series}", series=SERIES),
+        expand("results/plots/jacobian/{series}", series=JACOBIAN_SERIES),
+        "results/zoo/discrimination.tsv",
+        "results/plots/discrimination",
+        "results/zoo/audit.tsv",
+        "results/zoo/summary.html",
     default_target: True

@@ -7,6 +7,11 @@ builds a Hugging Face style sharded model (model-0000i-of-0000n.safetensors + in
 stage in a fresh subprocess (so nothing else is in its memory) and reports the child's peak RSS
 (``VmHWM`` of /proc/self/status, Linux), next to the RSS of the same imports alone.
 
+The same is measured for an ``hf:`` source: a synthetic GPT-2 of the same size, sharded, in a
+Hugging Face cache read offline (HF_HUB_OFFLINE=1), fetched as zooscope does it (the module tree
+on the meta device, the checkpoint converted tensor by tensor: zooscope.hubs.hf_checkpoint) and,
+as the peer, through ``transformers.AutoModel.from_pretrained`` (the model loaded whole).
+
     python benchmarks/bench_memory.py                 # --gib 2 --shards 4 --rows 8192 --cols 1024
     python benchmarks/bench_memory.py --keep DIR      # keep the synthetic model and outputs in DIR
 
@@ -30,6 +35,14 @@ PEAK = (
     "import re; status = open('/proc/self/status').read(); "
     "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)"
 )
+# Fetches hf:bench/synthetic-gpt2 from the Hugging Face cache in sys.argv[1] into sys.argv[2], offline.
+HF_REPO = "bench/synthetic-gpt2"
+HF_FETCH = (
+    "import os, sys\nos.environ.update(HF_HOME=sys.argv[1], HF_HUB_OFFLINE='1')\n"
+    "from zooscope.sources import fetch_model\n"
+    f"fetch_model({{'model': 'synthetic-gpt2', 'series': 's', 'source': 'hf:{HF_REPO}', 'accuracy': None}},"
+    " sys.argv[2], sheet_dir='.', threads=2)\n"
+)
 CHILDREN = {
     "fetch imports": "import zooscope.sources, safetensors.torch\n" + PEAK,
     "fetch": (
@@ -37,6 +50,10 @@ CHILDREN = {
         "fetch_model({'model': 'synthetic', 'series': 's', 'source': 'file:' + sys.argv[1], 'accuracy': None},"
         " sys.argv[2], sheet_dir='.', threads=2)\n" + PEAK
     ),
+    "hf fetch imports": "import zooscope.sources, zooscope.hubs, transformers, safetensors.torch\n"
+                        "from transformers import GPT2Model\n" + PEAK,
+    "hf fetch": HF_FETCH + PEAK,
+    "hf fetch whole": "from zooscope import hubs\nhubs.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
     "esd imports": "import zooscope.esd, safetensors\n" + PEAK,
     "esd": (
         "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.esd import compute_model_esd\n"
@@ -73,6 +90,46 @@ def make_sharded_model(folder: Path, gib: float, shards: int, rows: int, cols: i
     return count
 
 
+def make_hf_gpt2(hf_home: Path, gib: float, shards: int, width: int = 1024, seed: int = 0) -> tuple[int, int]:
+    """A GPT-2 of about ``gib`` GiB of float32 weights, as a sharded checkpoint in a Hugging Face cache
+    at ``hf_home`` (the layout huggingface_hub downloads to); (number of tensors, bytes).
+
+    Names and shapes come from GPT2Model built on the meta device; values are drawn one shard at a
+    time, so building it needs one shard of memory.
+    """
+    import numpy as np
+    import torch
+    import transformers
+    from safetensors.numpy import save_file
+
+    layers = max(1, round(gib * GIB / (4 * 12 * width * width)))  # a block holds about 12 width^2 weights
+    config = transformers.GPT2Config(n_layer=layers, n_embd=width, n_head=width // 64, vocab_size=1024,
+                                     n_positions=1024, bos_token_id=0, eos_token_id=0)
+    with torch.device("meta"):
+        shapes = {key: tuple(t.shape) for key, t in transformers.GPT2Model(config).state_dict().items()}
+    snapshot = hf_home / "hub" / f"models--{HF_REPO.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    config.save_pretrained(snapshot)
+    rng = np.random.default_rng(seed)
+    keys = list(shapes)
+    per_shard = -(-len(keys) // shards)
+    weight_map, total = {}, 0
+    for shard in range(shards):
+        name = f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[shard * per_shard:(shard + 1) * per_shard]
+        tensors = {key: 0.02 * rng.standard_normal(shapes[key], dtype=np.float32) for key in part}
+        save_file(tensors, str(snapshot / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+        total += sum(t.nbytes for t in tensors.values())
+        del tensors
+    (snapshot / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    return len(keys), total
+
+
 def run_child(label: str, *args: str) -> tuple[float, float]:
     """(peak RSS in bytes, seconds) of one stage run in a fresh interpreter."""
     start = time.perf_counter()
@@ -100,20 +157,28 @@ def main(argv: list[str] | None = None) -> int:
         tensor = args.rows * args.cols * 4
         print(f"synthetic model: {count} float32 tensors of {args.rows} x {args.cols} "
               f"({tensor / GIB * 1024:.0f} MiB each) in {args.shards} shards, {weights / GIB:.2f} GiB")
+        hf_count, hf_bytes = make_hf_gpt2(root / "hf", args.gib, args.shards)
+        print(f"synthetic GPT-2: {hf_count} float32 tensors in {args.shards} shards, {hf_bytes / GIB:.2f} GiB, "
+              f"in a Hugging Face cache")
         rows = []
         for label, child_args in (
             ("fetch imports", ()), ("fetch", (str(source), str(fetched))),
             ("esd imports", ()), ("esd", (str(fetched), str(esd_out))),
+            ("hf fetch imports", ()), ("hf fetch", (str(root / "hf"), str(root / "resources" / "gpt2"))),
+            ("hf fetch whole", (str(root / "hf"), str(root / "resources" / "gpt2-whole"))),
         ):
             peak, seconds = run_child(label, *child_args)
             rows.append((label, peak, seconds))
-        print(f"{'stage':<15}{'peak RSS (GiB)':>16}{'seconds':>10}")
+        print(f"{'stage':<18}{'peak RSS (GiB)':>16}{'seconds':>10}")
         for label, peak, seconds in rows:
-            print(f"{label:<15}{peak / GIB:>16.3f}{seconds:>10.1f}")
+            print(f"{label:<18}{peak / GIB:>16.3f}{seconds:>10.1f}")
         peaks = {label: peak for label, peak, _ in rows}
         print(f"fetch above its imports: {(peaks['fetch'] - peaks['fetch imports']) / GIB:.3f} GiB; "
               f"esd above its imports: {(peaks['esd'] - peaks['esd imports']) / GIB:.3f} GiB "
               f"(the model is {weights / GIB:.2f} GiB, one tensor {tensor / GIB:.3f} GiB)")
+        print(f"hf fetch above its imports: {(peaks['hf fetch'] - peaks['hf fetch imports']) / GIB:.3f} GiB "
+              f"tensor by tensor, {(peaks['hf fetch whole'] - peaks['hf fetch imports']) / GIB:.3f} GiB loaded whole "
+              f"(the model is {hf_bytes / GIB:.2f} GiB)")
         ok = peaks["esd"] < args.esd_limit_gib * GIB
         print(f"esd peak RSS {peaks['esd'] / GIB:.3f} GiB {'<' if ok else '>='} limit {args.esd_limit_gib} GiB: "
               f"{'PASS' if ok else 'FAIL'}")

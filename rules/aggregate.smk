@@ -4,8 +4,12 @@ rule aggregate:
         summaries=expand("results/metrics/{model}/summary.json", model=MODELS),
         jacobian=expand("results/jacobian/{model}/summary.json", model=JACOBIAN_MODELS),
     output:
-        models="results/zoo/models.tsv",
-        regressions="results/zoo/regressions.tsv",
+        models=report(
+            "results/zoo/models.tsv", caption="../report/models.rst", category="Zoo", subcategory="tables"
+        ),
+        regressions=report(
+            "results/zoo/regressions.tsv", caption="../report/regressions.rst", category="Zoo", subcategory="tables"
+        ),
     conda:
         "../envs/numeric.yaml"
     log:

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from zooscope.config import load_schema, read_zoo_sheet, validate_config
-from zooscope.resources import stage_resources
+from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -19,6 +19,12 @@ MODELS = {
     for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
 SERIES = sorted({row["series"] for row in MODELS.values()})
+# Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources), taken
+# out of the rows: fetch treats other columns as options, and a new shard count must not refetch.
+SHARDS = {
+    model: model_shards(row.pop("shards", None), row["source"], ZOO_SHEET.parent, config["shard_mb"])
+    for model, row in MODELS.items()
+}
 
 
 wildcard_constraints:
@@ -41,19 +47,54 @@ def series_models(wildcards):
 
 
 def model_resource(stage, name):
-    """A callable resource (`mem_mb` or `runtime`) of a model's esd or fit job, estimated from the
-    model's layers.json; Snakemake evaluates it again when the job is scheduled, once the fetch
-    job has written that file (zooscope.resources documents the estimate)."""
+    """A callable resource (`mem_mb` or `runtime`) of a model's esd (or esd shard) or fit job,
+    estimated from the model's layers.json; Snakemake evaluates it again when the job is
+    scheduled, once the fetch job has written that file (zooscope.resources documents the
+    estimate). The esd job of a sharded model only merges its shards: MERGE."""
 
     def resource(wildcards):
         layers_json = f"resources/models/{wildcards.model}/layers.json"
+        if "shard" in wildcards.keys():
+            return getattr(stage_resources(stage, layers_json, parse_shard(wildcards.shard)), name)
+        if stage == "esd" and SHARDS[wildcards.model] > 1:
+            return getattr(MERGE, name)
         return getattr(stage_resources(stage, layers_json), name)
 
     return resource
 
 
+def esd_input(wildcards):
+    """An unsharded model's esd job computes from the weights; a sharded one's merges its shards."""
+    model, shards = wildcards.model, SHARDS[wildcards.model]
+    layers = f"resources/models/{model}/layers.json"
+    if shards == 1:
+        return {"weights": f"resources/models/{model}/model.safetensors", "layers": layers}
+    shard_files = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
+    return {"layers": layers, "shards": shard_files}
+
+
+def esd_computes(wildcards):
+    """Whether this esd/esd_shard job computes eigenvalues (not only merges shards)."""
+    return "shard" in wildcards.keys() or SHARDS[wildcards.model] == 1
+
+
+def esd_gpu(wildcards):
+    """One GPU for a computing esd job when config device is cuda (SLURM: --gpus=1)."""
+    return int(config["device"] == "cuda" and esd_computes(wildcards))
+
+
+def esd_threads(wildcards):
+    return config["threads"]["esd"] if esd_computes(wildcards) else 1
+
+
 # The models of the Jacobian stage (rules/jacobian.smk): rows that name a data set.
 JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.get("data")]
+# The series with at least one such model: each gets results/plots/jacobian/{series}.
+JACOBIAN_SERIES = sorted({MODELS[model]["series"] for model in JACOBIAN_MODELS})
+
+
+def jacobian_series_models(wildcards):
+    return [model for model in JACOBIAN_MODELS if MODELS[model]["series"] == wildcards.series]
 
 
 def jacobian_data_input(wildcards):

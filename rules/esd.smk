@@ -1,9 +1,13 @@
-rule esd:
+rule esd_shard:
+    # Shard k of K of a model split by the zoo column `shards` (or config shard_mb): the entries
+    # of its share of the layers; rule esd merges the shards' indexes.
     input:
         weights="resources/models/{model}/model.safetensors",
         layers="resources/models/{model}/layers.json",
     output:
-        index="results/esd/{model}/index.json",
+        shard="results/esd/{model}/shards/{shard}.json",
+    wildcard_constraints:
+        shard=r"[1-9][0-9]*-of-[1-9][0-9]*",
     params:
         # Only settings that change eigenvalues: a fit option must never rerun this stage.
         conv2d=config["conv2d"],
@@ -13,11 +17,36 @@ rule esd:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/esd/{model}.log",
+        "logs/esd/{model}.{shard}.log",
     threads: config["threads"]["esd"]
     resources:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
-        gpu=1 if config["slurm_gpu"] else 0,
+        gpu=esd_gpu,
+    script:
+        "../scripts/esd.py"
+
+
+rule esd:
+    input:
+        unpack(esd_input),
+    output:
+        index="results/esd/{model}/index.json",
+    params:
+        # Only settings that change eigenvalues: a fit option must never rerun this stage.
+        # (config device is read by the script: it changes eigenvalues by rounding only.)
+        conv2d=config["conv2d"],
+        normalize=config["normalize"],
+        conv2d_fft_size=config["conv2d_fft_size"],
+        randomize=config["randomize"],
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/esd/{model}.log",
+    threads: esd_threads
+    resources:
+        mem_mb=model_resource("esd", "mem_mb"),
+        runtime=model_resource("esd", "runtime"),
+        gpu=esd_gpu,
     script:
         "../scripts/esd.py"

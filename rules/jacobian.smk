@@ -3,12 +3,14 @@
 # results/zoo/models.tsv (rules/aggregate.smk).
 rule jacobian:
     input:
+        weights="resources/models/{model}/model.safetensors",
         meta="resources/models/{model}/meta.json",
         layers="resources/models/{model}/layers.json",
         data=jacobian_data_input,
     output:
         layers="results/jacobian/{model}/layers.tsv",
         summary="results/jacobian/{model}/summary.json",
+        spectra="results/jacobian/{model}/spectra.safetensors",
     params:
         data=lambda wildcards: MODELS[wildcards.model]["data"],
         samples=lambda wildcards: int(MODELS[wildcards.model].get("data_samples") or 512),
@@ -22,3 +24,35 @@ rule jacobian:
     threads: config["threads"]["jacobian"]
     script:
         "../scripts/jacobian.py"
+
+
+# The Jacobian figures of a series (zooscope.plots.plot_jacobian_series): its models with a data
+# set side by side (the random-label experiment: the normal model next to the random-label one).
+rule plot_jacobian:
+    input:
+        spectra=lambda wildcards: expand(
+            "results/jacobian/{model}/spectra.safetensors", model=jacobian_series_models(wildcards)
+        ),
+        layers=lambda wildcards: expand(
+            "results/jacobian/{model}/layers.tsv", model=jacobian_series_models(wildcards)
+        ),
+        metas=lambda wildcards: expand(
+            "resources/models/{model}/meta.json", model=jacobian_series_models(wildcards)
+        ),
+    output:
+        report(
+            directory("results/plots/jacobian/{series}"),
+            patterns=["{name}.png"],
+            caption="../report/jacobian.rst",
+            category="{series}",
+            subcategory="Jacobian spectra",
+            labels={"series": "{series}", "figure": "{name}"},
+        ),
+    params:
+        models=jacobian_series_models,
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/plots/jacobian/{series}.log",
+    script:
+        "../scripts/plot_jacobian.py"

@@ -3,7 +3,14 @@ rule plot_esd:
         index="results/esd/{model}/index.json",
         layers="results/metrics/{model}/layers.tsv",
     output:
-        directory("results/plots/esd/{model}"),
+        report(
+            directory("results/plots/esd/{model}"),
+            patterns=["{name}.png"],
+            caption="../report/esd.rst",
+            category=lambda wildcards: MODELS[wildcards.model]["series"],
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "{name}"},
+        ),
     conda:
         "../envs/numeric.yaml"
     log:
@@ -20,7 +27,14 @@ rule plot_series:
         models="results/zoo/models.tsv",
         regressions="results/zoo/regressions.tsv",
     output:
-        directory("results/plots/series/{series}"),
+        report(
+            directory("results/plots/series/{series}"),
+            patterns=["{name}.png"],
+            caption="../report/series.rst",
+            category="{series}",
+            subcategory="series figures",
+            labels={"series": "{series}", "figure": "{name}"},
+        ),
     params:
         models=series_models,
     conda:

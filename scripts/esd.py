@@ -1,17 +1,30 @@
 from pathlib import Path
 
 from zooscope import io
-from zooscope.esd import compute_model_esd
+from zooscope.esd import compute_model_esd, merge_shards
 from zooscope.jobs import job
+from zooscope.resources import parse_shard
 
-with job(snakemake, name="esd"):
-    index = compute_model_esd(
-        snakemake.input.weights,
-        snakemake.input.layers,
-        Path(snakemake.output.index).parent,
-        conv2d=snakemake.params.conv2d,
-        normalize=snakemake.params.normalize,
-        conv2d_fft_size=snakemake.params.conv2d_fft_size,
-        randomize=snakemake.params.randomize,
-    )
-    io.write_json(snakemake.output.index, index)
+# The model's esd folder: results/esd/{model}/index.json or results/esd/{model}/shards/{shard}.json
+shard = parse_shard(snakemake.wildcards.shard) if snakemake.rule == "esd_shard" else None
+out_dir = Path(snakemake.output[0]).parent
+if shard:
+    out_dir = out_dir.parent
+
+with job(snakemake, name=snakemake.rule):
+    if "shards" in snakemake.input.keys():  # a sharded model's esd job: merge the shards' indexes
+        index = merge_shards([io.read_json(path) for path in snakemake.input.shards], snakemake.input.layers,
+                             out_dir)
+    else:
+        index = compute_model_esd(
+            snakemake.input.weights,
+            snakemake.input.layers,
+            out_dir,
+            conv2d=snakemake.params.conv2d,
+            normalize=snakemake.params.normalize,
+            conv2d_fft_size=snakemake.params.conv2d_fft_size,
+            randomize=snakemake.params.randomize,
+            device=snakemake.config["device"],
+            shard=shard,
+        )
+    io.write_json(snakemake.output[0], index)

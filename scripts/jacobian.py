@@ -7,11 +7,11 @@ with job(snakemake, name="jacobian") as log:
     import torch
 
     from zooscope.data import load_samples
-    from zooscope.jacobian import JacobianSettings, model_jacobian
+    from zooscope.jacobian import JacobianSettings, model_jacobian, write_spectra
     from zooscope.rebuild import rebuild_module
 
     meta = io.read_json(snakemake.input.meta)
-    network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"])
+    network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"], snakemake.input.weights)
     samples = load_samples(snakemake.params.data, sheet_dir=Path(snakemake.params.sheet_dir),
                            samples=snakemake.params.samples)
     options = snakemake.params.settings
@@ -24,7 +24,12 @@ with job(snakemake, name="jacobian") as log:
     result = model_jacobian(network, samples.x, samples.y, settings)
     log.info("%s: %d of %d samples of %s, %s route, %d gradient passes", meta["model"], len(samples.y),
              samples.total, samples.source, result.route, result.passes)
+    status = Path("/proc/self/status")  # Linux: the job's peak memory, for the README's cost figures
+    if status.exists():
+        log.info("peak RSS %s", next((line.split(":", 1)[1].strip() for line in status.read_text().splitlines()
+                                      if line.startswith("VmHWM")), "unknown"))
     io.write_tsv(snakemake.output.layers, result.layers)
+    write_spectra(snakemake.output.spectra, result.spectra)
     io.write_json(snakemake.output.summary, {
         "model": meta["model"], "data": samples.source, "num_samples": len(samples.y),
         "data_total": samples.total, "route": result.route, "passes": result.passes,

@@ -115,6 +115,13 @@ def test_random_label_mlp_memorises_but_is_at_chance():
     assert "seconds" not in meta  # meta.json must be identical on reruns
 
 
+def test_random_label_lenet_memorises_but_is_at_chance():
+    # the demo's CNN of the random-label experiment (zoos/demo.tsv, label-noise-cnn), its defaults
+    _, result = _trained("lenet", {}, label_noise=1.0, seed=1)
+    assert result.train_accuracy >= 95.0
+    assert result.test_accuracy < 25.0
+
+
 def test_training_is_deterministic():
     first, r1 = _trained("cnn", {"channels": 8}, epochs=1)
     second, r2 = _trained("cnn", {"channels": 8}, epochs=1)
@@ -148,13 +155,24 @@ def test_cnn_shape_and_analysable_convolutions():
     assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
 
 
+def test_lenet_shape():
+    model = build_architecture("lenet", {"channels": 8, "width": 20})
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 8), (8, 8)]
+    # 8 channels on the 4 x 4 grid left after the 2 x 2 max-pool of the 8 x 8 image
+    assert [(m.in_features, m.out_features) for m in linears] == [(8 * 16, 20), (20, 10)]
+    assert model(torch.zeros(5, 64)).shape == (5, 10)
+    assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+
+
 def test_architecture_defaults():
     model = build_architecture("mlp")
     assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [256, 256, 10]
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("resnet", {}, r"unknown architecture 'resnet'; valid architectures: cnn, mlp"),
+    ("resnet", {}, r"unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp"),
     ("mlp", {"channels": 8}, r"unknown option\(s\) 'channels' for architecture 'mlp'; valid options: depth, width"),
     ("cnn", {"channels": 0}, r"'channels' of architecture 'cnn' must be a positive integer"),
     ("mlp", {"width": "64"}, r"'width' of architecture 'mlp' must be a positive integer"),

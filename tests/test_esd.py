@@ -131,3 +131,50 @@ def test_conv2d_fft_is_one_pooled_spectrum_of_the_operator(model_dir, tmp_path):
 def test_conv2d_stacked_is_one_matrix(model_dir, tmp_path):
     conv = run(model_dir, tmp_path / "esd", conv2d="stacked")["layers"][1]
     assert conv["slices"] == [""] and (conv["N"], conv["M"]) == (9 * 16, 8)
+
+
+def test_sharded_model_gives_the_unsharded_index_and_entries(tmp_path, rng):
+    model = write_model_dir(tmp_path / "model", [
+        ("a", "Linear", rng.standard_normal((90, 60))), ("b", "Conv2d", rng.standard_normal((12, 6, 3, 3))),
+        ("c", "Linear", rng.standard_normal((70, 70))), ("d", "Embedding", rng.standard_normal((100, 20))),
+        ("e", "Linear", rng.standard_normal((30, 80))),
+    ])
+    whole = run(model, tmp_path / "whole", randomize=True)
+    sharded_dir = tmp_path / "sharded"
+    shards = [run(model, sharded_dir, randomize=True, shard=(k, 3)) for k in (3, 1, 2)]  # any order
+    # each shard computed a disjoint part of the layers, together all of them
+    parts = [[r["name"] for r in index["layers"]] for index in shards]
+    assert sorted(sum(parts, [])) == ["a", "b", "c", "d", "e"] and all(parts)
+    merged = esd.merge_shards(shards, model / "layers.json", sharded_dir)
+    assert merged == whole
+    files = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert sorted(p.name for p in sharded_dir.iterdir()) == files
+    for name in files:
+        assert (sharded_dir / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+
+
+def test_merge_refuses_incomplete_or_mismatched_shards(model_dir, tmp_path):
+    shards = [run(model_dir, tmp_path, shard=(k, 2)) for k in (1, 2)]
+    with pytest.raises(ValueError, match=r"shards of model 'm' are \[\(1, 2\)\], not 1..1 of 1"):
+        esd.merge_shards(shards[:1], model_dir / "layers.json", tmp_path)
+    other = run(model_dir, tmp_path / "other", shard=(2, 2), normalize="N")
+    with pytest.raises(ValueError, match="different settings"):
+        esd.merge_shards([shards[0], other], model_dir / "layers.json", tmp_path)
+    with pytest.raises(ValueError, match="shard 3 of 2 does not exist"):
+        run(model_dir, tmp_path, shard=(3, 2))
+
+
+def test_device_setting_reaches_the_spectrum(model_dir, tmp_path, monkeypatch):
+    seen = []
+    original = spectrum.eigenvalues
+
+    def spy(matrix, **kwargs):
+        seen.append(kwargs.get("device"))
+        return original(matrix, **kwargs)
+
+    monkeypatch.setattr(spectrum, "eigenvalues", spy)
+    monkeypatch.setattr(spectrum, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
+    run(model_dir, tmp_path / "auto", device="auto")
+    assert seen and set(seen) == {None}  # auto without a GPU: numpy on the CPU
+    with pytest.raises(ValueError, match="device: cuda, but this job sees no CUDA GPU"):
+        run(model_dir, tmp_path / "cuda", device="cuda")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -192,6 +193,26 @@ def test_file_weights_are_converted_to_float32(tmp_path, dtype):
     assert stored.dtype == torch.float32 and torch.equal(stored, weight.float())
     _, meta = read_outputs(tmp_path / "out")
     assert meta["accuracy"] == 76.5 and meta["accuracy_source"] == "zoo sheet"
+
+
+def test_a_fetch_that_fails_while_writing_leaves_no_file(tmp_path, monkeypatch):
+    """The disk fills up after two of the weights are written: nothing is left that a later run
+    could take for complete, not even the temporary file."""
+    from zooscope import sources
+
+    save_file(reference_state(), tmp_path / "model.safetensors")
+    written = []
+
+    def disk_full_on_the_third(tensor):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(tensor)
+        return tensor.float().contiguous()
+
+    monkeypatch.setattr(sources, "as_float32", disk_full_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        fetch_model(file_row("model.safetensors"), tmp_path / "out", sheet_dir=tmp_path)
+    assert len(written) == 2 and list((tmp_path / "out").iterdir()) == []
 
 
 def test_tied_tensors_in_a_torch_file_count_once(tmp_path):
@@ -413,7 +434,7 @@ def train_row(**columns) -> dict:
     (train_row(label_noise="2"), r"model 'm': column 'label_noise' must be in \[0, 1\]"),
     (train_row(epochs="0"), r"model 'm': column 'epochs' must be positive"),
     (train_row(channels="8"), r"model 'm': unknown option\(s\) 'channels' for architecture 'mlp'; valid options: depth, width"),
-    (train_row(source="train:resnet"), r"model 'm': unknown architecture 'resnet'; valid architectures: cnn, mlp"),
+    (train_row(source="train:resnet"), r"model 'm': unknown architecture 'resnet'; valid architectures: cnn, .*mlp"),
     (train_row(accuracy="high"), r"model 'm': column 'accuracy' must be a number"),
     (train_row(accuracy=0.7, source="random:mlp", epochs=None), None),  # 0.7 % is a valid (if poor) accuracy
     (train_row(accuracy=170.0), r"model 'm': column 'accuracy' must be a percentage in \[0, 100\]"),
@@ -456,8 +477,41 @@ def test_train_row_outputs(tmp_path, caplog):
     assert meta["training"]["label_noise"] == 0.0
     assert meta["architecture"] == {"name": "mlp", "options": {"width": 16, "depth": 1}}
     assert "seconds" not in json.dumps(meta)
-    stored = load_file(tmp_path / "m" / "model.safetensors")
-    assert set(stored) == {"net.0.weight", "net.2.weight"}
+    # the analysed weights first, then the rest of the module's state (for the Jacobian stage)
+    with safe_open(tmp_path / "m" / "model.safetensors", framework="pt") as handle:
+        assert list(handle.keys()) == ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+    header_order = sorted(json.loads(header_of(tmp_path / "m" / "model.safetensors")).items(),
+                          key=lambda item: item[1].get("data_offsets", [-1])[0])
+    assert [key for key, _ in header_order if key != "__metadata__"] == [
+        "net.0.weight", "net.2.weight", "net.0.bias", "net.2.bias"]
+
+
+def header_of(path):
+    data = Path(path).read_bytes()
+    return data[8:8 + int.from_bytes(data[:8], "little")]
+
+
+def test_module_state_of_every_dtype_round_trips_through_the_fetch_writer(tmp_path):
+    """Buffers of other dtypes and 0-d tensors (BatchNorm's num_batches_tracked) are stored as
+    they are, readable by safetensors' own loader, and the sha256 is that of the file."""
+    from zooscope.layers import layers_from_module
+    from zooscope.sources import unanalysed_state, write_safetensors
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
+    network.register_buffer("mask", torch.tensor([True, False, True]))
+    network.register_buffer("scale16", torch.randn(5).half())
+    network[1].num_batches_tracked += 7
+    layers = layers_from_module(network)
+    others = unanalysed_state(network, layers)
+    assert {"1.num_batches_tracked", "mask", "scale16", "0.bias", "1.weight"} <= others.keys()
+    digest = write_safetensors(tmp_path / "m.safetensors", layers, others)
+    assert digest == hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest()
+    stored = load_file(tmp_path / "m.safetensors")
+    state = network.state_dict()
+    assert stored.keys() == state.keys()
+    for key, value in state.items():
+        assert stored[key].dtype == value.dtype and torch.equal(stored[key], value), key
 
 
 def test_train_row_is_deterministic(tmp_path):

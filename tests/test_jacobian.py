@@ -164,3 +164,38 @@ def test_conv_layers_gram_matches_explicit_jacobian():
     j = explicit_jacobian(model, x, y, "0.weight")
     np.testing.assert_allclose(grams.gram["0.weight"], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
     np.testing.assert_allclose(grams.diag["0.weight"], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
+
+
+def test_model_jacobian_spectra_are_the_values_behind_the_metrics(tmp_path):
+    model, (x, y) = tiny_mlp(hidden=16), tiny_data(n=60)
+    settings = jacobian.JacobianSettings(min_evals=5, hessian_steps=5, hessian_probes=1)
+    result = jacobian.model_jacobian(model, x, y, settings)
+    spectra = result.spectra
+    assert sorted(spectra) == ["diag/0", "diag/2", "gram/0", "gram/2", "hessian/nodes", "hessian/weights", "io"]
+    for name, layer in (("0.weight", "0"), ("2.weight", "2")):
+        j = explicit_jacobian(model, x, y, name)
+        np.testing.assert_allclose(spectra[f"diag/{layer}"], np.sort((j**2).sum(axis=0)), rtol=1e-5, atol=1e-12)
+        explicit = np.linalg.eigvalsh(j @ j.T)
+        top = spectra[f"gram/{layer}"]
+        np.testing.assert_allclose(top, explicit[-top.size:], rtol=1e-4, atol=1e-9 * explicit[-1])
+        assert top.size == result.layers.set_index("layer").loc[layer, "rank"]
+    # input-output: squared singular values of each sample's d(logits)/d(input), from autograd
+    expected = np.concatenate([
+        np.linalg.svd(torch.autograd.functional.jacobian(model, xs).double().numpy(), compute_uv=False) ** 2
+        for xs in x
+    ])
+    np.testing.assert_allclose(spectra["io"], np.sort(expected), rtol=1e-5, atol=1e-12)
+    assert spectra["hessian/weights"].sum() == pytest.approx(1.0)
+
+
+def test_spectra_file_round_trip_is_byte_identical(tmp_path):
+    from safetensors.numpy import load_file
+
+    spectra = {"gram/a": np.array([1.0, 2.5]), "io": np.arange(3, dtype=np.float32), "diag/b": np.zeros(0)}
+    jacobian.write_spectra(tmp_path / "one.safetensors", spectra)
+    jacobian.write_spectra(tmp_path / "two.safetensors", dict(reversed(spectra.items())))
+    assert (tmp_path / "one.safetensors").read_bytes() == (tmp_path / "two.safetensors").read_bytes()
+    loaded = load_file(tmp_path / "one.safetensors")
+    assert loaded.keys() == spectra.keys() and all(v.dtype == np.float64 for v in loaded.values())
+    for key, value in spectra.items():
+        np.testing.assert_array_equal(loaded[key], value)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+from safetensors.numpy import load_file
 
 from conftest import REPO
 from zooscope.jacobian import JACOBIAN_LAYER_COLUMNS, JACOBIAN_METRICS
@@ -24,7 +25,7 @@ def test_jacobian_stage(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--cores", "2", "results/zoo/models.tsv"],
+         "--cores", "2", "results/zoo/models.tsv", "results/plots/jacobian/s"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -32,6 +33,14 @@ def test_jacobian_stage(tmp_path):
     layers = pd.read_csv(tmp_path / "results" / "jacobian" / "t1" / "layers.tsv", sep="\t")
     assert list(layers.columns) == list(JACOBIAN_LAYER_COLUMNS)
     assert list(layers["layer"]) == ["net.0", "net.2"] and set(layers["num_samples"]) == {60}
+    spectra = load_file(tmp_path / "results" / "jacobian" / "t1" / "spectra.safetensors")
+    assert set(spectra) == {"gram/net.0", "gram/net.2", "diag/net.0", "diag/net.2", "io", "hessian/nodes",
+                            "hessian/weights"}
+    assert list(spectra["gram/net.0"].shape) == [layers.loc[0, "rank"]]
+    # the series' figures: its three models with data side by side
+    figures = tmp_path / "results" / "plots" / "jacobian" / "s"
+    assert sorted(p.name for p in figures.glob("*.png")) == [
+        "hessian.png", "input_output.png", "jacobian_diag.png", "jacobian_esd.png"]
     models = pd.read_csv(tmp_path / "results" / "zoo" / "models.tsv", sep="\t").set_index("model")
     for metric in JACOBIAN_METRICS:
         assert math.isfinite(models.loc["t1", metric]) and math.isnan(models.loc["nodata", metric])

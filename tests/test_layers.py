@@ -268,3 +268,41 @@ def test_multihead_attention_with_separate_key_and_value_sizes():
         ("q_proj", "Linear", [8, 8]), ("k_proj", "Linear", [8, 5]), ("v_proj", "Linear", [8, 3]),
         ("out_proj", "Linear", [8, 8]),
     ]
+
+
+# --------------------------------------------------------------------------- a module tree on the meta device
+
+
+def gpt2_lm():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    return transformers.GPT2LMHeadModel(config)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16),
+    lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
+    Tied, Mixed, gpt2_lm,
+], ids=["fused-qkv", "separate-qkv", "tied", "mixed", "gpt2-conv1d-tied-head"])
+def test_a_meta_module_tree_with_its_weights_read_elsewhere_gives_the_same_layers(build):
+    """The hub route of large models: the tree on the meta device only types the layers, the
+    values come from a checkpoint (here the real model's state dict). Both must give the same
+    layer list and matrices as the real module tree."""
+    torch.manual_seed(0)
+    real = build()
+    state = real.state_dict()
+    with torch.device("meta"):
+        skeleton = build()
+    assert all(p.is_meta for p in skeleton.parameters())
+    reads = []
+
+    class Checkpoint(dict):
+        def __getitem__(self, key):
+            reads.append(key)
+            return super().__getitem__(key)
+
+    expected, result = layers_from_module(real), layers_from_module(skeleton, Checkpoint(state))
+    assert result.layers == expected.layers  # names, types, shapes, depths and hashes
+    for layer in expected.layers:
+        np.testing.assert_array_equal(result.tensors[layer.tensor].numpy(), expected.tensors[layer.tensor].numpy())
+    assert set(reads) <= set(state) and not any(key.endswith("bias") for key in reads)

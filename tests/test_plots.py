@@ -173,3 +173,51 @@ def test_plot_randomization_and_its_place_in_the_model_esds(tmp_path):
     assert sorted(p.name for p in written) == ["fc.png", "fc.rand.png", "tiny.png"]
     for path in written:
         assert_png(path)
+
+
+def test_a_sliced_conv_layer_gets_one_figure_with_a_panel_per_slice(tmp_path):
+    from PIL import Image
+
+    from conftest import write_model_dir
+    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.metrics import fit_layers
+    from zooscope.plots import plot_model_esds
+
+    rng = np.random.default_rng(1)
+    kernel = rng.standard_t(3, size=(120, 80, 3, 3))  # 9 slices of 120 x 80
+    model_dir = write_model_dir(tmp_path / "model", [("conv", "Conv2d", kernel), ("fc", "Linear", kernel[:, :, 0, 0])])
+    esd_dir = tmp_path / "esd"
+    index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", esd_dir, randomize=True)
+    layers = fit_layers(index, lambda r, randomized=False: load_layer_eigenvalues(esd_dir, r, randomized=randomized))
+    assert (layers["layer"] == "conv").sum() == 9
+    written = plot_model_esds(index, layers, esd_dir=esd_dir, out_dir=tmp_path / "plots", model="m")
+    assert sorted(p.name for p in written) == ["conv.png", "conv.rand.png", "fc.png", "fc.rand.png"]
+    for path in written:
+        assert_png(path)
+    # nine panels in a 3 x 3 grid of 4 x 3 inch panels, against one 6.4 x 4.8 inch figure
+    width, height = Image.open(tmp_path / "plots" / "conv.png").size
+    single = Image.open(tmp_path / "plots" / "fc.png").size
+    assert width == 3 * 4.0 * 110 and height == round((3 * 3.0 + 0.4) * 110)
+    assert single == (round(6.4 * 110), round(4.8 * 110))
+
+
+def test_relative_depth_maps_first_and_last_layer_to_0_and_1():
+    from zooscope.plots import relative_depth
+
+    np.testing.assert_allclose(relative_depth([2, 3, 4, 6]), [0.0, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(relative_depth(pd.Series([5, 5])), [0.0, 0.0])
+    out = relative_depth([0, None, 4])
+    assert out[0] == 0.0 and np.isnan(out[1]) and out[2] == 1.0
+
+
+def test_plot_noise_ladder(tmp_path):
+    from zooscope.discrimination import discrimination
+    from zooscope.plots import plot_noise_ladder
+
+    models = pd.DataFrame({"model": ["a", "b", "c", "x"], "series": ["s", "s", "s", "t"],
+                           "up": [1.0, 2.0, 3.0, 0.0], "swap": [2.0, 1.0, 3.0, 0.0], "flat": [1.0] * 4})
+    noise = {"a": 0.0, "b": 0.5, "c": 1.0}
+    table = discrimination(models, noise)
+    assert_png(plot_noise_ladder(models, noise, table, tmp_path / "s.png", series="s"))
+    with pytest.raises(ValueError, match="'t'"):
+        plot_noise_ladder(models, noise, table, tmp_path / "t.png", series="t")

@@ -74,3 +74,21 @@ def test_esd_distance_is_the_two_sample_ks_statistic(rng):
     assert esd_distance(a, b) == pytest.approx(direct)
     assert esd_distance(a, a) == 0.0
     assert esd_distance(a, a + 2.0) == 1.0
+
+
+def test_large_entries_survive_shuffling_as_correlation_traps():
+    from zooscope.metrics import random_matrix_metrics
+
+    rng = np.random.default_rng(7)
+    n_rows, m_cols = 400, 200
+    w = rng.standard_normal((n_rows, m_cols))
+    # three entries of size 60: wherever shuffling puts them (in distinct rows and columns, almost
+    # surely), each carries an eigenvalue of about 60^2 + N = 4000, far above the bulk edge
+    # N (1 + sqrt(M/N))^2 = 1166 of the unit-variance rest
+    w[[10, 50, 90], [5, 60, 120]] = 60.0
+    values = np.linalg.eigvalsh(w.T @ w)
+    shuffled = rng.permutation(w.ravel()).reshape(w.shape)
+    row = random_matrix_metrics(values, (n_rows, m_cols), np.linalg.eigvalsh(shuffled.T @ shuffled))
+    assert row["num_traps"] == 3 and row["num_spikes"] == 3
+    # the shuffled matrix keeps the bulk: the two ESDs are nearly the same
+    assert row["rand_distance"] < 0.1

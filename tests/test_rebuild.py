@@ -1,11 +1,13 @@
 """zooscope.rebuild (a fetched train:/random: model as a module) and the jac_ join of aggregate."""
+import dataclasses
 import math
 
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from zooscope import io
+from zooscope import architectures, digits, io
 from zooscope.aggregate import join_jacobian
 from zooscope.rebuild import RebuildError, rebuild_module
 from zooscope.sources import fetch_model
@@ -23,24 +25,47 @@ def fetched(tmp_path, source, **options):
 ])
 def test_rebuilt_model_is_the_fetched_one(tmp_path, source, options):
     meta, layers = fetched(tmp_path, source, **options)
-    network = rebuild_module(meta, layers)
+    network = rebuild_module(meta, layers, tmp_path / "model.safetensors")
     assert not network.training
-    # the weights fetch wrote, bit for bit (biases are not in model.safetensors: that is why it is rebuilt)
-    from safetensors.torch import load_file
-
-    stored = load_file(tmp_path / "model.safetensors")
+    # the fetched module's whole state, bit for bit: the analysed weights and the biases
+    reference = rebuilt_by_hand(source, options)
     state = network.state_dict()
-    assert stored.keys() == {"net.0.weight", "net.2.weight"}
-    for key, value in stored.items():
-        assert torch.equal(state[key], value)
+    assert state.keys() == reference.keys() == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    for key, value in reference.items():
+        assert torch.equal(state[key], value), key
+    # and it computes what the fetched model computes
+    x = torch.randn(5, 64)
+    reference_network = architectures.build_architecture("mlp", {"width": 32, "depth": 1})
+    reference_network.load_state_dict(reference)
+    assert torch.equal(network(x), reference_network.eval()(x))
 
 
-def test_a_different_model_is_refused(tmp_path):
+def rebuilt_by_hand(source, options):
+    """The model fetch builds, made here with the seeded recipe directly (no zooscope.rebuild)."""
+    kind, _ = source.split(":")
+    options = dict(options)
+    seed = int(options.get("seed", 0)) if kind == "random" else digits.TRAINING_DEFAULTS["mlp"].seed
+    with digits.deterministic_torch(seed, 1):
+        network = architectures.build_architecture("mlp", {"width": 32, "depth": 1})
+    if kind == "train":
+        config = dataclasses.replace(digits.TRAINING_DEFAULTS["mlp"], epochs=int(options["epochs"]))
+        digits.train(network, config, threads=1)
+    return network.state_dict()
+
+
+def test_a_different_or_incomplete_model_is_refused(tmp_path):
     meta, layers = fetched(tmp_path, "random:mlp", width="32", depth="1", seed="3")
+    weights = tmp_path / "model.safetensors"
+    other = [{**layer, "sha256": "0" * 64} if i == 0 else layer for i, layer in enumerate(layers)]
     with pytest.raises(RebuildError, match="differ"):
-        rebuild_module({**meta, "options": {**meta["options"], "seed": 4}}, layers)
+        rebuild_module(meta, other, weights)
     with pytest.raises(RebuildError, match="file: model cannot be run"):
-        rebuild_module({**meta, "source": "file:w.safetensors"}, layers)
+        rebuild_module({**meta, "source": "file:w.safetensors"}, layers, weights)
+    # a model.safetensors with only the analysed weights (as zooscope wrote before) is refused by name
+    stored = load_file(weights)
+    save_file({key: value for key, value in stored.items() if key.endswith("weight")}, tmp_path / "old.safetensors")
+    with pytest.raises(RebuildError, match="net.0.bias.*refetch"):
+        rebuild_module(meta, layers, tmp_path / "old.safetensors")
 
 
 def test_join_jacobian_adds_jac_columns_only_when_there_are_summaries():

@@ -3,7 +3,10 @@ import json
 import pytest
 
 from zooscope import resources
-from zooscope.resources import DEFAULTS, JobResources, estimate, layer_matrices, stage_resources
+from zooscope.resources import (
+    DEFAULTS, JobResources, esd_flops, estimate, layer_matrices, model_shards, parse_shard, shard_layers,
+    stage_resources,
+)
 
 
 def test_layer_matrices_counts_kernel_positions_and_orients():
@@ -44,3 +47,41 @@ def test_stage_resources_reads_layers_json_or_falls_back_to_defaults(tmp_path):
 def test_unknown_stage_is_named():
     with pytest.raises(ValueError, match=r"stage 'plot'; known stages: \['esd', 'fit'\]"):
         stage_resources("plot", "missing.json")
+
+
+def test_shard_layers_balances_work_longest_first():
+    shapes = [[10, 10], [1000, 100], [100, 100], [500, 100], [20, 20]]
+    work = [esd_flops(shape) for shape in shapes]
+    groups = shard_layers(shapes, 2)
+    # N*M^2 + 10*M^3: 2.0e7, 1.5e7, 1.1e7, 8.8e4, 1.1e4 for layers 1, 3, 2, 4, 0. By hand, each onto
+    # the lighter group: 1 -> g0 (2.0e7), 3 -> g1 (1.5e7), 2 -> g1 (2.6e7), 4 -> g0, 0 -> g0
+    assert work == [11_000, 20_000_000, 11_000_000, 15_000_000, 88_000]
+    assert groups == [[0, 1, 4], [2, 3]]
+    assert shard_layers(shapes, 1) == [[0, 1, 2, 3, 4]]
+    assert shard_layers(shapes[:1], 3) == [[0], [], []]
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        shard_layers(shapes, 0)
+
+
+def test_shard_resources_cover_only_the_shards_layers(tmp_path):
+    path = tmp_path / "layers.json"
+    shapes = [[4096, 1024], [1024, 1024], [512, 64]]
+    path.write_text(json.dumps({"layers": [{"name": f"l{i}", "shape": s} for i, s in enumerate(shapes)]}))
+    assert stage_resources("esd", path, shard=(1, 2)) == estimate("esd", [shapes[0]])
+    assert stage_resources("esd", path, shard=(2, 2)) == estimate("esd", shapes[1:])
+    assert parse_shard("2-of-4") == (2, 4)
+    with pytest.raises(ValueError, match="not of the form k-of-K"):
+        parse_shard("2of4")
+
+
+def test_model_shards_column_wins_then_the_size_rule_for_file_sources(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"x" * (5 * 2**20 + 1))
+    (tmp_path / "folder").mkdir()
+    for i in range(3):
+        (tmp_path / "folder" / f"part{i}").write_bytes(b"x" * 2**20)
+    assert model_shards("4", "file:w.safetensors", tmp_path, 1.0) == 4
+    assert model_shards(None, "file:w.safetensors", tmp_path, 1.0) == 6  # ceil(5.000001 MB / 1 MB)
+    assert model_shards(None, "file:w.safetensors", tmp_path, None) == 1
+    assert model_shards(None, "file:folder", tmp_path, 2.0) == 2
+    assert model_shards(None, "file:missing", tmp_path, 1.0) == 1
+    assert model_shards(None, "torchvision:vgg16", tmp_path, 1.0) == 1

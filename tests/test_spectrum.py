@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from zooscope import spectrum
 from zooscope.spectrum import (
-    conv2d_fft_eigenvalues, conv2d_fft_shape, conv2d_fft_size, eigenvalues, layer_matrices, oriented_shape, shuffled,
+    conv2d_fft_eigenvalues, conv2d_fft_shape, conv2d_fft_size, eigenvalues, layer_matrices, oriented_shape,
+    resolve_device, shuffled,
 )
 
 
@@ -132,3 +134,50 @@ def test_shuffled_keeps_the_entries_and_is_seeded(rng):
     assert s.shape == w.shape and not np.array_equal(s, w)
     np.testing.assert_array_equal(np.sort(s.ravel()), np.sort(w.ravel()))
     np.testing.assert_array_equal(s, shuffled(w, 3))
+
+
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300), (96, 96)])
+def test_torch_route_agrees_with_numpy_and_a_float64_svd(rng, shape):
+    # The GPU route run on the CPU: same Gram-in-float64 algorithm, torch's kernels.
+    w = (rng.standard_t(df=3, size=shape) * 0.05).astype(np.float32)
+    expected = svd_eigenvalues(w)
+    got = eigenvalues(w, device="cpu")
+    assert got.dtype == np.float64 and got.shape == (min(shape),) and np.all(np.diff(got) >= 0)
+    np.testing.assert_allclose(got, eigenvalues(w), rtol=1e-9, atol=1e-12 * expected.max())
+    assert got[-1] == pytest.approx(expected[-1], rel=1e-6)  # lambda_max
+    assert got.sum() == pytest.approx(np.sum(w.astype(np.float64) ** 2), rel=1e-6)  # ||W||_F^2
+    np.testing.assert_allclose(eigenvalues(w, normalize="N", device="cpu"), expected / max(shape), rtol=1e-6,
+                               atol=1e-9 * expected.max())
+
+
+def test_torch_route_refuses_non_finite_weights_and_clips_zeros(rng):
+    w = rng.standard_normal((40, 10)).astype(np.float32)
+    w[5, 5] = np.inf
+    with pytest.raises(ValueError, match=r"NaN or Inf \(1 of 400 entries\)"):
+        eigenvalues(w, device="cpu")
+    rank_one = np.outer(np.arange(1.0, 41.0), np.ones(10))
+    values = eigenvalues(rank_one, device="cpu")
+    assert np.all(values >= 0) and values[-1] == pytest.approx(np.sum(np.arange(1.0, 41.0) ** 2) * 10)
+
+
+def test_device_cpu_is_numpy_and_auto_falls_back_to_it_without_a_gpu(monkeypatch):
+    assert resolve_device("cpu") is None
+    # no GPU driver: decided without importing torch
+    monkeypatch.setattr(spectrum, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
+    assert resolve_device("auto") is None
+    # a driver node but no usable GPU (torch says so): still the CPU
+    import torch
+
+    monkeypatch.setattr(spectrum, "GPU_DEVICE_NODES", (__file__,))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(spectrum, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
+    with pytest.raises(ValueError, match="device: cuda, but this job sees no CUDA GPU.*device: auto.*device: cpu"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'; valid: auto, cpu, cuda"):
+        resolve_device("gpu")

@@ -8,6 +8,11 @@ rerun after a model changes recomputes only the layers whose weights changed. Wi
 the entry also holds ``{layer}.rand.npy``: the eigenvalues of the same matrices with their entries
 shuffled (the randomization check of design.md), computed here because this stage has the weights. The entries are not
 declared as Snakemake outputs on purpose: Snakemake deletes a job's outputs before running it.
+
+A very large model can be split into K shards (zoo column ``shards``): shard k of K computes the
+entries of its share of the layers (:func:`zooscope.resources.shard_layers`, balanced by work)
+into the same folder, and :func:`merge_shards` assembles the index from the shards' indexes: the
+same index, the same entries, as one unsharded job writes.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zooscope import io, spectrum
+from zooscope import io, resources, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,13 @@ def cache_key(layer: dict, *, conv2d: str, normalize: str, conv2d_fft_size: int 
 
 
 def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str,
-                      conv2d_fft_size: int | None = None, shuffle_seed: int | None = None):
+                      conv2d_fft_size: int | None = None, shuffle_seed: int | None = None,
+                      device: str | None = None):
     """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)).
 
     With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
-    they are the operator's entries), so every matrix keeps its own values.
+    they are the operator's entries), so every matrix keeps its own values. ``device``: the
+    torch device of :func:`zooscope.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
     """
     def prepare(array):
         return array if shuffle_seed is None else spectrum.shuffled(array, shuffle_seed)
@@ -58,7 +65,7 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
         values = spectrum.conv2d_fft_eigenvalues(prepare(weight), n, normalize=normalize)
         return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
-    rows = [spectrum.eigenvalues(prepare(m.matrix), normalize=normalize) for m in matrices]
+    rows = [spectrum.eigenvalues(prepare(m.matrix), normalize=normalize, device=device) for m in matrices]
     return [m.label for m in matrices], np.vstack(rows), spectrum.oriented_shape(matrices[0].matrix)
 
 
@@ -67,7 +74,8 @@ def shuffle_seed(layer: dict) -> int:
     return int(layer["sha256"][:16], 16)
 
 
-def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: bool, **settings) -> dict:
+def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: bool, device: str | None,
+                   **settings) -> dict:
     record = {
         "name": layer["name"],
         "tensor": layer["tensor"],
@@ -87,8 +95,9 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: b
     rand_path = out_dir / f"{layer['name']}{RAND_SUFFIX}"
     try:
         weight = reader.get_tensor(layer["tensor"])
-        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **settings)
-        rand = (layer_eigenvalues(weight, layer["type"], **settings, shuffle_seed=shuffle_seed(layer))[1]
+        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **settings, device=device)
+        rand = (layer_eigenvalues(weight, layer["type"], **settings, shuffle_seed=shuffle_seed(layer),
+                                  device=device)[1]
                 if randomize else None)
     except Exception as error:  # a bad layer becomes a failed row, never a failed model
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
@@ -106,16 +115,26 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: b
 
 
 def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slices", normalize: str = "none",
-                      conv2d_fft_size: int | None = None, randomize: bool = False) -> dict:
+                      conv2d_fft_size: int | None = None, randomize: bool = False, device: str = "cpu",
+                      shard: tuple[int, int] | None = None) -> dict:
     """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
-    ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled.
+    ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled. ``device``
+    is config ``device`` (auto, cpu, cuda; :func:`zooscope.spectrum.resolve_device`); it is not
+    part of the cache key, since it changes the eigenvalues by rounding only. ``shard=(k, K)``
+    computes only shard k of K (1-based) and returns that shard's index, for :func:`merge_shards`.
     """
     settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
+    torch_device = spectrum.resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     layers_doc = io.read_json(layers_path)
     layers = layers_doc["layers"]
+    if shard is not None:
+        k, shards = shard
+        if not 1 <= k <= shards:
+            raise ValueError(f"shard {k} of {shards} does not exist: shards are numbered 1 to {shards}")
+        layers = [layers[i] for i in resources.shard_layers([layer["shape"] for layer in layers], shards)[k - 1]]
     records = []
     reused = 0
     with io.SafetensorsReader(weights_path) as reader:  # one tensor's pages at a time (its docstring)
@@ -130,19 +149,54 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
                 reused += 1
                 action = "cached"
             else:
-                record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize)
+                record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize,
+                                        device=torch_device)
                 io.write_json(entry_path, record)
                 action = "computed"
             log.info("[%d/%d] %s %s (%s)%s", position, len(layers), action, layer["name"], layer["type"],
                      f": {record['reason']}" if record["status"] != "ok" else "")
             records.append(record)
-    _remove_stale_entries(out_dir, {layer["name"] for layer in layers})
-    log.info("%s: %d layers, %d reused from the cache", layers_doc.get("model", ""), len(records), reused)
-    return {
-        "model": layers_doc.get("model"),
-        "settings": {**settings, "randomize": randomize},
-        "layers": records,
-    }
+    if shard is None:  # a shard sees only its own layers; the merge removes stale entries
+        _remove_stale_entries(out_dir, {layer["name"] for layer in layers})
+    log.info("%s%s: %d layers on %s, %d reused from the cache", layers_doc.get("model", ""),
+             f" shard {shard[0]} of {shard[1]}" if shard else "", len(records), torch_device or "cpu (numpy)",
+             reused)
+    index = {"model": layers_doc.get("model"), "settings": {**settings, "randomize": randomize}, "layers": records}
+    return index if shard is None else {**index, "shard": list(shard)}
+
+
+def merge_shards(shard_indexes: list[dict], layers_path, out_dir) -> dict:
+    """The model's index from the indexes of its K shards: what one unsharded job returns.
+
+    Checks that the shards are 1..K of the same K with the same settings and together hold every
+    layer of ``layers_path`` exactly once; removes entries of layers the model no longer has.
+    """
+    layers_doc = io.read_json(layers_path)
+    names = [layer["name"] for layer in layers_doc["layers"]]
+    shards = sorted(tuple(index["shard"]) for index in shard_indexes)
+    total = len(shard_indexes)
+    if shards != [(k, total) for k in range(1, total + 1)]:
+        raise ValueError(f"the shards of model {layers_doc.get('model')!r} are {shards}, not 1..{total} of {total}; "
+                         "delete its results/esd folder and run again")
+    settings = {json.dumps(index["settings"], sort_keys=True) for index in shard_indexes}
+    if len(settings) != 1:
+        raise ValueError(f"the shards of model {layers_doc.get('model')!r} were computed with different settings "
+                         f"({sorted(settings)}); rerun them with --forcerun esd_shard")
+    records = {}
+    for index in shard_indexes:
+        for record in index["layers"]:
+            if record["name"] in records:
+                raise ValueError(f"layer {record['name']!r} is in two shards of model {layers_doc.get('model')!r}")
+            records[record["name"]] = record
+    missing = [name for name in names if name not in records]
+    extra = sorted(set(records) - set(names))
+    if missing or extra:
+        raise ValueError(f"the shards of model {layers_doc.get('model')!r} do not match its layers.json "
+                         f"(missing: {missing or 'none'}; unknown: {extra or 'none'}); rerun them with "
+                         "--forcerun esd_shard")
+    _remove_stale_entries(Path(out_dir), set(names))
+    return {"model": layers_doc.get("model"), "settings": shard_indexes[0]["settings"],
+            "layers": [records[name] for name in names]}
 
 
 def _remove_stale_entries(out_dir: Path, names: set[str]) -> None:

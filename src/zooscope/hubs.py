@@ -3,7 +3,9 @@
 Each loader goes through its library's own loading code (so a model loads exactly as its
 authors publish it, key remapping included) and returns the module tree, the accuracy the
 weights report (torchvision only) and a provenance record for meta.json: the library, the
-resolved weights name or revision, and the sha256 of every weights file read.
+resolved weights name or revision, and the sha256 of every weights file read. A Hugging Face
+model with safetensors is the exception to "loads": its tree is built on the meta device and its
+weights are read from the checkpoint one at a time (load_hf), for models of any size.
 
 Safety, enforced here for every hub path rather than trusted to each library's defaults:
 - every ``torch.load`` made while a hub model loads is forced to ``weights_only=True``
@@ -22,17 +24,24 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import logging
 import os
 import pickle
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from zooscope.sources import CONVERT_HINT, FetchError, refusal_reason, shard_files
+from zooscope.io import read_json
+from zooscope.layers import TensorStore, module_weights
+from zooscope.sources import CONVERT_HINT, FetchError, load_state_dict, refusal_reason, shard_files
+
+log = logging.getLogger(__name__)
+Loaded = TypeVar("Loaded")
 
 # Seconds a hub request may wait for the network before the fetch fails (no long retry loops).
 NETWORK_TIMEOUT_S = 20
@@ -42,6 +51,10 @@ CONNECT_TIMEOUT_S = 5
 HF_WEIGHT_FILES = (
     "model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin",
 )
+# Of these, the ones fetch converts tensor by tensor without loading the model (hf_checkpoint).
+HF_SAFETENSORS = HF_WEIGHT_FILES[:2]
+# A shard file named by a Hugging Face index: a plain file name in the repo's top folder.
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 LOCAL_HINT = (
     "or save the weights where you have them as safetensors "
     "(safetensors.torch.save_file(model.state_dict(), PATH), or model.save_pretrained(FOLDER)) "
@@ -54,6 +67,8 @@ class HubModel:
     """A loaded hub model: the module tree, the accuracy its weights report, and their provenance."""
 
     module: nn.Module
+    # None: the module holds the weights; else parameter name -> tensor, read lazily (hf_checkpoint)
+    weights: Mapping[str, Tensor] | None = None
     accuracy: float | None = None
     accuracy_source: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -158,26 +173,139 @@ def check_timm_name(name: str, model: str) -> None:
 
 
 def load_hf(argument: str, model: str) -> HubModel:
-    """``hf:REPO[@REVISION]`` through ``AutoModel.from_pretrained``, never running remote code.
+    """``hf:REPO[@REVISION]`` through transformers' ``AutoModel``, never running remote code.
 
-    transformers prefers safetensors when the repo has them and reads ``pytorch_model.bin``
-    otherwise (through ``torch.load(weights_only=True)``, forced here as well).
+    Where the repo has safetensors (a single file, or shards with an index) the weights are not
+    loaded at all: the module tree is built from the config on the ``meta`` device, only to type
+    the layers, and fetch converts the checkpoint tensor by tensor (hf_checkpoint), so an LLM is
+    never held in memory, let alone twice. Otherwise ``AutoModel.from_pretrained`` loads it whole
+    (``pytorch_model.bin`` through ``torch.load(weights_only=True)``, forced here as well).
     """
     import transformers
 
     repo, _, revision = argument.partition("@")
     source = f"hf:{argument}"
     unreachable = hf_cache_only_unless_reachable()
-    module = guarded_load(model, source, hf_cache_hint(repo), lambda: transformers.AutoModel.from_pretrained(
-        repo,
-        revision=revision or None,
-        trust_remote_code=False,
-        cache_dir=hf_cache_dir(),
-        local_files_only=offline() or bool(unreachable),
-    ), context=unreachable)
+    options = {
+        "revision": revision or None, "trust_remote_code": False, "cache_dir": hf_cache_dir(),
+        "local_files_only": offline() or bool(unreachable),
+    }
+    streamed = guarded_load(model, source, hf_cache_hint(repo), lambda: hf_checkpoint(repo, model, options),
+                            context=unreachable)
+    if streamed is not None:
+        module, weights = streamed
+    else:
+        weights = None
+        module = guarded_load(model, source, hf_cache_hint(repo),
+                              lambda: transformers.AutoModel.from_pretrained(repo, **options), context=unreachable)
     provenance = {"library": "transformers", "version": transformers.__version__,
-                  "class": type(module).__name__, **hf_snapshot(repo, revision or None, model)}
-    return HubModel(module=module, provenance=provenance)
+                  "class": type(module).__name__, "loaded": "tensor by tensor" if weights else "whole",
+                  **hf_snapshot(repo, revision or None, model)}
+    return HubModel(module=module, weights=weights, provenance=provenance)
+
+
+def hf_checkpoint(repo: str, model: str, options: dict[str, Any]) -> tuple[nn.Module, Mapping[str, Tensor]] | None:
+    """The AutoModel tree on the meta device and its weights read lazily from the repo's safetensors.
+
+    None (load the model whole instead) when the repo has no safetensors, or when an analysed
+    weight of the tree is not in the checkpoint under its name (transformers would initialise it
+    randomly or convert keys this does not know).
+    """
+    import transformers
+
+    checkpoint = hf_safetensors_checkpoint(repo, model, options)
+    if checkpoint is None:
+        return None
+    config = transformers.AutoConfig.from_pretrained(repo, **options)
+    with torch.device("meta"):
+        module = transformers.AutoModel.from_config(config, trust_remote_code=False)
+    store, _ = load_state_dict(checkpoint, model)  # a TensorStore: headers only, nothing read yet
+    weights = checkpoint_names(module, store)
+    missing = [
+        item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
+        if item.parameter not in weights
+    ]
+    if missing:
+        log.warning("model %s: %d analysed weights of %s are not in the checkpoint under their names "
+                    "(first: %s); loading the model whole", model, len(missing), type(module).__name__, missing[0])
+        return None
+    return module, weights
+
+
+def hf_safetensors_checkpoint(repo: str, model: str, options: dict[str, Any]) -> Path | None:
+    """The repo's safetensors index (its shards beside it) or single file, downloaded into the
+    cache if need be; None if it has neither.
+
+    The index is looked for first; a repo (or, offline, a cache) without it may have one file.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError  # (also huggingface_hub.errors, from 0.24 on)
+
+    def download(name: str) -> Path:
+        return Path(hf_hub_download(repo, name, revision=options["revision"], cache_dir=options["cache_dir"],
+                                    local_files_only=options["local_files_only"]))
+
+    for name in HF_SAFETENSORS:
+        try:
+            path = download(name)
+        except EntryNotFoundError:  # not in the repo, or (offline) not in the cache
+            continue
+        if name == "model.safetensors.index.json":
+            for shard in shard_names(path, model):
+                download(shard)
+        return path
+    return None
+
+
+def shard_names(index: Path, model: str) -> list[str]:
+    """The shard file names an index names, which must be plain names in the repo's top folder:
+    they are downloaded before shard_files can check them."""
+    try:
+        names = sorted(set(read_json(index)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FetchError(f"model {model!r}: cannot read shard index {index}: {error!r}") from None
+    for name in names:
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise FetchError(f"model {model!r}: shard index {index} names an invalid shard file {name!r}")
+    return names
+
+
+def checkpoint_names(module: nn.Module, store: TensorStore) -> "Renamed":
+    """The checkpoint's tensors under the module tree's parameter names.
+
+    A checkpoint saved from a model with a task head prefixes the base model's names with its
+    ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
+    parameter is saved under one of its names, which then serves all of them.
+    """
+    prefix = getattr(module, "base_model_prefix", "")
+    aliases: dict[int, list[str]] = {}
+    for name, parameter in module.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(parameter), []).append(name)
+    names = {}
+    for group in aliases.values():
+        candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
+        if candidates:
+            names.update(dict.fromkeys(group, candidates[0]))
+    return Renamed(store, names)
+
+
+class Renamed(Mapping):
+    """A mapping's values under other names: ``Renamed(store, {new: old})[new] == store[old]``."""
+
+    def __init__(self, source: Mapping[str, Tensor], names: dict[str, str]):
+        self._source, self._names = source, names
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._source[self._names[name]]
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:
@@ -202,8 +330,8 @@ HUB_LOADERS: dict[str, Callable[[str, str], HubModel]] = {
 
 
 def guarded_load(
-    model: str, source: str, cache_hint: str, load: Callable[[], nn.Module], context: str = ""
-) -> nn.Module:
+    model: str, source: str, cache_hint: str, load: Callable[[], Loaded], context: str = ""
+) -> Loaded:
     """Run a library's loader; whatever fails becomes one FetchError naming model, source and fix.
 
     A checkpoint the weights-only unpickler rejects is reported as refused (it would run code);

@@ -31,18 +31,24 @@ Either way the Grams cost 8 S^2 bytes per layer and diag(J^T J) 8 P bytes (float
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.numpy import save_file
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from zooscope.io import atomic_path
 from zooscope.metrics import spectrum_metrics
 from zooscope.powerlaw_fit import fit_power_law
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MEMORY_BUDGET = 1024 * 2**20  # bytes of float32 J kept whole before switching to blocks
@@ -411,7 +417,8 @@ class JacobianSettings:
 class ModelJacobian:
     """The stage's result for one model: one row per layer, the model's jac_ metrics, and its
     mean loss and accuracy (percent) on the samples. The last two are context, not metrics:
-    on labelled test data they are the quality that the metrics are meant to predict."""
+    on labelled test data they are the quality that the metrics are meant to predict.
+    ``spectra`` holds the values behind the metrics, for plots (:func:`spectra_arrays`)."""
 
     layers: pd.DataFrame
     metrics: dict
@@ -419,29 +426,66 @@ class ModelJacobian:
     passes: int
     loss: float
     accuracy: float
+    spectra: dict[str, np.ndarray]
 
 
 def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSettings = JacobianSettings()) -> ModelJacobian:
-    """Every Jacobian metric of ``model`` on (x, y): per layer, and summarised per model."""
+    """Every Jacobian metric of ``model`` on (x, y): per layer, and summarised per model.
+
+    Each step's CPU time goes to the log (the README's cost figures come from such logs)."""
     model.eval()
+    clock = time.process_time()
+
+    def step(name: str) -> None:
+        nonlocal clock
+        now = time.process_time()
+        log.info("%s: %.2f CPU s (%d samples)", name, now - clock, len(x))
+        clock = now
+
     grams = jacobian_grams(model, x, y, batch_size=settings.batch_size, memory_budget=settings.memory_budget)
+    step(f"per-sample gradients and Grams, {grams.route} route")
     layers = pd.DataFrame(jacobian_layer_rows(grams, min_evals=settings.min_evals), columns=list(JACOBIAN_LAYER_COLUMNS))
+    spectra = {}
+    for name in grams.gram:
+        layer = name.removesuffix(".weight")
+        spectra[f"gram/{layer}"] = gram_eigenvalues(grams.gram[name])
+        spectra[f"diag/{layer}"] = np.sort(grams.diag[name])
+    step("eigenvalues and fits")
     fitted = layers[layers["status"] == "ok"]
     metrics = {f"jac_{c}": (float(fitted[c].astype(float).mean()) if len(fitted) else math.nan)
                for c in JACOBIAN_SUMMARY_COLUMNS}
     metrics.update(dict.fromkeys(JACOBIAN_METRICS[len(JACOBIAN_SUMMARY_COLUMNS):], math.nan))
     if settings.input_output:
-        row = spectrum_row(input_output_singular_values(model, x, batch_size=settings.batch_size) ** 2,
-                           min_evals=settings.min_evals)
+        spectra["io"] = np.sort(input_output_singular_values(model, x, batch_size=settings.batch_size) ** 2)
+        row = spectrum_row(spectra["io"], min_evals=settings.min_evals)
         metrics.update({f"jac_io_{key}": row[key] for key in ("alpha", "log_spectral_norm", "stable_rank", "effective_rank")})
+        step("input-output Jacobian")
     if settings.hessian_probes > 0:
         matvec, dim = hessian_matvec(model, x, y)
         density = slq_density(matvec, dim, steps=settings.hessian_steps, probes=settings.hessian_probes)
         metrics.update(jac_hessian_top=float(density.top[0]), jac_hessian_trace=density.trace)
+        spectra.update({"hessian/nodes": density.nodes, "hessian/weights": density.weights})
+        step(f"Hessian SLQ, {settings.hessian_probes} probes x {density.steps} steps")
     with torch.no_grad():
         logits = model(x)
     for column in ("num_params", "num_samples", "rank", "num_pl_spikes", "diag_num_pl_spikes"):
         layers[column] = layers[column].astype("Int64")
     return ModelJacobian(layers=layers, metrics=metrics, route=grams.route, passes=grams.passes,
                          loss=float(nn.functional.cross_entropy(logits, y)),
-                         accuracy=100.0 * float((logits.argmax(1) == y).double().mean()))
+                         accuracy=100.0 * float((logits.argmax(1) == y).double().mean()),
+                         spectra=spectra)
+
+
+# ----------------------------------------------------------------------------- spectra file
+# results/jacobian/{model}/spectra.safetensors: float64 arrays named "gram/{layer}" (the nonzero
+# Gram eigenvalues, ascending), "diag/{layer}" (diag(J^T J), ascending), "io" (squared input-output
+# singular values, ascending; with jacobian.input_output) and "hessian/nodes", "hessian/weights"
+# (the SLQ quadrature; with hessian_probes > 0). safetensors: no pickles, and the same arrays give
+# the same bytes (its header is sorted), so reruns leave identical files. Read them with
+# safetensors.numpy.load_file (the plot job does, without importing torch).
+
+
+def write_spectra(path, spectra: dict[str, np.ndarray]) -> None:
+    """Write ``spectra`` (name -> 1-D array) as float64 safetensors, atomically."""
+    with atomic_path(path) as tmp:
+        save_file({name: np.ascontiguousarray(values, dtype=np.float64) for name, values in spectra.items()}, str(tmp))

@@ -26,7 +26,7 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -100,6 +100,9 @@ class TensorStore(Mapping):
     def __getitem__(self, key: str) -> Tensor:
         return SafetensorsReader(self._files[key], framework="pt").get_tensor(key)
 
+    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
+        return key in self._files
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
 
@@ -116,51 +119,87 @@ class TensorStore(Mapping):
 
 
 class Float32View(Mapping):
-    """Some of a mapping's tensors (a TensorStore, or weights of a module tree, views included)
-    as float32 contiguous CPU tensors, each made when asked."""
+    """Tensors as float32 contiguous CPU tensors, each made when asked from its ``makers`` entry
+    (a read from a TensorStore, a weight of a module tree, a transposed or sliced view of one)."""
 
-    def __init__(self, source: Mapping[str, Tensor], keys: Iterable[str]):
-        self._source, self._keys = source, list(keys)
+    def __init__(self, makers: Mapping[str, Callable[[], Tensor]]):
+        self._makers = dict(makers)
 
     def __getitem__(self, key: str) -> Tensor:
-        if key not in self._keys:
-            raise KeyError(key)
-        return as_float32(self._source[key])
+        return as_float32(self._makers[key]())
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would make the tensor
+        return key in self._makers
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
+        return iter(self._makers)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._makers)
 
 
-def layers_from_module(model: nn.Module) -> LayerList:
-    """The analysed weights of a module tree (module docstring), in registration (depth) order."""
+@dataclass(frozen=True)
+class ModuleWeight:
+    """One analysed matrix of a module, and how it is derived from the module's parameter."""
+
+    key: str  # its tensor key in model.safetensors
+    kind: str  # its layer type
+    parameter: str  # the parameter it comes from, by its name in the module tree
+    part: int | None = None  # None: the whole parameter; i: the i-th third of its rows (fused q/k/v)
+    transpose: bool = False  # transformers' Conv1D keeps (in, out): transposed to the linear map
+
+    def matrix(self, value: Tensor) -> Tensor:
+        """The analysed matrix, from the parameter's value (a view: nothing is copied)."""
+        if self.part is not None:
+            value = value.chunk(3, dim=0)[self.part]
+        return value.t() if self.transpose else value
+
+
+def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> LayerList:
+    """The analysed weights of a module tree (module docstring), in registration (depth) order.
+
+    With ``weights`` (parameter name -> tensor, e.g. a checkpoint read lazily from safetensors
+    shards) the module tree only says what each weight is: it may live on the ``meta`` device,
+    and every value is read from ``weights`` when it is hashed or written, one at a time.
+    """
     found = []
     for path, module in model.named_modules():
-        found.extend(module_weights(path, module))
+        for item, parameter in module_weights(path, module):
+            if weights is None:
+                matrix = item.matrix(parameter)
+                found.append((item.key, item.kind, storage_key(matrix), lambda m=matrix.detach(): m))
+            else:  # tied parameters are one object however they are reached
+                identity = (id(parameter), item.part, item.transpose)
+                found.append((item.key, item.kind, identity,
+                              lambda i=item: i.matrix(weights[i.parameter])))
     return _build(found)
 
 
-def module_weights(path: str, module: nn.Module) -> list[tuple[str, str, Tensor]]:
-    """(tensor key, layer type, matrix) of one module's own analysed weights; [] if none."""
+def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
+    """The analysed weights of one module (not its children), each with its parameter; [] if none."""
     prefix = f"{path}." if path else ""
     if isinstance(module, nn.MultiheadAttention):
         return attention_projections(prefix, module)
     if is_transposed_conv1d(module):
-        return [(f"{prefix}weight", "Linear", module.weight.t())]
+        return [(ModuleWeight(f"{prefix}weight", "Linear", f"{prefix}weight", transpose=True), module.weight)]
     kind = module_type(module)
     weight = getattr(module, "weight", None) if kind else None
-    return [(f"{prefix}weight", kind, weight)] if isinstance(weight, Tensor) else []
+    return [(ModuleWeight(f"{prefix}weight", kind, f"{prefix}weight"), weight)] if isinstance(weight, Tensor) else []
 
 
-def attention_projections(prefix: str, module: nn.MultiheadAttention) -> list[tuple[str, str, Tensor]]:
+def attention_projections(prefix: str, module: nn.MultiheadAttention) -> list[tuple[ModuleWeight, Tensor]]:
     """The query, key and value projections of a MultiheadAttention, as three Linear weights."""
     if module.in_proj_weight is not None:
-        projections = module.in_proj_weight.chunk(3, dim=0)
-    else:
-        projections = (module.q_proj_weight, module.k_proj_weight, module.v_proj_weight)
-    return [(f"{prefix}{name}_proj.weight", "Linear", weight) for name, weight in zip("qkv", projections)]
+        return [
+            (ModuleWeight(f"{prefix}{name}_proj.weight", "Linear", f"{prefix}in_proj_weight", part=i),
+             module.in_proj_weight)
+            for i, name in enumerate("qkv")
+        ]
+    return [
+        (ModuleWeight(f"{prefix}{name}_proj.weight", "Linear", f"{prefix}{name}_proj_weight"),
+         getattr(module, f"{name}_proj_weight"))
+        for name in "qkv"
+    ]
 
 
 def is_transposed_conv1d(module: nn.Module) -> bool:
@@ -182,10 +221,12 @@ def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
     lazy = isinstance(state, TensorStore)
     found = []
     for key in sorted(state, key=natural_key):
-        kind = state_dict_type(key, state.describe(key) if lazy else state[key])
+        value = state.describe(key) if lazy else state[key]
+        kind = state_dict_type(key, value)
         if kind:
-            found.append((key, kind, state.describe(key) if lazy else state[key]))
-    return _build(found, store=state if lazy else None)
+            identity = ("key", key) if lazy else storage_key(value)
+            found.append((key, kind, identity, (lambda k=key: state[k]) if lazy else (lambda v=value.detach(): v)))
+    return _build(found)
 
 
 def module_type(module: nn.Module) -> str | None:
@@ -225,8 +266,8 @@ def num_parameters(tensors: Iterable[Tensor]) -> int:
 
 def storage_key(tensor: Tensor) -> tuple:
     """Identifies the memory a tensor views, so tied weights are recognised however reached."""
-    if tensor.numel() == 0:  # empty tensors share data_ptr 0 without sharing anything
-        return ("empty", id(tensor))
+    if tensor.numel() == 0 or tensor.is_meta:  # these have data_ptr 0 without sharing anything
+        return ("no data", id(tensor))
     return (
         tensor.device.type,
         tensor.untyped_storage().data_ptr(),
@@ -267,31 +308,28 @@ def natural_key(text: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
-def _build(found: list[tuple[str, str, Tensor]], store: TensorStore | None = None) -> LayerList:
+def _build(found: list[tuple[str, str, object, Callable[[], Tensor]]]) -> LayerList:
     """Drop repeated (tied) tensors, name the rest uniquely and hash their float32 bytes.
 
-    Each float32 copy is made, hashed and let go; the list's tensors are made again when
-    written (Float32View). With a ``store`` the found tensors are ``meta`` descriptions, and
-    each is read from the store.
+    ``found`` holds (tensor key, type, identity, maker) in depth order; a tensor whose identity
+    was seen before is a tied one. Each float32 copy is made, hashed and let go; the list's
+    tensors are made again when written (Float32View), so no two weights are in memory at once
+    beyond what the makers hold (a module tree, or nothing for a TensorStore).
     """
-    seen: set[tuple] = set()
+    seen: set = set()
     names: set[str] = set()
     layers: list[Layer] = []
-    weights: dict[str, Tensor] = {}
-    for key, kind, weight in found:
-        identity = ("key", key) if store is not None else storage_key(weight)
+    makers: dict[str, Callable[[], Tensor]] = {}
+    for key, kind, identity, make in found:
         if identity in seen:
             continue
         seen.add(identity)
-        value = as_float32(store[key] if store is not None else weight)
+        value = as_float32(make())
         name = _unique(safe_name(layer_name(key)), names)
-        layers.append(
-            Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value))
-        )
-        if store is None:
-            weights[key] = weight.detach()
+        layers.append(Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value)))
+        makers[key] = make
         del value
-    return LayerList(layers, Float32View(store if store is not None else weights, [layer.tensor for layer in layers]))
+    return LayerList(layers, Float32View(makers))
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -25,12 +24,17 @@ from zooscope.io import atomic_path  # noqa: E402
 __all__ = [
     "safe_filename",
     "plot_esd",
+    "plot_esd_grid",
     "plot_randomization",
+    "plot_randomization_grid",
+    "relative_depth",
     "plot_correlation_flow",
     "plot_metric_vs_accuracy",
     "plot_series_regressions",
     "plot_model_esds",
     "plot_series",
+    "plot_noise_ladder",
+    "plot_jacobian_series",
 ]
 
 DPI = 110
@@ -118,19 +122,33 @@ def plot_esd(
     reason
         Why the layer was not fitted, shown as "not fitted: <reason>" when ``fit`` is None.
     """
+    return plot_esd_grid([(eigenvalues, fit, title, reason)], path)
+
+
+def plot_esd_grid(panels: list[tuple], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Several ESDs (:func:`plot_esd`), one panel each, on one figure: the slices of a Conv2D
+    layer. ``panels`` holds (eigenvalues, fit, panel title, reason) tuples."""
+    fig, axes = _grid(len(panels), title)
+    for ax, (eigenvalues, fit, panel_title, reason) in zip(axes, panels):
+        draw_esd(ax, eigenvalues, fit, title=panel_title, reason=reason, small=len(panels) > 1)
+    return _save_grid(fig, path, single=len(panels) == 1)
+
+
+def draw_esd(ax, eigenvalues, fit, *, title: str, reason: str | None = None, small: bool = False) -> None:
+    """The ESD of :func:`plot_esd` on the axes ``ax``; ``small`` for a panel of a grid."""
     values = np.asarray(eigenvalues, dtype=np.float64).ravel()
     drawn = np.sort(values[np.isfinite(values) & (values > 0)])
     left_out = values.size - drawn.size
+    fontsize = 6 if small else 8
 
     alpha = _float(_field(fit, "alpha"))
     xmin = _float(_field(fit, "xmin"))
     fitted = fit is not None and math.isfinite(alpha) and math.isfinite(xmin) and xmin > 0
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     n_all = drawn.size
     if n_all:
         ccdf = (n_all - np.arange(n_all)) / n_all  # P(lambda >= x_i), ties included
-        ax.loglog(drawn, ccdf, linestyle="none", marker="o", markersize=3, alpha=0.6,
+        ax.loglog(drawn, ccdf, linestyle="none", marker="o", markersize=2 if small else 3, alpha=0.6,
                   color="tab:blue", label=f"ESD, {n_all} eigenvalues (CCDF)")
     else:
         ax.set_xscale("log")
@@ -155,21 +173,20 @@ def plot_esd(
         ax.loglog(xs, ys, color="tab:red", linewidth=2, label=label)
         ax.axvline(xmin, color="tab:red", linestyle="--", linewidth=1,
                    label=f"xmin = {xmin:.4g}")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=fontsize + 1 if small else None)
     else:
         why = reason or "no fit"
-        ax.set_title(f"{title}\nnot fitted: {why}")
+        ax.set_title(f"{title}\nnot fitted: {why}", fontsize=fontsize + 1 if small else None)
 
-    ax.set_xlabel("eigenvalue lambda (squared singular value of W)")
-    ax.set_ylabel("P(eigenvalue >= lambda)")
+    if not small:
+        ax.set_xlabel("eigenvalue lambda (squared singular value of W)")
+        ax.set_ylabel("P(eigenvalue >= lambda)")
     if left_out:
         ax.text(0.01, 0.01, f"{left_out} eigenvalues <= 0 or not finite not shown",
-                transform=ax.transAxes, fontsize=8, color="0.4")
+                transform=ax.transAxes, fontsize=fontsize, color="0.4")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower left" if not left_out else "center left", fontsize=8)
+        ax.legend(loc="lower left" if not left_out else "center left", fontsize=fontsize)
     ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: str | os.PathLike, *,
@@ -182,6 +199,21 @@ def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: st
     tail, the MP bulk and the shuffled spectrum are all visible at once. The MP density is
     transformed to the same variable, p(log10 x) = p(x) x ln 10.
     """
+    return plot_randomization_grid([(eigenvalues, randomized, shape, title)], path)
+
+
+def plot_randomization_grid(panels: list[tuple], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Several randomization checks (:func:`plot_randomization`), one panel each, on one figure.
+    ``panels`` holds (eigenvalues, randomized, shape, panel title) tuples."""
+    fig, axes = _grid(len(panels), title)
+    for ax, (eigenvalues, randomized, shape, panel_title) in zip(axes, panels):
+        draw_randomization(ax, eigenvalues, randomized, shape, title=panel_title, small=len(panels) > 1)
+    return _save_grid(fig, path, single=len(panels) == 1)
+
+
+def draw_randomization(ax, eigenvalues, randomized, shape: tuple[int, int], *, title: str,
+                       small: bool = False) -> None:
+    """The randomization check of :func:`plot_randomization` on the axes ``ax``."""
     from zooscope.random_matrix import esd_distance, fit_marchenko_pastur, mp_density
 
     values = np.asarray(eigenvalues, dtype=np.float64).ravel()
@@ -189,7 +221,6 @@ def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: st
     mp, mp_rand = fit_marchenko_pastur(values, shape), fit_marchenko_pastur(rand, shape)
     logs, rand_logs = np.log10(values[values > 0]), np.log10(rand[rand > 0])
     bins = np.linspace(min(logs.min(), rand_logs.min()), max(logs.max(), rand_logs.max()), 61)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.hist(logs, bins=bins, density=True, alpha=0.55, color="tab:blue",
             label=f"ESD ({mp.num_spikes} above the MP edge)")
     ax.hist(rand_logs, bins=bins, density=True, alpha=0.45, color="tab:green",
@@ -201,12 +232,36 @@ def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: st
             label=f"Marchenko-Pastur fit of the bulk (Q = {1 / mp.ratio:.3g})")
     ax.axvline(math.log10(mp.bulk_edge), color="tab:red", linestyle="--", linewidth=1,
                label=f"MP bulk edge = {mp.bulk_edge:.4g}")
-    ax.set_xlabel("log10 eigenvalue")
-    ax.set_ylabel("density of log10 eigenvalue")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    if not small:
+        ax.set_xlabel("log10 eigenvalue")
+        ax.set_ylabel("density of log10 eigenvalue")
+    ax.set_title(title, fontsize=7 if small else None)
+    ax.legend(fontsize=6 if small else 8)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+
+
+def _grid(panels: int, title: str | None):
+    """A figure of ``panels`` axes, about square (a 3x3 kernel's slices: 3 x 3), each 6.4 x 4.8
+    inches for one panel and 4 x 3 inches in a grid; the unused axes are removed."""
+    if panels == 1:
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        return fig, [ax]
+    columns = math.ceil(math.sqrt(panels))
+    rows = math.ceil(panels / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.0 * columns, 3.0 * rows + 0.4), squeeze=False)
+    flat = axes.ravel().tolist()
+    for ax in flat[panels:]:
+        ax.remove()
+    if title:
+        fig.suptitle(title)
+    return fig, flat[:panels]
+
+
+def _save_grid(fig, path: str | os.PathLike, *, single: bool) -> Path:
+    if single:
+        fig.tight_layout()
+    else:  # tight_layout over a grid of log axes costs more than the drawing
+        fig.subplots_adjust(left=0.04, right=0.99, bottom=0.04, top=0.93, wspace=0.22, hspace=0.4)
     return _save(fig, path)
 
 
@@ -225,17 +280,30 @@ def _style(i: int) -> dict[str, Any]:
     }
 
 
+def relative_depth(depth) -> np.ndarray:
+    """Depth indices mapped onto [0, 1]: (depth - first) / (last - first); a model with one
+    depth gets 0. Missing depths stay NaN."""
+    values = pd.to_numeric(pd.Series(depth), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return values
+    span = finite.max() - finite.min()
+    return (values - finite.min()) / span if span > 0 else np.where(np.isfinite(values), 0.0, np.nan)
+
+
 def plot_correlation_flow(
     layers_by_model: Mapping[str, pd.DataFrame],
     path: str | os.PathLike,
     *,
     series: str,
 ) -> Path:
-    """Correlation flow of one series: layer alpha against layer depth, one line per model.
+    """Correlation flow of one series (seed 003): layer alpha against relative depth, one line
+    per model, so that models of different depths share one axis.
 
     Each DataFrame needs the columns ``depth``, ``alpha`` and ``status``. Only rows with
     ``status == "ok"`` are used; rows that share a depth (the slices of a Conv2D layer) are
-    averaged, so each model has one alpha per depth. The x axis is the depth index as given.
+    averaged, so each model has one alpha per depth. The x axis is :func:`relative_depth`, taken
+    over all of the model's rows (skipped layers too, so that a layer keeps its true position).
     Models are drawn and listed in the legend in sorted order; a model without fitted layers is
     still listed, marked "(no fitted layers)". Dotted lines mark alpha = 2 and alpha = 6, the
     over-/under-trained thresholds.
@@ -250,11 +318,10 @@ def plot_correlation_flow(
                     f"layers of model {model!r}: missing column(s) {', '.join(map(repr, missing))}"
                     f" (columns present: {', '.join(map(repr, map(str, frame.columns)))})"
                 )
-            ok = frame.loc[frame["status"].astype(str) == "ok", ["depth", "alpha"]]
-            depth = pd.to_numeric(ok["depth"], errors="coerce")
-            alpha = pd.to_numeric(ok["alpha"], errors="coerce")
+            ok = (frame["status"].astype(str) == "ok").to_numpy()
             per_depth = (
-                pd.DataFrame({"depth": depth, "alpha": alpha})
+                pd.DataFrame({"depth": relative_depth(frame["depth"])[ok],
+                              "alpha": pd.to_numeric(frame["alpha"], errors="coerce").to_numpy(float)[ok]})
                 .dropna()
                 .groupby("depth", sort=True)["alpha"]
                 .mean()
@@ -270,8 +337,7 @@ def plot_correlation_flow(
 
     for level in _ALPHA_BAND:
         ax.axhline(level, color="0.5", linestyle=":", linewidth=1)
-    ax.set_xlabel("layer depth (index)")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("relative depth (0 = first layer, 1 = last layer)")
     ax.set_ylabel("alpha (power-law exponent of the layer ESD)")
     ax.set_title(f"Correlation flow: {series}")
     ax.grid(True, alpha=0.3)
@@ -389,14 +455,11 @@ def plot_series_regressions(
     return written
 
 
-def _matrix_label(layer: str, slice_label: str) -> str:
-    return f"{layer}.slice{slice_label.replace(',', '-')}" if slice_label else layer
-
-
 def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, model: str) -> list[Path]:
-    """The ESD plot of every matrix of one model that has eigenvalues: ``out_dir/{layer}[.sliceI-J].png``,
-    and for fitted matrices with shuffled spectra (config ``randomize``) the randomization check
-    ``{layer}[.sliceI-J].rand.png`` (:func:`plot_randomization`).
+    """The ESD figure of every layer of one model that has eigenvalues, ``out_dir/{layer}.png``,
+    and for its fitted matrices with shuffled spectra (config ``randomize``) the randomization
+    check ``{layer}.rand.png`` (:func:`plot_randomization`). A layer analysed as several matrices
+    (the slices of a Conv2D layer, config ``conv2d: slices``) gets one panel per slice on each.
 
     ``index`` is the esd stage's index, ``layers`` the fit stage's layers.tsv; rows that were
     skipped are drawn without a fit, with their reason in the title.
@@ -406,28 +469,32 @@ def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, mode
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {record["name"]: record for record in index["layers"] if record["status"] == "ok"}
-    spectra: dict[str, np.ndarray] = {}
-    randomized: dict[str, np.ndarray] = {}
-    written = []
+    rows_by_layer: dict[str, list] = {}
     for row in layers.itertuples(index=False):
-        record = records.get(row.layer)
-        if record is None or not np.isfinite(row.lambda_max):
-            continue
-        if row.layer not in spectra:
-            spectra[row.layer] = load_layer_eigenvalues(esd_dir, record)
-            if record.get("rand_file"):
-                randomized[row.layer] = load_layer_eigenvalues(esd_dir, record, randomized=True)
-        position = record["slices"].index(row.slice)
-        values = spectra[row.layer][position]
-        label = _matrix_label(row.layer, row.slice)
-        title = f"{model}: {label} ({row.type}, {row.N} x {row.M})"
-        fitted = row.status == "ok"
-        written.append(plot_esd(values, row if fitted else None, out_dir / f"{safe_filename(label)}.png",
-                                title=title, reason=None if fitted else row.reason))
-        if fitted and record.get("rand_file"):
-            written.append(plot_randomization(values, randomized[row.layer][position], (row.N, row.M),
-                                              out_dir / f"{safe_filename(label)}.rand.png",
-                                              title=f"{title}: randomization check"))
+        if row.layer in records and np.isfinite(row.lambda_max):
+            rows_by_layer.setdefault(row.layer, []).append(row)
+    written = []
+    for layer, rows in rows_by_layer.items():
+        record = records[layer]
+        spectra = load_layer_eigenvalues(esd_dir, record)
+        randomized = load_layer_eigenvalues(esd_dir, record, randomized=True) if record.get("rand_file") else None
+        first = rows[0]
+        heading = f"{model}: {layer} ({first.type}, {first.N} x {first.M})"
+        sliced = len(rows) > 1
+        esd_panels, rand_panels = [], []
+        for row in rows:
+            values = spectra[record["slices"].index(row.slice)]
+            panel_title = f"slice {row.slice}" if sliced else heading
+            fitted = row.status == "ok"
+            esd_panels.append((values, row if fitted else None, panel_title, None if fitted else row.reason))
+            if fitted and randomized is not None:
+                rand_panels.append((values, randomized[record["slices"].index(row.slice)], (row.N, row.M),
+                                    panel_title if sliced else f"{heading}: randomization check"))
+        title = f"{heading}, {len(rows)} slices" if sliced else None
+        written.append(plot_esd_grid(esd_panels, out_dir / f"{safe_filename(layer)}.png", title=title))
+        if rand_panels:
+            written.append(plot_randomization_grid(rand_panels, out_dir / f"{safe_filename(layer)}.rand.png",
+                                                   title=title and f"{title}: randomization check"))
     return written
 
 
@@ -441,4 +508,203 @@ def plot_series(*, series: str, layers_by_model: Mapping[str, pd.DataFrame], mod
     for row in regressions[regressions["series"].astype(str) == str(series)].itertuples(index=False):
         written.append(plot_metric_vs_accuracy(models, row, out_dir / f"{safe_filename(row.metric)}.png",
                                                series=series, metric=row.metric))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# Good versus bad (zooscope.discrimination)
+
+
+def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimination: pd.DataFrame,
+                      path: str | os.PathLike, *, series: str) -> Path:
+    """Every metric of one label-noise series against the noise level, one small panel each, in
+    the order of discrimination.tsv: the metrics that separate the series (|Kendall tau| = 1)
+    first, drawn in green, those that rank it partly in orange, the rest in grey; each panel's
+    title gives tau. ``noise`` maps model -> noise level, ``discrimination`` is the table of
+    :func:`zooscope.discrimination.discrimination`."""
+    from zooscope.discrimination import separating_metrics
+
+    groups = separating_metrics(discrimination, series)
+    colors = {**{m: "tab:green" for m in groups[0]}, **{m: "tab:orange" for m in groups[1]},
+              **{m: "0.55" for m in groups[2]}}
+    metrics = [*groups[0], *groups[1], *groups[2]]
+    if not metrics:
+        raise ValueError(f"discrimination table has no row for series {series!r}")
+    taus = discrimination[discrimination["series"].astype(str) == str(series)].set_index("metric")["kendall_tau"]
+    rows = models[models["model"].isin(list(noise)) & (models["series"].astype(str) == str(series))]
+    level = rows["model"].map(noise).to_numpy(dtype=float)
+    order = np.argsort(level, kind="stable")
+    ncols = min(5, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.2 * nrows + 0.6), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        values = pd.to_numeric(rows[metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        ax.plot(level[order], values[order], marker="o", color=colors[metric], linewidth=1.5)
+        tau = float(taus.get(metric, math.nan))
+        ax.set_title(f"{metric}\ntau = {tau:+.2f}" if math.isfinite(tau) else f"{metric}\ntau: n/a", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if metric in groups[0]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green")
+                spine.set_linewidth(2)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("label noise", fontsize=8)
+    fig.suptitle(f"{series}: each metric against the label noise (green: orders every model by noise, "
+                 f"orange: partly, grey: no)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The Jacobian stage (zooscope.jacobian): the models of one series side by side
+
+
+def _ccdf_points(values) -> tuple[np.ndarray, np.ndarray]:
+    """The positive, finite ``values`` sorted, and P(value >= x) at each (the CCDF of plot_esd)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    drawn = np.sort(values[np.isfinite(values) & (values > 0)])
+    return drawn, (drawn.size - np.arange(drawn.size)) / max(drawn.size, 1)
+
+
+def _power_law_line(drawn: np.ndarray, alpha: float, xmin: float, xmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted power law over [xmin, xmax] on the CCDF, anchored at the tail's share (plot_esd)."""
+    share = float(np.mean(drawn >= xmin)) if drawn.size else 1.0
+    xs = np.geomspace(xmin, max(xmax, xmin * (1 + 1e-9)), 100)
+    return xs, max(share, 1.0 / max(drawn.size, 1)) * (xs / xmin) ** (1.0 - alpha)
+
+
+def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
+                           layers_by_model: Mapping[str, pd.DataFrame], path: str | os.PathLike, *,
+                           titles: Mapping[str, str], series: str) -> Path:
+    """ESDs of the Jacobian Gram J_l J_l^T: one row per layer, one column per model (side by
+    side, in the order of ``spectra_by_model``), each the CCDF of the nonzero eigenvalues with
+    the power-law fit of the model's Jacobian layers.tsv and its rank and effective rank.
+
+    ``spectra_by_model[model]["gram/{layer}"]`` are the eigenvalues (zooscope.jacobian spectra
+    files); ``titles[model]`` heads its column.
+    """
+    models = list(spectra_by_model)
+    layers = list(dict.fromkeys(str(layer) for frame in layers_by_model.values() for layer in frame["layer"]))
+    fig, axes = plt.subplots(len(layers), len(models), figsize=(3.2 * len(models), 2.6 * len(layers)),
+                             squeeze=False, sharex="row", sharey="row")
+    for j, model in enumerate(models):
+        rows = layers_by_model[model].assign(layer=lambda f: f["layer"].astype(str)).set_index("layer")
+        for i, layer in enumerate(layers):
+            ax = axes[i][j]
+            drawn, ccdf = _ccdf_points(spectra_by_model[model].get(f"gram/{layer}", []))
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            if drawn.size:
+                ax.plot(drawn, ccdf, linestyle="none", marker="o", markersize=2, alpha=0.6, color="tab:blue")
+            row = rows.loc[layer] if layer in rows.index else None
+            alpha, xmin = _float(_field(row, "alpha")), _float(_field(row, "xmin"))
+            text = f"rank {_float(_field(row, 'rank')):.0f}, eff. {_float(_field(row, 'effective_rank')):.1f}"
+            if drawn.size and math.isfinite(alpha) and math.isfinite(xmin) and xmin > 0:
+                xs, ys = _power_law_line(drawn, alpha, xmin, float(drawn[-1]))
+                ax.plot(xs, ys, color="tab:red", linewidth=1.5)
+                ax.axvline(xmin, color="tab:red", linestyle="--", linewidth=0.8)
+                text = f"alpha {alpha:.2f}, D {_float(_field(row, 'D')):.2f}\n" + text
+            elif row is not None:
+                text = f"not fitted: {_field(row, 'reason', '')}\n" + text
+            ax.text(0.03, 0.03, text, transform=ax.transAxes, fontsize=7, va="bottom")
+            ax.grid(True, which="major", alpha=0.3)
+            if i == 0:
+                ax.set_title(titles.get(model, model), fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{layer}\nP(eigenvalue >= x)", fontsize=8)
+            if i == len(layers) - 1:
+                ax.set_xlabel("eigenvalue of J J^T", fontsize=8)
+    fig.suptitle(f"{series}: Jacobian ESDs (nonzero eigenvalues of J_l J_l^T, CCDF) and power-law fits", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_jacobian_overlay(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], keys: list[str],
+                          path: str | os.PathLike, *, titles: Mapping[str, str], title: str, xlabel: str) -> Path:
+    """One panel per key (e.g. "diag/{layer}", "io"), the CCDF of every model's values overlaid,
+    so that the tails of the models can be compared on the same axes."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for k, (model, spectra) in enumerate(spectra_by_model.items()):
+            drawn, ccdf = _ccdf_points(spectra.get(key, []))
+            if drawn.size:
+                ax.loglog(drawn, ccdf, linewidth=1.2, label=titles.get(model, model).replace("\n", ", "),
+                          **{k2: v for k2, v in _style(k).items() if k2 == "color"})
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("P(value >= x)", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_hessian_densities(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, *,
+                           titles: Mapping[str, str], series: str) -> Path:
+    """The SLQ quadrature of each model's loss Hessian, side by side: nodes (Ritz values, on a
+    symmetric log axis: Hessians have a few large and many near-zero, partly negative,
+    eigenvalues) against their weights, which sum to one."""
+    models = [model for model, spectra in spectra_by_model.items() if "hessian/nodes" in spectra]
+    fig, axes = plt.subplots(1, max(len(models), 1), figsize=(3.2 * max(len(models), 1), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, model in zip(axes[0], models):
+        nodes, weights = spectra_by_model[model]["hessian/nodes"], spectra_by_model[model]["hessian/weights"]
+        ax.vlines(nodes, 1e-6, np.maximum(weights, 1e-6), color="tab:blue", linewidth=1)
+        ax.set_xscale("symlog", linthresh=1e-2)
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, 1.5)
+        ax.set_title(titles.get(model, model), fontsize=8)
+        ax.set_xlabel(f"Hessian eigenvalue (top {nodes.max():.3g})", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("SLQ weight", fontsize=8)
+    fig.suptitle(f"{series}: Hessian spectral density of the mean loss (stochastic Lanczos quadrature)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def jacobian_column_title(meta: Mapping[str, Any]) -> str:
+    """A model's column heading from its meta.json: name, label noise and accuracies (the
+    training accuracy is on the labels it was trained on, noisy ones included)."""
+    lines = [str(meta["model"])]
+    noise = (meta.get("options") or {}).get("label_noise")
+    training = meta.get("training") or {}
+    if noise is not None:
+        lines.append(f"{100 * float(noise):g} % labels shuffled")
+    accuracies = []
+    if training.get("train_accuracy") is not None:
+        accuracies.append(f"train {training['train_accuracy']:.1f} %")
+    if meta.get("accuracy") is not None:
+        accuracies.append(f"test {meta['accuracy']:.1f} %")
+    if accuracies:
+        lines.append(", ".join(accuracies))
+    return "\n".join(lines)
+
+
+def plot_jacobian_series(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
+                         layers_by_model: Mapping[str, pd.DataFrame], *, titles: Mapping[str, str],
+                         series: str, out_dir) -> list[Path]:
+    """Every Jacobian figure of one series into ``out_dir``: ``jacobian_esd.png`` (the models'
+    Gram ESDs side by side), ``jacobian_diag.png`` (diag(J^T J) tails overlaid), and where the
+    spectra have them ``input_output.png`` and ``hessian.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = list(dict.fromkeys(str(layer) for frame in layers_by_model.values() for layer in frame["layer"]))
+    written = [
+        plot_jacobian_esd_grid(spectra_by_model, layers_by_model, out_dir / "jacobian_esd.png",
+                               titles=titles, series=series),
+        plot_jacobian_overlay(spectra_by_model, [f"diag/{layer}" for layer in layers], out_dir / "jacobian_diag.png",
+                              titles=titles, xlabel="diag(J^T J) element",
+                              title=f"{series}: per-weight sum of squared gradients, diag(J^T J) (CCDF)"),
+    ]
+    if any("io" in spectra for spectra in spectra_by_model.values()):
+        written.append(plot_jacobian_overlay(
+            spectra_by_model, ["io"], out_dir / "input_output.png", titles=titles,
+            xlabel="squared singular value", title=f"{series}: input-output Jacobian, pooled over samples"))
+    if any("hessian/nodes" in spectra for spectra in spectra_by_model.values()):
+        written.append(plot_hessian_densities(spectra_by_model, out_dir / "hessian.png", titles=titles, series=series))
     return written

@@ -19,11 +19,15 @@ loaded, shared node): esd does N*M^2 (Gram matrix) + 10*M^3 (eigvalsh) flops per
 ``ESD_FLOPS_PER_MINUTE``; fit costs ``1 / FIT_EVALS_PER_MINUTE`` minutes per eigenvalue.
 A Conv weight (out, in, *kernel) counts as prod(kernel) matrices of out x in, whatever ``conv2d``
 is set to (an estimate; the slow rates leave room for other settings and the randomization ESD).
+
+A sharded model's esd work is split by :func:`shard_layers` (the same flop count), each shard job
+asks for its own layers' estimate, and the job that merges the shards' indexes for ``MERGE``.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,8 @@ class JobResources:
 
 
 DEFAULTS = {"esd": JobResources(mem_mb=4096, runtime=60), "fit": JobResources(mem_mb=2048, runtime=30)}
+# The merge of a sharded model's esd: it reads small JSON indexes only.
+MERGE = JobResources(mem_mb=BASE_MB, runtime=BASE_MINUTES)
 
 
 def _check_stage(stage: str) -> None:
@@ -57,6 +63,40 @@ def layer_matrices(shape) -> tuple[int, int, int]:
     return math.prod(kernel), max(out, inp), min(out, inp)
 
 
+def esd_flops(shape) -> int:
+    """Eigenvalue work of one layer: N*M^2 (Gram matrix) + 10*M^3 (eigvalsh) per matrix."""
+    count, n, m = layer_matrices(shape)
+    return count * (n * m * m + 10 * m**3)
+
+
+def shard_layers(shapes, shards: int) -> list[list[int]]:
+    """Split layers (their weight shapes, in depth order) into ``shards`` groups of similar work.
+
+    Longest-processing-time first: the layers by decreasing :func:`esd_flops` (depth order on
+    ties), each onto the group with the least work so far (the first on ties); within a group
+    the positions are in depth order. Deterministic, so every job of a model agrees on it.
+    Groups may be empty when there are fewer layers than shards.
+    """
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    work = [esd_flops(shape) for shape in shapes]
+    groups: list[list[int]] = [[] for _ in range(shards)]
+    loads = [0] * shards
+    for position in sorted(range(len(work)), key=lambda i: (-work[i], i)):
+        target = min(range(shards), key=lambda g: (loads[g], g))
+        groups[target].append(position)
+        loads[target] += work[position]
+    return [sorted(group) for group in groups]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """(k, K) of a shard name "k-of-K" (the esd_shard rule's wildcard)."""
+    k, sep, shards = str(text).partition("-of-")
+    if not (sep and k.isdigit() and shards.isdigit()):
+        raise ValueError(f"shard {text!r} is not of the form k-of-K, e.g. 2-of-4")
+    return int(k), int(shards)
+
+
 def estimate(stage: str, shapes) -> JobResources:
     """Memory (MB) and run time (minutes) of the ``stage`` job of a model with these weight shapes."""
     _check_stage(stage)
@@ -64,16 +104,16 @@ def estimate(stage: str, shapes) -> JobResources:
     if stage == "esd":
         largest = max((math.prod(shape) for shape in shapes), default=0)
         memory = largest * ESD_BYTES_PER_ELEMENT
-        minutes = sum(c * (n * m * m + 10 * m**3) for c, n, m in matrices) / ESD_FLOPS_PER_MINUTE
+        minutes = sum(esd_flops(shape) for shape in shapes) / ESD_FLOPS_PER_MINUTE
     else:
         memory = max((m for _, _, m in matrices), default=0) * FIT_BYTES_PER_EIGENVALUE
         minutes = sum(c * m for c, _, m in matrices) / FIT_EVALS_PER_MINUTE
     return JobResources(mem_mb=BASE_MB + math.ceil(memory / 2**20), runtime=BASE_MINUTES + math.ceil(minutes))
 
 
-def stage_resources(stage: str, layers_json: str | Path) -> JobResources:
-    """The estimate for the model described by ``layers_json``, or the stage's defaults if that
-    file does not exist yet."""
+def stage_resources(stage: str, layers_json: str | Path, shard: tuple[int, int] | None = None) -> JobResources:
+    """The estimate for the model described by ``layers_json`` (``shard=(k, K)``: for its esd
+    shard k of K), or the stage's defaults if that file does not exist yet."""
     path = Path(layers_json)
     _check_stage(stage)
     if not path.is_file():
@@ -84,4 +124,28 @@ def stage_resources(stage: str, layers_json: str | Path) -> JobResources:
         raise ValueError(
             f"{path}: not a layers.json of the fetch stage ({exc!r}); delete it to fetch the model again"
         ) from exc
+    if shard is not None:
+        shapes = [shapes[i] for i in shard_layers(shapes, shard[1])[shard[0] - 1]]
     return estimate(stage, shapes)
+
+
+def model_shards(shards: str | None, source: str, sheet_dir: str | Path, shard_mb: float | None) -> int:
+    """How many esd shards a model gets: its zoo column ``shards`` if set, else, with config
+    ``shard_mb``, one per ``shard_mb`` MB of a ``file:`` source's weights, else 1.
+
+    Decided when the workflow is parsed, before any fetch, so the size rule sees only weights that
+    are on disk already: a ``file:`` source (a file, or a folder's top-level files). Hub, train
+    and random sources are sized by their column alone.
+    """
+    if shards is not None:
+        return int(shards)
+    if shard_mb is None or not source.startswith("file:"):
+        return 1
+    path = Path(sheet_dir) / source[len("file:"):]
+    if path.is_file():
+        size = path.stat().st_size
+    elif path.is_dir():
+        size = sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    else:
+        return 1  # the fetch job reports the missing path
+    return max(1, math.ceil(size / (shard_mb * 2**20)))

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from zooscope import architectures, digits
 from zooscope.io import atomic_path, read_json, write_json
 from zooscope.layers import (
+    SAFETENSORS_DTYPES,
     LayerList,
     TensorStore,
     as_float32,
@@ -48,13 +49,16 @@ SOURCE_KINDS: dict[str, str] = {
 # What a source's argument may be. Hub names are restricted so that a sheet cannot smuggle a
 # path or URL into a library call; schemas/zoo.schema.yaml's source pattern says the same.
 _HF_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_]|[.-](?![.-]))*"
+# A revision (branch, tag, commit, refs/pr/N) names a file under the hub cache's refs/, so it may
+# have folders but no '..' or '//'.
+_HF_REVISION = r"[A-Za-z0-9](?:[A-Za-z0-9_]|[./-](?![./-]))*"
 SOURCE_ARGUMENTS: dict[str, re.Pattern] = {
     "file": re.compile(r".+"),
     "train": re.compile(r".+"),
     "random": re.compile(r".+"),
     "torchvision": re.compile(r"[a-z][a-z0-9_]*(@[A-Z][A-Z0-9_]*)?"),
     "timm": re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?"),
-    "hf": re.compile(rf"{_HF_NAME}(/{_HF_NAME})?(@[A-Za-z0-9][A-Za-z0-9._/-]*)?"),
+    "hf": re.compile(rf"{_HF_NAME}(/{_HF_NAME})?(@{_HF_REVISION})?"),
 }
 # Sources loaded through a model library's hub code (zooscope.hubs).
 HUB_KINDS = ("torchvision", "timm", "hf")
@@ -114,6 +118,9 @@ class Fetched:
     accuracy_source: str | None
     options: dict[str, Any] = field(default_factory=dict)
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    # The rest of a train:/random: module's state (biases, norms, buffers), stored after the
+    # analysed weights so that the Jacobian stage runs the fetched model instead of retraining it.
+    other_tensors: dict[str, Tensor] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- sheet rows
@@ -240,7 +247,7 @@ def fetch_model(
         fetched = fetch_random(model, argument, options, accuracy, threads)
     else:
         fetched = fetch_hub(model, kind, argument, accuracy, threads)
-    write_model(out_dir, _meta(row, model, fetched), fetched.layers)
+    write_model(out_dir, _meta(row, model, fetched), fetched.layers, fetched.other_tensors)
     log.info(
         "fetched %s (%s) in %.1f s: %d layers, %d parameters, accuracy %s",
         model, row["source"], time.perf_counter() - start, len(fetched.layers.layers),
@@ -262,11 +269,14 @@ def _meta(row: Mapping[str, Any], model: str, fetched: Fetched) -> dict[str, Any
     }
 
 
-def write_model(out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList) -> None:
+def write_model(
+    out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList,
+    other_tensors: Mapping[str, Tensor] | None = None,
+) -> None:
     """Write the three fetch outputs atomically; meta.json last, with the weights' sha256."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "model.safetensors") as tmp:
-        digest = write_safetensors(tmp, layers)
+        digest = write_safetensors(tmp, layers, other_tensors or {})
     write_json(
         out_dir / "layers.json",
         {"model": meta["model"], "layers": [layer.to_json() for layer in layers.layers]},
@@ -274,18 +284,25 @@ def write_model(out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerL
     write_json(out_dir / "meta.json", {**meta, "sha256": digest})
 
 
-def write_safetensors(path: Path, layers: LayerList) -> str:
+def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str, Tensor] | None = None) -> str:
     """Write the layers' float32 weights as a safetensors file, one tensor at a time; its sha256.
 
-    Streaming (header, then each tensor's bytes in depth order) instead of serialising the whole
-    file in memory keeps fetch's memory at the model plus one tensor, whatever the model's size.
-    The header is computed from the layer list, so the bytes are deterministic.
+    ``other_tensors`` (a module's biases, norms and buffers) follow in name order, in their own
+    dtype. Streaming (header, then each tensor's bytes in depth order) instead of serialising the
+    whole file in memory keeps fetch's memory at the model plus one tensor, whatever the model's
+    size. The header is computed from the tensor list, so the bytes are deterministic.
     """
+    dtype_names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+    # (name, safetensors dtype, shape, bytes, the tensor when asked): weights first, in depth order
+    entries = [(layer.tensor, "F32", list(layer.shape), 4 * math.prod(layer.shape),
+                lambda key=layer.tensor: as_float32(layers.tensors[key])) for layer in layers.layers]
+    entries += [(name, dtype_names[value.dtype], list(value.shape), value.element_size() * value.numel(),
+                 lambda value=value: value.detach().cpu().contiguous())
+                for name, value in sorted((other_tensors or {}).items())]
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for layer in layers.layers:
-        size = 4 * math.prod(layer.shape)
-        header[layer.tensor] = {"dtype": "F32", "shape": layer.shape, "data_offsets": [offset, offset + size]}
+    for name, dtype, shape, size, _ in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
@@ -294,11 +311,12 @@ def write_safetensors(path: Path, layers: LayerList) -> str:
         for chunk in (len(encoded).to_bytes(8, "little"), encoded):
             handle.write(chunk)
             digest.update(chunk)
-        for layer in layers.layers:
-            data = memoryview(as_float32(layers.tensors[layer.tensor]).numpy()).cast("B")
+        for *_, make in entries:
+            tensor = make()
+            data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
             handle.write(data)
             digest.update(data)
-            del data
+            del data, tensor
     return digest.hexdigest()
 
 
@@ -315,8 +333,10 @@ def fetch_trained(
     with digits.deterministic_torch(config.seed, threads):
         network = architectures.build_architecture(arch, arch_options)
     result = digits.train(network, config, threads=threads)
+    layers = layers_from_module(network)
     return Fetched(
-        layers=layers_from_module(network),
+        layers=layers,
+        other_tensors=unanalysed_state(network, layers),
         num_params=_module_parameters(network),
         accuracy=result.test_accuracy,
         accuracy_source=_measured_source(),
@@ -340,8 +360,10 @@ def fetch_random(
     with digits.deterministic_torch(seed, threads):
         network = architectures.build_architecture(arch, arch_options)
         measured = digits.held_out_accuracy(network) if accuracy is None else None
+    layers = layers_from_module(network)
     return Fetched(
-        layers=layers_from_module(network),
+        layers=layers,
+        other_tensors=unanalysed_state(network, layers),
         num_params=_module_parameters(network),
         accuracy=accuracy if accuracy is not None else measured,
         accuracy_source="zoo sheet" if accuracy is not None else _measured_source(),
@@ -360,7 +382,7 @@ def fetch_hub(model: str, kind: str, argument: str, accuracy: float | None, thre
 
     with digits.deterministic_torch(0, threads):
         loaded = hubs.load_hub_model(kind, argument, model)
-        layers = layers_from_module(loaded.module)
+        layers = layers_from_module(loaded.module, loaded.weights)
     if accuracy is None and loaded.accuracy is None:
         log.warning("model %s: no accuracy in the zoo sheet and none reported by %s:%s", model, kind, argument)
     return Fetched(
@@ -409,6 +431,12 @@ def _training_setup(
         if not getattr(config, name) > 0:
             raise FetchError(f"model {model!r}: column {name!r} must be positive, got {getattr(config, name)}")
     return arch_options, config
+
+
+def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]:
+    """The entries of the module's state dict that are not analysed weights (biases, norms, buffers)."""
+    analysed = {layer.tensor for layer in layers.layers}
+    return {key: value for key, value in network.state_dict().items() if key not in analysed}
 
 
 def _module_parameters(network: nn.Module) -> int:

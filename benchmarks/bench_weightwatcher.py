@@ -1,0 +1,204 @@
+"""Benchmark zooscope against WeightWatcher on VGG16, ResNet-50 and GPT-2 small at random init.
+
+Not run by pytest. Needs the optional package (benchmarks only):
+
+    pip install weightwatcher        # or: pip install -e .[bench]
+    python benchmarks/bench_weightwatcher.py [--cores 2] [--models vgg16,resnet50,gpt2] [--workdir DIR]
+
+In one run, on the same models (seeded random initialisation, written to safetensors files in a
+temporary folder, or DIR, kept):
+
+* zooscope end to end: `snakemake --cores N` on a zoo sheet of `file:` rows, from the weight files
+  to every layer's alpha and the zoo tables (fetch, esd, fit, summarize, aggregate). Config: the
+  defaults with `randomize: false` (WeightWatcher's `analyze()` does not randomize by default).
+* WeightWatcher: `weightwatcher.WeightWatcher(model=m).analyze()` (its defaults) over the same
+  models, in one Python process, with BLAS/torch threads limited to N.
+* per model, in process: zooscope's library call (esd and fit of the fetched model:
+  `compute_model_esd` then `fit_layers`, the work of its esd and fit jobs without the job start-up)
+  against `analyze()` of that model.
+
+It prints the total times and their ratio (target: zooscope at least 3 times faster), the per-model
+ratios, and the alphas of the dense layers (Linear, Embedding, GPT-2's Conv1D; both tools analyse
+them as one matrix with the same power-law fit), compared layer by layer. Conv2d layers are not
+compared: zooscope fits each kernel slice (config `conv2d: slices`), WeightWatcher pools the slices.
+On a machine with a CUDA GPU it also times the library call with `device: cuda`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from threadpoolctl import threadpool_limits
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET_RATIO = 3.0
+TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
+
+
+def load() -> str:
+    """The 1-minute load average: on a shared machine, how much else ran during a phase."""
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def build(name: str) -> torch.nn.Module:
+    """The model at a seeded random initialisation."""
+    torch.manual_seed(0)
+    if name == "vgg16":
+        import torchvision
+
+        return torchvision.models.vgg16(weights=None)
+    if name == "resnet50":
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None)
+    if name == "gpt2":
+        from transformers import GPT2Config, GPT2Model
+
+        return GPT2Model(GPT2Config())  # GPT-2 small: 12 layers, 768 wide, 124M parameters
+    raise SystemExit(f"unknown model {name!r}; valid: vgg16, resnet50, gpt2")
+
+
+def write_weights(model: torch.nn.Module, path: Path) -> None:
+    """The floating-point tensors of the state dict, each its own copy (tied ones too)."""
+    state = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()
+             if value.is_floating_point()}
+    save_file(state, str(path))
+
+
+@contextlib.contextmanager
+def quiet():
+    """Swallow stdout, stderr and warnings (weightwatcher prints and logs a lot)."""
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def run_zooscope(workdir: Path, cores: int) -> float:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                             "--directory", str(workdir), "--cores", str(cores), *TABLES],
+                            capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"snakemake failed:\n{result.stdout}\n{result.stderr}")
+    return seconds
+
+
+def zooscope_library(workdir: Path, model: str, device: str = "cpu"):
+    """zooscope's esd and fit of a fetched model, in process: (seconds, layers table)."""
+    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.metrics import fit_layers
+
+    fetched = workdir / "resources" / "models" / model
+    with tempfile.TemporaryDirectory(prefix=f"zooscope-lib-{model}-") as out:
+        start = time.perf_counter()
+        index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", out, device=device)
+        layers = fit_layers(index, partial(load_layer_eigenvalues, out))
+        return time.perf_counter() - start, layers
+
+
+def run_weightwatcher(model: torch.nn.Module):
+    with quiet():
+        import weightwatcher  # prints about torch and CUDA on import
+
+        start = time.perf_counter()
+        details = weightwatcher.WeightWatcher(model=model).analyze()
+        return time.perf_counter() - start, details
+
+
+def compare_dense_alphas(ours, theirs) -> dict:
+    """Ours (Linear/Embedding rows that were fitted) against WeightWatcher's rows of the same layer."""
+    ours = ours[(ours["type"].isin(["Linear", "Embedding"])) & (ours["status"] == "ok")].set_index("layer")
+    theirs = theirs[theirs["layer_type"].astype(str).str.lower().str.contains("dense|embedding|conv1d")]
+    theirs = theirs.set_index("longname")
+    common = [name for name in ours.index if name in theirs.index]
+    ours_alpha = ours.loc[common, "alpha"].to_numpy(float)
+    theirs_alpha = theirs.loc[common, "alpha"].to_numpy(float)
+    relative = np.abs(ours_alpha - theirs_alpha) / np.abs(theirs_alpha)
+    worst = int(np.argmax(relative)) if common else None
+    return {
+        "compared": len(common),
+        "ours_only": len(ours) - len(common),
+        "same_1e-6": int(np.sum(relative <= 1e-6)),
+        "worst": (common[worst], ours_alpha[worst], theirs_alpha[worst], relative[worst]) if common else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--models", default="vgg16,resnet50,gpt2")
+    parser.add_argument("--workdir", type=Path, help="build the zoo here and keep it (default: a temporary folder)")
+    args = parser.parse_args()
+    names = args.models.split(",")
+    torch.set_num_threads(args.cores)
+
+    with tempfile.TemporaryDirectory(prefix="zooscope-ww-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        (workdir / "weights").mkdir(parents=True, exist_ok=True)
+        models, rows = {}, ["model\tseries\tsource\taccuracy\n"]
+        for name in names:
+            models[name] = build(name)
+            write_weights(models[name], workdir / "weights" / f"{name}.safetensors")
+            rows.append(f"{name}\tbench\tfile:weights/{name}.safetensors\t\n")
+        (workdir / "zoo.tsv").write_text("".join(rows))
+        (workdir / "config.yaml").write_text("zoo: zoo.tsv\nrandomize: false\n")
+        params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
+        print(f"models: {', '.join(f'{n} ({params[n]:.1f}M parameters)' for n in names)}; {args.cores} cores; "
+              f"torch {torch.__version__}")
+
+        ours_total = run_zooscope(workdir, args.cores)
+        print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables): {ours_total:.1f} s "
+              f"({load()})", flush=True)
+
+        print("\nper model, in process (zooscope esd+fit library call vs analyze()):")
+        print(f"{'model':<10}{'zooscope s':>12}{'analyze s':>11}{'ratio':>8}   dense alphas (ours vs WW)", flush=True)
+        ww = {}
+        with threadpool_limits(limits=args.cores):
+            for name in names:
+                ww[name] = run_weightwatcher(models[name])
+                seconds, ours_layers = zooscope_library(workdir, name)
+                alphas = compare_dense_alphas(ours_layers, ww[name][1])
+                worst = alphas["worst"]
+                detail = (f"{alphas['same_1e-6']}/{alphas['compared']} within 1e-6 relative"
+                          + (f"; worst {worst[0]}: {worst[1]:.6f} vs {worst[2]:.6f} ({worst[3]:.1e})" if worst else ""))
+                print(f"{name:<10}{seconds:>12.2f}{ww[name][0]:>11.2f}{ww[name][0] / seconds:>7.1f}x   {detail} "
+                      f"({load()})", flush=True)
+        ww_total = sum(seconds for seconds, _ in ww.values())
+        print(f"\nWeightWatcher analyze(), one process, {len(names)} models: {ww_total:.1f} s")
+        ratio = ww_total / ours_total
+        print(f"total: zooscope end to end {ratio:.2f}x faster than analyze() (target >= {TARGET_RATIO:.0f}x: "
+              f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})", flush=True)
+
+        if torch.cuda.is_available():
+            print("\nGPU (device: cuda), in process:")
+            for name in names:
+                zooscope_library(workdir, name, device="cuda")  # warm-up: CUDA context, kernels
+                seconds, _ = zooscope_library(workdir, name, device="cuda")
+                print(f"{name:<10}{seconds:>12.2f} s  ({ww[name][0] / seconds:.1f}x analyze() on the CPU)")
+        else:
+            print("\nno CUDA GPU here: no GPU figures")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+# Zoo-wide analyses (good versus bad, per-model audit) and what `snakemake --report` shows:
+# every report() output has a caption in report/ and is grouped by series (category) and model
+# (subcategory); zoo-wide tables and the summary go under "Zoo".
+
+
+rule discrimination:
+    input:
+        models="results/zoo/models.tsv",
+        metas=expand("resources/models/{model}/meta.json", model=MODELS),
+    output:
+        table=report(
+            "results/zoo/discrimination.tsv",
+            caption="../report/discrimination.rst",
+            category="Zoo",
+            subcategory="tables",
+        ),
+        # one figure per label-noise series, shown with that series' figures
+        plots=report(
+            directory("results/plots/discrimination"),
+            patterns=["{series}.png"],
+            caption="../report/noise_ladder.rst",
+            category="{series}",
+            subcategory="series figures",
+            labels={"series": "{series}", "figure": "label noise ladder"},
+        ),
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/discrimination.log",
+    script:
+        "../scripts/discrimination.py"
+
+
+# One job for every model's card: a card compares its model with its series, and one job is far
+# cheaper than a job per model (each job pays the interpreter's start-up).
+rule audit:
+    input:
+        discrimination="results/zoo/discrimination.tsv",
+        metas=expand("resources/models/{model}/meta.json", model=MODELS),
+        layers=expand("results/metrics/{model}/layers.tsv", model=MODELS),
+    output:
+        table=report(
+            "results/zoo/audit.tsv",
+            caption="../report/audit.rst",
+            category="Zoo",
+            subcategory="tables",
+        ),
+        summary_md="results/zoo/summary.md",
+        summary_html=report(
+            "results/zoo/summary.html",
+            caption="../report/summary.rst",
+            category="Zoo",
+            subcategory="summary",
+        ),
+        cards=expand("results/audit/{model}.md", model=MODELS),
+        card_pages=[
+            report(
+                f"results/audit/{model}.html",
+                caption="../report/audit_card.rst",
+                category=row["series"],
+                subcategory=model,
+            )
+            for model, row in MODELS.items()
+        ],
+    params:
+        models=list(MODELS),
+        series=[row["series"] for row in MODELS.values()],
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/audit.log",
+    script:
+        "../scripts/audit.py"

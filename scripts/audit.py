@@ -1,0 +1,23 @@
+import pandas as pd
+
+from zooscope import io
+from zooscope.audit_card import audit_table, card_blocks, summary_blocks, to_html, to_markdown
+from zooscope.discrimination import noise_levels
+from zooscope.jobs import job
+from zooscope.metrics import read_layers_table
+
+with job(snakemake, name="audit"):
+    models = snakemake.params.models
+    series_of = dict(zip(models, snakemake.params.series, strict=True))
+    layers = {model: read_layers_table(path) for model, path in zip(models, snakemake.input.layers, strict=True)}
+    noise = noise_levels(io.read_json(path) for path in snakemake.input.metas)
+    discrimination = pd.read_csv(snakemake.input.discrimination, sep="\t")
+    audit = audit_table(series_of, layers)
+    io.write_tsv(snakemake.output.table, audit)
+    summary = summary_blocks(audit, discrimination)
+    io.write_text(snakemake.output.summary_md, to_markdown(summary))
+    io.write_text(snakemake.output.summary_html, to_html(summary, title="zooscope: zoo summary"))
+    for model, card_md, card_html in zip(models, snakemake.output.cards, snakemake.output.card_pages, strict=True):
+        blocks = card_blocks(model, audit, discrimination, noise.get(model))
+        io.write_text(card_md, to_markdown(blocks))
+        io.write_text(card_html, to_html(blocks, title=f"zooscope: audit card of {model}"))

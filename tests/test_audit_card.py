@@ -1,0 +1,94 @@
+from html.parser import HTMLParser
+
+import pandas as pd
+import pytest
+
+from zooscope.audit_card import (
+    AUDIT_COLUMNS, audit_table, card_blocks, summary_blocks, to_html, to_markdown,
+)
+from zooscope.discrimination import discrimination
+
+
+def layers(alpha, log_spectral_norm, traps=None, skipped=0):
+    n = len(alpha)
+    frame = pd.DataFrame({
+        "layer": [f"l{i}" for i in range(n)], "status": ["ok"] * n, "alpha": alpha,
+        "log_spectral_norm": log_spectral_norm, "num_traps": traps or [0] * n,
+    })
+    extra = pd.DataFrame({"layer": [f"s{i}" for i in range(skipped)], "status": ["skipped"] * skipped})
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+@pytest.fixture
+def zoo():
+    series_of = {"good": "s", "bad": "s", "solo": "alone"}
+    by_model = {
+        "good": layers([3.0, 3.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0], skipped=2),
+        # two matrices with a spectral norm a decade below the series and alpha 7 > the median 3
+        "bad": layers([7.0, 7.0, 1.5, 4.0], [0.0, 0.0, 0.0, 1.0], traps=[0, 2, 0, 1]),
+        # the same pattern against itself: a series of one model is never flagged
+        "solo": layers([5.0, 5.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]),
+    }
+    return series_of, by_model
+
+
+def test_audit_table_counts_and_scale_collapse(zoo):
+    audit = audit_table(*zoo).set_index("model")
+    assert list(audit.reset_index().columns) == list(AUDIT_COLUMNS)
+    # pooled medians of series s: alpha median of (3,3,3,3,7,7,1.5,4) = 3, lsn median of (1,1,1,1,0,0,0,1) = 1
+    assert audit.loc["bad", "series_median_alpha"] == 3.0
+    assert audit.loc["bad", "series_median_log_spectral_norm"] == 1.0
+    assert audit.loc["bad", ["num_matrices", "num_well_trained", "num_under_trained", "num_over_trained"]].tolist() \
+        == [4, 1, 2, 1]
+    assert audit.loc["bad", ["num_with_traps", "num_traps", "num_collapsed"]].tolist() == [2, 3, 2]
+    assert bool(audit.loc["bad", "scale_collapse"]) is True  # 2 of 4 reaches the fraction 1/2
+    assert audit.loc["good", ["num_matrices", "num_well_trained", "num_collapsed"]].tolist() == [4, 4, 0]
+    assert bool(audit.loc["good", "scale_collapse"]) is False
+    assert audit.loc["solo", "num_collapsed"] == 2 and bool(audit.loc["solo", "scale_collapse"]) is False
+    assert audit.loc["bad", "alpha"] == pytest.approx((7 + 7 + 1.5 + 4) / 4)
+
+
+def test_card_says_it_in_words(zoo):
+    audit = audit_table(*zoo)
+    table = discrimination(pd.DataFrame({"model": ["good", "bad"], "series": ["s", "s"], "alpha": [3.0, 4.875]}),
+                           {"good": 0.0, "bad": 1.0})
+    text = to_markdown(card_blocks("bad", audit, table, noise=1.0))
+    assert text.startswith("# Audit card: bad\n")
+    assert "trained with 100% of its labels shuffled." in text
+    assert "well-trained (2 <= alpha <= 6) 1, under-trained (alpha > 6) 2, over-trained (alpha < 2) 1." in text
+    assert "With correlation traps: 2 (" in text and "3 eigenvalues above" in text
+    assert "Scale collapse: 2 of its 4 matrices" in text
+    assert "ranks 2 of 2 by mean alpha" in text
+    assert "rank its models exactly by noise level (|Kendall tau| = 1): `alpha` (tau = +1.00, grows with noise)" in text
+    assert "| bad | 4 | 1 | 2 | 1 | 2 | 2 | yes | 4.88 |" in text
+    solo = to_markdown(card_blocks("solo", audit, table))
+    assert "only model of series `alone`" in solo and "No scale collapse" in solo
+    assert "good-versus-bad" not in solo
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.seen = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta",):
+            self.stack.append(tag)
+        self.seen.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack.pop() == tag
+
+
+def test_summary_as_markdown_and_html(zoo):
+    audit = audit_table(*zoo)
+    empty = discrimination(pd.DataFrame({"model": ["good"], "series": ["s"], "alpha": [3.0]}), {})
+    blocks = summary_blocks(audit, empty)
+    text = to_markdown(blocks)
+    assert "no metric was tested on a good-versus-bad ladder" in text
+    assert "Models flagged: `bad`." in text
+    page = to_html(blocks, title="t <x>")
+    parser = _Tags()
+    parser.feed(page)
+    assert parser.stack == [] and parser.seen.count("tr") == 1 + 3 and "<code>bad</code>" in page
+    assert "<title>t &lt;x&gt;</title>" in page
