@@ -34,6 +34,12 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+def two_convolutions_and_a_pool(channels: int) -> list[nn.Module]:
+    """The first block of the CNN and the LeNet: 1 -> c -> c channels, 3x3 (same padding), 2x2 max-pool."""
+    return [nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(), nn.MaxPool2d(2)]
+
+
 class CNN(nn.Module):
     """Three 3x3 convolutions (c, c, 2c channels) with one 2x2 max-pool, global average pool, Linear.
 
@@ -45,11 +51,7 @@ class CNN(nn.Module):
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c, c, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
+            *two_convolutions_and_a_pool(c),
             nn.Conv2d(c, 2 * c, 3, padding=1),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
@@ -76,14 +78,7 @@ class LeNet(nn.Module):
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
         c = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c, c, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
+        self.features = nn.Sequential(*two_convolutions_and_a_pool(c), nn.Flatten())
         pooled = c * (IMAGE_SIDE // 2) ** 2
         self.classifier = nn.Sequential(nn.Linear(pooled, width), nn.ReLU(), nn.Linear(width, NUM_CLASSES))
 
