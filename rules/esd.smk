@@ -1,3 +1,10 @@
+# Only settings that change eigenvalues, as params of both rules: a fit option must never rerun
+# this stage. (config device is read by the script: it changes eigenvalues by rounding only.)
+ESD_SETTINGS = {
+    name: config[name] for name in ("conv2d", "normalize", "conv2d_fft_size", "randomize")
+}
+
+
 rule esd_shard:
     # Shard k of K of a model split by the zoo column `shards` (or config shard_mb): the entries
     # of its share of the layers; rule esd merges the shards' indexes.
@@ -9,11 +16,7 @@ rule esd_shard:
     wildcard_constraints:
         shard=r"[1-9][0-9]*-of-[1-9][0-9]*",
     params:
-        # Only settings that change eigenvalues: a fit option must never rerun this stage.
-        conv2d=config["conv2d"],
-        normalize=config["normalize"],
-        conv2d_fft_size=config["conv2d_fft_size"],
-        randomize=config["randomize"],
+        **ESD_SETTINGS,
     conda:
         "../envs/numeric.yaml"
     log:
@@ -33,12 +36,7 @@ rule esd:
     output:
         index="results/esd/{model}/index.json",
     params:
-        # Only settings that change eigenvalues: a fit option must never rerun this stage.
-        # (config device is read by the script: it changes eigenvalues by rounding only.)
-        conv2d=config["conv2d"],
-        normalize=config["normalize"],
-        conv2d_fft_size=config["conv2d_fft_size"],
-        randomize=config["randomize"],
+        **ESD_SETTINGS,
     conda:
         "../envs/numeric.yaml"
     log:

@@ -30,6 +30,7 @@ import pickle
 import re
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -37,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from zooscope.io import read_json
-from zooscope.layers import TensorStore, module_weights
+from zooscope.layers import LazyTensors, TensorStore, module_weights
 from zooscope.sources import CONVERT_HINT, FetchError, load_state_dict, refusal_reason, shard_files
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,7 @@ def shard_names(index: Path, model: str) -> list[str]:
     return names
 
 
-def checkpoint_names(module: nn.Module, store: TensorStore) -> "Renamed":
+def checkpoint_names(module: nn.Module, store: TensorStore) -> LazyTensors:
     """The checkpoint's tensors under the module tree's parameter names.
 
     A checkpoint saved from a model with a task head prefixes the base model's names with its
@@ -286,26 +287,8 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> "Renamed":
         candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
         if candidates:
             names.update(dict.fromkeys(group, candidates[0]))
-    return Renamed(store, names)
-
-
-class Renamed(Mapping):
-    """A mapping's values under other names: ``Renamed(store, {new: old})[new] == store[old]``."""
-
-    def __init__(self, source: Mapping[str, Tensor], names: dict[str, str]):
-        self._source, self._names = source, names
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self._source[self._names[name]]
-
-    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
-        return name in self._names
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+    # the store's tensors under the module's parameter names, still read one at a time
+    return LazyTensors({name: partial(store.__getitem__, key) for name, key in names.items()})
 
 
 def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:

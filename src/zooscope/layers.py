@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -84,7 +85,27 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class TensorStore(Mapping):
+class LazyTensors(Mapping):
+    """Tensors made one at a time when asked, each by its ``makers`` entry (a read from a file, a
+    weight of a module tree, a view of one): a model's weights are never all in memory at once."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], Tensor]]):
+        self._makers = dict(makers)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._makers[key]()
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would make the tensor
+        return key in self._makers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
+class TensorStore(LazyTensors):
     """The tensors of safetensors files, read one at a time when asked, never all at once.
 
     Why: a state dict of a large model read whole, then converted, holds it twice. Each access
@@ -94,20 +115,8 @@ class TensorStore(Mapping):
     """
 
     def __init__(self, files: Mapping[str, Path], headers: Mapping[str, tuple[str, list[int]]]):
-        self._files = dict(files)  # key -> shard file
+        super().__init__({key: partial(_read_tensor, path, key) for key, path in files.items()})
         self._headers = dict(headers)  # key -> (safetensors dtype, shape)
-
-    def __getitem__(self, key: str) -> Tensor:
-        return SafetensorsReader(self._files[key], framework="pt").get_tensor(key)
-
-    def __contains__(self, key: object) -> bool:  # Mapping's default would read the tensor
-        return key in self._files
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._files)
-
-    def __len__(self) -> int:
-        return len(self._files)
 
     def describe(self, key: str) -> Tensor:
         dtype, shape = self._headers[key]
@@ -118,24 +127,17 @@ class TensorStore(Mapping):
         return sum(t.numel() for t in map(self.describe, self) if t.is_floating_point())
 
 
-class Float32View(Mapping):
+def _read_tensor(path: Path, key: str) -> Tensor:
+    return SafetensorsReader(path, framework="pt").get_tensor(key)
+
+
+class Float32View(LazyTensors):
     """Tensors as float32 contiguous CPU tensors, each made when asked from its ``makers`` entry
     (a read from a TensorStore, a weight of a module tree, a transposed or sliced view of one)."""
 
-    def __init__(self, makers: Mapping[str, Callable[[], Tensor]]):
-        self._makers = dict(makers)
-
     def __getitem__(self, key: str) -> Tensor:
-        return as_float32(self._makers[key]())
+        return as_float32(super().__getitem__(key))
 
-    def __contains__(self, key: object) -> bool:  # Mapping's default would make the tensor
-        return key in self._makers
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._makers)
-
-    def __len__(self) -> int:
-        return len(self._makers)
 
 
 @dataclass(frozen=True)

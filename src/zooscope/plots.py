@@ -134,11 +134,26 @@ def plot_esd_grid(panels: list[tuple], path: str | os.PathLike, *, title: str | 
     return _save_grid(fig, path, single=len(panels) == 1)
 
 
+def _ccdf_points(values) -> tuple[np.ndarray, np.ndarray]:
+    """The positive, finite ``values`` sorted, and P(value >= x) at each, ties included (the CCDF
+    of :func:`plot_esd`)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    drawn = np.sort(values[np.isfinite(values) & (values > 0)])
+    return drawn, (drawn.size - np.arange(drawn.size)) / max(drawn.size, 1)
+
+
+def _power_law_line(drawn: np.ndarray, alpha: float, xmin: float, xmax: float) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted power law over [xmin, xmax] on the CCDF of ``drawn``, anchored where the tail
+    begins: (share of values >= xmin) * (x / xmin)^(1 - alpha) (:func:`plot_esd`)."""
+    share = float(np.mean(drawn >= xmin)) if drawn.size else 1.0
+    xs = np.geomspace(xmin, max(xmax, xmin * (1 + 1e-9)), 200)
+    return xs, max(share, 1.0 / max(drawn.size, 1)) * (xs / xmin) ** (1.0 - alpha)
+
+
 def draw_esd(ax, eigenvalues, fit, *, title: str, reason: str | None = None, small: bool = False) -> None:
     """The ESD of :func:`plot_esd` on the axes ``ax``; ``small`` for a panel of a grid."""
-    values = np.asarray(eigenvalues, dtype=np.float64).ravel()
-    drawn = np.sort(values[np.isfinite(values) & (values > 0)])
-    left_out = values.size - drawn.size
+    drawn, ccdf = _ccdf_points(eigenvalues)
+    left_out = np.size(eigenvalues) - drawn.size
     fontsize = 6 if small else 8
 
     alpha = _float(_field(fit, "alpha"))
@@ -147,7 +162,6 @@ def draw_esd(ax, eigenvalues, fit, *, title: str, reason: str | None = None, sma
 
     n_all = drawn.size
     if n_all:
-        ccdf = (n_all - np.arange(n_all)) / n_all  # P(lambda >= x_i), ties included
         ax.loglog(drawn, ccdf, linestyle="none", marker="o", markersize=2 if small else 3, alpha=0.6,
                   color="tab:blue", label=f"ESD, {n_all} eigenvalues (CCDF)")
     else:
@@ -162,11 +176,7 @@ def draw_esd(ax, eigenvalues, fit, *, title: str, reason: str | None = None, sma
             xmax = float(drawn[-1]) if n_all and drawn[-1] > xmin else xmin * 10.0
         d_stat = _float(_field(fit, "D"))
         spikes = _field(fit, "num_pl_spikes", None)
-        tail_fraction = float(np.mean(drawn >= xmin)) if n_all else 1.0
-        if tail_fraction <= 0:
-            tail_fraction = 1.0 / max(n_all, 1)
-        xs = np.geomspace(xmin, xmax, 200)
-        ys = tail_fraction * (xs / xmin) ** (1.0 - alpha)
+        xs, ys = _power_law_line(drawn, alpha, xmin, xmax)
         label = f"power law fit: alpha = {alpha:.3f}, D = {d_stat:.3f}"
         if spikes is not None and not (isinstance(spikes, float) and math.isnan(spikes)):
             label += f"\n{int(spikes)} eigenvalues in the tail"
@@ -560,20 +570,6 @@ def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimi
 
 # --------------------------------------------------------------------------------------------
 # The Jacobian stage (zooscope.jacobian): the models of one series side by side
-
-
-def _ccdf_points(values) -> tuple[np.ndarray, np.ndarray]:
-    """The positive, finite ``values`` sorted, and P(value >= x) at each (the CCDF of plot_esd)."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    drawn = np.sort(values[np.isfinite(values) & (values > 0)])
-    return drawn, (drawn.size - np.arange(drawn.size)) / max(drawn.size, 1)
-
-
-def _power_law_line(drawn: np.ndarray, alpha: float, xmin: float, xmax: float) -> tuple[np.ndarray, np.ndarray]:
-    """The fitted power law over [xmin, xmax] on the CCDF, anchored at the tail's share (plot_esd)."""
-    share = float(np.mean(drawn >= xmin)) if drawn.size else 1.0
-    xs = np.geomspace(xmin, max(xmax, xmin * (1 + 1e-9)), 100)
-    return xs, max(share, 1.0 / max(drawn.size, 1)) * (xs / xmin) ** (1.0 - alpha)
 
 
 def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
