@@ -26,5 +26,6 @@ with job(snakemake, name=snakemake.rule):
             randomize=snakemake.params.randomize,
             device=snakemake.config["device"],
             shard=shard,
+            threads=snakemake.threads,
         )
     io.write_json(snakemake.output[0], index)

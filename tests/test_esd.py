@@ -178,3 +178,24 @@ def test_device_setting_reaches_the_spectrum(model_dir, tmp_path, monkeypatch):
     assert seen and set(seen) == {None}  # auto without a GPU: numpy on the CPU
     with pytest.raises(ValueError, match="device: cuda, but this job sees no CUDA GPU"):
         run(model_dir, tmp_path / "cuda", device="cuda")
+
+
+def test_layers_computed_in_parallel_or_in_turn_give_the_same_bytes(tmp_path, rng, monkeypatch):
+    """Small layers run a layer per thread with one BLAS thread each, large ones in turn: which
+    way a layer goes depends on its shape, never on the job's threads."""
+    model = write_model_dir(tmp_path / "model", [
+        (f"fc{i}", "Linear", rng.standard_normal((40 + 7 * i, 24 + 5 * i))) for i in range(6)
+    ] + [("conv", "Conv2d", rng.standard_normal((12, 30, 3, 3)))])
+    monkeypatch.setattr(esd, "PARALLEL_LAYERS_BELOW", 40)  # fc4, fc5: in turn; the rest: in parallel
+    one = run(model, tmp_path / "one", threads=1)
+    two = run(model, tmp_path / "two", threads=2)
+    assert [r["name"] for r in two["layers"]] == [f"fc{i}" for i in range(6)] + ["conv"]
+    assert one["layers"] == two["layers"]
+    for record in two["layers"]:
+        assert (tmp_path / "one" / record["file"]).read_bytes() == (tmp_path / "two" / record["file"]).read_bytes()
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(model / "model.safetensors"))
+    for i in range(6):
+        np.testing.assert_allclose(np.load(tmp_path / "two" / f"fc{i}.npy")[0],
+                                   svd_eigenvalues(weights[f"fc{i}.weight"]), rtol=1e-9, atol=1e-9)

@@ -203,13 +203,15 @@ def test_a_fetch_that_fails_while_writing_leaves_no_file(tmp_path, monkeypatch):
     save_file(reference_state(), tmp_path / "model.safetensors")
     written = []
 
+    real_bytes = sources.float32_bytes
+
     def disk_full_on_the_third(tensor):
         if len(written) == 2:
             raise OSError(28, "No space left on device")
         written.append(tensor)
-        return tensor.float().contiguous()
+        return real_bytes(tensor)
 
-    monkeypatch.setattr(sources, "as_float32", disk_full_on_the_third)
+    monkeypatch.setattr(sources, "float32_bytes", disk_full_on_the_third)
     with pytest.raises(OSError, match="No space left"):
         fetch_model(file_row("model.safetensors"), tmp_path / "out", sheet_dir=tmp_path)
     assert len(written) == 2 and list((tmp_path / "out").iterdir()) == []
@@ -573,3 +575,24 @@ def test_demo_zoo_rows_are_valid():
         architecture_options(arch, {k: v for k, v in options.items() if k in ("width", "depth", "channels")})
     noise = sorted(parse_options(r, "train").get("label_noise", 0) for r in rows if r["series"] == "label-noise")
     assert noise == [0, 0.25, 0.5, 1.0]
+
+
+def test_fetching_a_safetensors_file_imports_no_torch(tmp_path):
+    """The file: route reads headers and numpy maps only: a fetch job spends no start-up on torch."""
+    import subprocess
+    import sys
+
+    save_file(reference_state(), tmp_path / "model.safetensors")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from zooscope.sources import fetch_model\n"
+        f"fetch_model({{'model': 'm', 'series': 's', 'source': 'file:model.safetensors', 'accuracy': None}}, "
+        f"Path({str(tmp_path / 'out')!r}), sheet_dir=Path({str(tmp_path)!r}))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    fetch_model(file_row("model.safetensors", model="m"), tmp_path / "in_process", sheet_dir=tmp_path)
+    for name in OUTPUTS:
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "in_process" / name).read_bytes()

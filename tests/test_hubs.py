@@ -312,16 +312,16 @@ def test_no_two_checkpoint_tensors_are_in_memory_at_once(caches, monkeypatch, no
     folder = tiny_gpt2_folder(caches, max_shard_size="20KB")
     put_in_hf_cache(caches / "hf", "openai-community/gpt2", folder)
     alive, reads = [], []
-    real_get = io.SafetensorsReader.get_tensor
+    real_mapped = io.SafetensorsReader.mapped  # how the fetch reads a float32 tensor: a map of its bytes
 
-    def get_tensor(self, key):
+    def mapped(self, key):
         gc.collect()
         reads.append((key, [ref for ref in alive if ref() is not None]))
-        tensor = real_get(self, key)
-        alive.append(weakref.ref(tensor))
-        return tensor
+        array = real_mapped(self, key)
+        alive.append(weakref.ref(array))
+        return array
 
-    monkeypatch.setattr(io.SafetensorsReader, "get_tensor", get_tensor)
+    monkeypatch.setattr(io.SafetensorsReader, "mapped", mapped)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "out", sheet_dir=caches)
     assert len(reads) == 2 * len(GPT2_LAYERS)  # each analysed tensor: once to hash, once to write
     assert all(not still_alive for _, still_alive in reads)

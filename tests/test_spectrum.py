@@ -181,3 +181,23 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu'; valid: auto, cpu, cuda"):
         resolve_device("gpu")
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (37, 37)])
+@pytest.mark.parametrize("block_entries", [1, 500, 10**9])
+def test_the_streamed_gram_matrix_is_the_float64_product(rng, shape, block_entries):
+    """Blocks of the long side (M lines at a time, a dozen or so, or the whole) sum to W^T W of
+    the float64 matrix, computed here in one product (a second method)."""
+    w = rng.standard_normal(shape).astype(np.float32)
+    gram, n_rows = spectrum.gram_matrix(w, block_entries)
+    oriented = np.asarray(w, dtype=np.float64)
+    oriented = oriented if shape[0] >= shape[1] else oriented.T
+    assert n_rows == max(shape) and gram.shape == (min(shape), min(shape)) and gram.dtype == np.float64
+    np.testing.assert_allclose(gram, oriented.T @ oriented, rtol=1e-12, atol=1e-12 * np.abs(gram).max())
+
+
+def test_a_non_finite_entry_in_a_later_block_is_refused_with_the_count(rng):
+    w = rng.standard_normal((400, 20)).astype(np.float32)
+    w[390, 3], w[5, 1] = np.inf, np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf \(2 of 8000 entries\)"):
+        spectrum.gram_matrix(w, block_entries=100)

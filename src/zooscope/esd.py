@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 ESD_VERSION = 2
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
+# Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd).
+PARALLEL_LAYERS_BELOW = 2048
 
 
 def cache_key(layer: dict, *, conv2d: str, normalize: str, conv2d_fft_size: int | None = None,
@@ -116,13 +118,14 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: b
 
 def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slices", normalize: str = "none",
                       conv2d_fft_size: int | None = None, randomize: bool = False, device: str = "cpu",
-                      shard: tuple[int, int] | None = None) -> dict:
+                      shard: tuple[int, int] | None = None, threads: int = 1) -> dict:
     """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
     ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled. ``device``
     is config ``device`` (auto, cpu, cuda; :func:`zooscope.spectrum.resolve_device`); it is not
     part of the cache key, since it changes the eigenvalues by rounding only. ``shard=(k, K)``
     computes only shard k of K (1-based) and returns that shard's index, for :func:`merge_shards`.
+    ``threads``: the job's threads (its BLAS threads are already limited to them).
     """
     settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
     torch_device = spectrum.resolve_device(device)
@@ -135,27 +138,48 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
         if not 1 <= k <= shards:
             raise ValueError(f"shard {k} of {shards} does not exist: shards are numbered 1 to {shards}")
         layers = [layers[i] for i in resources.shard_layers([layer["shape"] for layer in layers], shards)[k - 1]]
-    records = []
-    reused = 0
-    with io.SafetensorsReader(weights_path) as reader:  # one tensor's pages at a time (its docstring)
-        for position, layer in enumerate(layers, start=1):
-            key = cache_key(layer, **settings, randomize=randomize)
-            entry_path = out_dir / f"{layer['name']}{ENTRY_SUFFIX}"
-            cached = io.read_json(entry_path) if entry_path.is_file() else None
-            if cached and cached.get("key") == key and all(
-                cached[field] is None or (out_dir / cached[field]).is_file() for field in ("file", "rand_file")
-            ):
-                record = cached
-                reused += 1
-                action = "cached"
-            else:
-                record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize,
-                                        device=torch_device)
-                io.write_json(entry_path, record)
-                action = "computed"
-            log.info("[%d/%d] %s %s (%s)%s", position, len(layers), action, layer["name"], layer["type"],
-                     f": {record['reason']}" if record["status"] != "ok" else "")
-            records.append(record)
+    records: list[dict | None] = [None] * len(layers)
+    todo = []  # (position, layer, key) of the entries to compute
+    for position, layer in enumerate(layers):
+        key = cache_key(layer, **settings, randomize=randomize)
+        entry_path = out_dir / f"{layer['name']}{ENTRY_SUFFIX}"
+        cached = io.read_json(entry_path) if entry_path.is_file() else None
+        if cached and cached.get("key") == key and all(
+            cached[field] is None or (out_dir / cached[field]).is_file() for field in ("file", "rand_file")
+        ):
+            records[position] = cached
+            log.info("[%d/%d] cached %s (%s)", position + 1, len(layers), layer["name"], layer["type"])
+        else:
+            todo.append((position, layer, key))
+    reader = io.SafetensorsReader(weights_path)  # one tensor's pages at a time (its docstring)
+
+    def compute(item) -> None:
+        position, layer, key = item
+        record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize, device=torch_device)
+        io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", record)
+        records[position] = record
+        log.info("[%d/%d] computed %s (%s)%s", position + 1, len(layers), layer["name"], layer["type"],
+                 f": {record['reason']}" if record["status"] != "ok" else "")
+
+    # Large matrices one after another, each with all the job's BLAS threads; small ones a layer
+    # per thread, each with one BLAS thread: at their size threaded BLAS (LAPACK's reduction to
+    # tridiagonal form above all) gains little, a layer per thread nearly ``threads`` times.
+    # Which layers run which way depends on their shapes only, so results do not depend on
+    # scheduling. (On a GPU every layer goes one after another.)
+    in_parallel = [torch_device is None and resources.layer_matrices(layer["shape"])[2] < PARALLEL_LAYERS_BELOW
+                   for _, layer, _ in todo]
+    for item, parallel in zip(todo, in_parallel):
+        if not parallel:
+            compute(item)
+    small = [item for item, parallel in zip(todo, in_parallel) if parallel]
+    if small:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(compute, small))  # list(): raises a worker's exception here
+    reused = len(layers) - len(todo)
     if shard is None:  # a shard sees only its own layers; the merge removes stale entries
         _remove_stale_entries(out_dir, {layer["name"] for layer in layers})
     log.info("%s%s: %d layers on %s, %d reused from the cache", layers_doc.get("model", ""),

@@ -64,18 +64,32 @@ def write_npy(path: str | os.PathLike, array) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
-class SafetensorsReader:
-    """Reads tensors of a safetensors file one at a time, as numpy arrays, opening it per tensor.
+# safetensors dtype -> numpy dtype (little-endian, as the format stores them); others (BF16, F8)
+# have no numpy type and are read through safetensors itself.
+NUMPY_SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U8": "u1", "BOOL": "?",
+}
 
-    Why not one ``safe_open`` handle for the whole model: it memory-maps the file, and every page
-    read through it stays mapped, counted in the process's RSS, until the handle closes, so
-    reading a 2 GiB model tensor by tensor through one handle still peaks at 2 GiB of RSS
-    (benchmarks/bench_memory.py). Reopening per tensor (the header is small) releases each
-    tensor's pages when it has been copied out. A context manager, like ``safe_open``.
+
+class SafetensorsReader:
+    """Reads tensors of a safetensors file one at a time, as numpy arrays.
+
+    Each tensor is an array over a private (copy-on-write) memory map of just its bytes (numpy
+    framework, a dtype numpy has): reading copies nothing and allocates no fresh memory, its
+    pages come from the page cache and are unmapped when the array is released, and a write to
+    it changes the process's copy, never the file. Why not one ``safe_open``
+    handle for the whole model: every page read through it stays mapped, counted in the
+    process's RSS, until the handle closes, so reading a 2 GiB model tensor by tensor through
+    one handle peaks at 2 GiB of RSS (benchmarks/bench_memory.py). The header is checked by
+    ``safe_open`` (offsets against the file's size) before any tensor is mapped. Other dtypes
+    and ``framework="pt"`` open the file per tensor and copy the tensor out. A context manager,
+    like ``safe_open``.
     """
 
     def __init__(self, path: str | os.PathLike, framework: str = "numpy"):
         self.path, self.framework = str(path), framework
+        self._header: dict[str, Any] | None = None
 
     def __enter__(self) -> "SafetensorsReader":
         return self
@@ -84,6 +98,9 @@ class SafetensorsReader:
         return None
 
     def get_tensor(self, key: str):
+        mapped = self.mapped(key) if self.framework == "numpy" else None
+        if mapped is not None:
+            return mapped
         from safetensors import safe_open
 
         with safe_open(self.path, framework=self.framework) as handle:
@@ -94,3 +111,36 @@ class SafetensorsReader:
 
         with safe_open(self.path, framework=self.framework) as handle:
             return list(handle.keys())
+
+    def header(self) -> dict[str, Any]:
+        """The tensors' entries (dtype, shape, data_offsets from the data's start, "data_start")."""
+        if self._header is None:
+            from safetensors import safe_open
+
+            with safe_open(self.path, framework="numpy"):  # validates the header and the offsets
+                pass
+            with open(self.path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size))
+            header.pop("__metadata__", None)
+            self._header = {key: {**entry, "data_start": 8 + size} for key, entry in header.items()}
+        return self._header
+
+    def mapped(self, key: str):
+        """The tensor as a numpy array over a private memory map of its bytes; None for a dtype
+        that numpy does not have (BF16, F8) or a key that is not in the file."""
+        import mmap
+
+        import numpy as np
+
+        entry = self.header().get(key)
+        if entry is None or entry["dtype"] not in NUMPY_SAFETENSORS_DTYPES:
+            return None
+        dtype = np.dtype(NUMPY_SAFETENSORS_DTYPES[entry["dtype"]])
+        begin, end = (entry["data_start"] + offset for offset in entry["data_offsets"])
+        if end == begin:
+            return np.empty(entry["shape"], dtype)
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        with open(self.path, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), end - aligned, access=mmap.ACCESS_COPY, offset=aligned)
+        return np.frombuffer(mapped, dtype, (end - begin) // dtype.itemsize, begin - aligned).reshape(entry["shape"])

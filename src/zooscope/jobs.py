@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import sys
 import time
 from typing import Iterator
@@ -37,7 +38,10 @@ def job(snakemake, *, name: str) -> Iterator[logging.Logger]:
         logger.error("%s failed (%s): %s", name, wildcards, error, exc_info=True)
         raise
     finally:
-        logger.info("%s (%s) took %.1f s", name, wildcards, time.perf_counter() - started)
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # the whole process: start-up and imports too
+        logger.info("%s (%s) took %.1f s; process CPU %.1f s user, %.1f s system; peak RSS %.2f GiB",
+                    name, wildcards, time.perf_counter() - started, usage.ru_utime, usage.ru_stime,
+                    usage.ru_maxrss / 2**20)
         for handler in handlers:
             logger.removeHandler(handler)
             handler.close()

@@ -22,26 +22,37 @@ are restricted to ``[A-Za-z0-9._-]`` and made unique here, once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+import sys
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
-import torch
-from torch import Tensor, nn
+import numpy as np
 
 from zooscope.io import SafetensorsReader
 
-# Module classes whose ``.weight`` is analysed, and the type name each is recorded under.
-# Order matters only for subclasses; these four are unrelated classes.
-MODULE_TYPES: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.Linear, "Linear"),
-    (nn.Conv1d, "Conv1d"),
-    (nn.Conv2d, "Conv2d"),
-    (nn.Embedding, "Embedding"),
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+# torch is imported only where a torch tensor or module is at hand: a safetensors file's weights
+# are typed from its header and read as numpy arrays, so fetching a file: source needs no torch
+# (about 2 s of every fetch job's start-up).
+
+# Module classes whose ``.weight`` is analysed (by name in torch.nn), and the type name each is
+# recorded under. Order matters only for subclasses; these four are unrelated classes.
+MODULE_TYPES: tuple[tuple[str, str], ...] = (
+    ("Linear", "Linear"),
+    ("Conv1d", "Conv1d"),
+    ("Conv2d", "Conv2d"),
+    ("Embedding", "Embedding"),
 )
+# safetensors dtypes of floating-point tensors (the only ones that can be layers).
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 # Rank of a bare tensor -> layer type (2-D is an Embedding when its name says so).
 RANK_TYPES: dict[int, str] = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}
@@ -73,16 +84,28 @@ class LayerList:
     """
 
     layers: list[Layer]
-    tensors: Mapping[str, Tensor]
+    tensors: Mapping[str, Any]
 
 
-# safetensors dtype names -> torch dtypes, to describe a stored tensor without reading it.
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+@functools.cache
+def safetensors_dtypes() -> dict[str, "torch.dtype"]:
+    """safetensors dtype names -> torch dtypes (imports torch)."""
+    import torch
+
+    return {
+        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A stored tensor's safetensors dtype and shape, from a file header."""
+
+    dtype: str
+    shape: tuple[int, ...]
 
 
 class LazyTensors(Mapping):
@@ -109,33 +132,41 @@ class TensorStore(LazyTensors):
     """The tensors of safetensors files, read one at a time when asked, never all at once.
 
     Why: a state dict of a large model read whole, then converted, holds it twice. Each access
-    opens its shard and copies out just that tensor (io.SafetensorsReader says why per access). ``describe`` gives a tensor's
-    dtype and shape (a ``meta`` tensor) from the file header, without reading its data.
+    maps just that tensor of its shard (io.SafetensorsReader says why per access): a numpy
+    array, or a torch tensor for a dtype numpy lacks (bfloat16, float8). ``describe`` gives a
+    tensor's dtype and shape (a TensorInfo) from the file header, without reading its data.
     Safetensors files cannot alias tensors, so tied weights do not arise here.
     """
 
     def __init__(self, files: Mapping[str, Path], headers: Mapping[str, tuple[str, list[int]]]):
-        super().__init__({key: partial(_read_tensor, path, key) for key, path in files.items()})
+        readers = {path: SafetensorsReader(path) for path in set(files.values())}  # a header read once per file
+        super().__init__({key: partial(_read_tensor, readers[path], key) for key, path in files.items()})
         self._headers = dict(headers)  # key -> (safetensors dtype, shape)
 
-    def describe(self, key: str) -> Tensor:
+    def describe(self, key: str) -> TensorInfo:
         dtype, shape = self._headers[key]
-        return torch.empty(shape, dtype=SAFETENSORS_DTYPES.get(dtype, torch.uint8), device="meta")
+        return TensorInfo(dtype, tuple(shape))
 
     def num_parameters(self) -> int:
         """Elements of the floating-point tensors, from the headers alone."""
-        return sum(t.numel() for t in map(self.describe, self) if t.is_floating_point())
+        return sum(int(np.prod(t.shape)) for t in map(self.describe, self) if t.dtype in FLOAT_DTYPES)
 
 
-def _read_tensor(path: Path, key: str) -> Tensor:
-    return SafetensorsReader(path, framework="pt").get_tensor(key)
+def _read_tensor(reader: SafetensorsReader, key: str):
+    """The tensor as an array over a private map of the file's bytes (no copy:
+    io.SafetensorsReader), or a torch copy read by safetensors for a dtype that numpy lacks."""
+    mapped = reader.mapped(key)
+    if mapped is None:
+        return SafetensorsReader(reader.path, framework="pt").get_tensor(key)
+    return mapped
 
 
 class Float32View(LazyTensors):
-    """Tensors as float32 contiguous CPU tensors, each made when asked from its ``makers`` entry
-    (a read from a TensorStore, a weight of a module tree, a transposed or sliced view of one)."""
+    """Tensors as float32 contiguous CPU tensors or numpy arrays (as_float32), each made when
+    asked from its ``makers`` entry (a read from a TensorStore, a weight of a module tree, a
+    transposed or sliced view of one)."""
 
-    def __getitem__(self, key: str) -> Tensor:
+    def __getitem__(self, key: str):
         return as_float32(super().__getitem__(key))
 
 
@@ -150,11 +181,13 @@ class ModuleWeight:
     part: int | None = None  # None: the whole parameter; i: the i-th third of its rows (fused q/k/v)
     transpose: bool = False  # transformers' Conv1D keeps (in, out): transposed to the linear map
 
-    def matrix(self, value: Tensor) -> Tensor:
-        """The analysed matrix, from the parameter's value (a view: nothing is copied)."""
+    def matrix(self, value):
+        """The analysed matrix, from the parameter's value, a torch tensor or a numpy array read
+        from a checkpoint (a view: nothing is copied)."""
         if self.part is not None:
-            value = value.chunk(3, dim=0)[self.part]
-        return value.t() if self.transpose else value
+            rows = value.shape[0] // 3
+            value = value[self.part * rows : (self.part + 1) * rows]
+        return value.T if self.transpose else value
 
 
 def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> LayerList:
@@ -165,7 +198,7 @@ def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = 
     and every value is read from ``weights`` when it is hashed or written, one at a time.
     """
     found = []
-    for path, module in model.named_modules():
+    for path, module in model.named_modules():  # the weights are torch tensors, or read as such
         for item, parameter in module_weights(path, module):
             if weights is None:
                 matrix = item.matrix(parameter)
@@ -179,6 +212,8 @@ def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = 
 
 def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
     """The analysed weights of one module (not its children), each with its parameter; [] if none."""
+    from torch import Tensor, nn
+
     prefix = f"{path}." if path else ""
     if isinstance(module, nn.MultiheadAttention):
         return attention_projections(prefix, module)
@@ -233,8 +268,10 @@ def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
 
 def module_type(module: nn.Module) -> str | None:
     """The layer type name of ``module``, or None when its weights are not analysed."""
+    from torch import nn
+
     for cls, name in MODULE_TYPES:
-        if isinstance(module, cls):
+        if isinstance(module, getattr(nn, cls)):
             return name
     return None
 
@@ -243,22 +280,37 @@ def state_dict_type(key: str, value: object) -> str | None:
     """The layer type of a state-dict entry from its name and rank, or None if not a layer.
 
     Only floating-point tensors named ``...weight`` of rank 2-4 are layers: 1-D/0-D tensors are
-    biases and norms, integer tensors are buffers (counters, index tables).
+    biases and norms, integer tensors are buffers (counters, index tables). ``value`` is a torch
+    tensor, a numpy array or a TensorInfo.
     """
-    if not (isinstance(value, Tensor) and value.is_floating_point() and key.endswith("weight")):
+    if isinstance(value, TensorInfo):
+        floating, rank = value.dtype in FLOAT_DTYPES, len(value.shape)
+    elif isinstance(value, np.ndarray):
+        floating, rank = value.dtype.kind == "f", value.ndim
+    elif is_torch_tensor(value):
+        floating, rank = value.is_floating_point(), value.dim()
+    else:
         return None
-    kind = RANK_TYPES.get(value.dim())
+    if not (floating and key.endswith("weight")):
+        return None
+    kind = RANK_TYPES.get(rank)
     if kind == "Linear" and "embed" in key.lower():
         return "Embedding"
     return kind
 
 
+def is_torch_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor; without importing torch (no torch: no tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def num_parameters(tensors: Iterable[Tensor]) -> int:
-    """Elements of the distinct floating-point tensors among ``tensors`` (tied ones once)."""
+    """Elements of the distinct floating-point torch tensors among ``tensors`` (tied ones once)."""
     seen: set[tuple] = set()
     total = 0
     for tensor in tensors:
-        if isinstance(tensor, Tensor) and tensor.is_floating_point():
+        if is_torch_tensor(tensor) and tensor.is_floating_point():
             key = storage_key(tensor)
             if key not in seen:
                 seen.add(key)
@@ -280,15 +332,25 @@ def storage_key(tensor: Tensor) -> tuple:
     )
 
 
-def tensor_sha256(tensor: Tensor) -> str:
+def tensor_sha256(tensor) -> str:
     """sha256 of the float32 C-contiguous bytes: a layer's identity for the per-layer cache."""
-    array = as_float32(tensor).numpy()
-    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+    return hashlib.sha256(float32_bytes(tensor)).hexdigest()
 
 
-def as_float32(tensor: Tensor) -> Tensor:
-    """A detached float32, contiguous CPU copy (bf16/fp16 weights are analysed in float32)."""
+def as_float32(tensor):
+    """A float32, contiguous CPU tensor (detached) or numpy array; no copy when it already is one
+    (bf16/fp16 weights are analysed in float32)."""
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+    import torch
+
     return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def float32_bytes(tensor) -> memoryview:
+    """The bytes of :func:`as_float32` of a torch tensor or numpy array."""
+    array = as_float32(tensor)
+    return memoryview(array if isinstance(array, np.ndarray) else array.numpy()).cast("B")
 
 
 def safe_name(name: str) -> str:

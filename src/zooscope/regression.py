@@ -166,9 +166,6 @@ def regress_one(x, y) -> dict[str, float | int]:
     Pairs where either value is not finite are dropped. Returns a dict with the keys
     ``n, slope, intercept, r2, rmse, pearson_r, spearman_rho, kendall_tau``.
     """
-    import statsmodels.api as sm
-    from scipy import stats
-
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -177,6 +174,8 @@ def regress_one(x, y) -> dict[str, float | int]:
     out: dict[str, float | int] = {"n": n, **{k: math.nan for k in _STAT_COLUMNS}}
     if n < MIN_N or np.ptp(x) == 0.0:
         return out
+    import statsmodels.api as sm  # here: about 2 s to import, for a zoo with accuracies to regress
+    from scipy import stats
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # A constant accuracy makes R^2 and the correlations 0/0; they come out NaN, quietly.

@@ -11,6 +11,7 @@ through ``torch.load(..., weights_only=True)`` only. A pickle that needs more is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -23,21 +24,24 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor, nn
-
-from zooscope import architectures, digits
-from zooscope.io import atomic_path, read_json, write_json
+from zooscope.io import SafetensorsReader, atomic_path, read_json, write_json
 from zooscope.layers import (
-    SAFETENSORS_DTYPES,
     LayerList,
     TensorStore,
-    as_float32,
+    float32_bytes,
+    is_torch_tensor,
     layers_from_module,
     layers_from_state_dict,
     num_parameters,
+    safetensors_dtypes,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from zooscope.digits import TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +71,34 @@ SHEET_COLUMNS = ("model", "series", "source", "accuracy")
 # Columns of the Jacobian stage (zooscope.data): they name data, not options of the model, so
 # fetch ignores them (and a change to them must not refetch or retrain the model).
 DATA_COLUMNS = ("data", "data_samples")
-# Option columns and their types: the architecture's, then training's.
-ARCHITECTURE_OPTION_TYPES: dict[str, type] = {name: int for name in architectures.ARCHITECTURE_OPTIONS}
 TRAINING_OPTION_TYPES: dict[str, type] = {
     "label_noise": float, "epochs": int, "lr": float, "batch_size": int, "seed": int,
 }
-OPTION_TYPES: dict[str, type] = {**ARCHITECTURE_OPTION_TYPES, **TRAINING_OPTION_TYPES}
-# A random: model is not trained, so of the training options only the initialisation seed applies.
-SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "train": tuple(OPTION_TYPES),
-    "random": (*ARCHITECTURE_OPTION_TYPES, "seed"),
-    "file": (),
-    **{kind: () for kind in HUB_KINDS},
-}
+
+
+@functools.cache
+def architecture_option_types() -> dict[str, type]:
+    """The architectures' option columns (zooscope.architectures; imports torch)."""
+    from zooscope import architectures
+
+    return {name: int for name in architectures.ARCHITECTURE_OPTIONS}
+
+
+def option_types() -> dict[str, type]:
+    """Every option column and its type: the architectures', then training's."""
+    return {**architecture_option_types(), **TRAINING_OPTION_TYPES}
+
+
+def source_options(kind: str) -> tuple[str, ...]:
+    """The option columns that apply to a source kind. A random: model is not trained, so of the
+    training options only the initialisation seed applies; file: and hub sources take none."""
+    if kind == "train":
+        return tuple(option_types())
+    if kind == "random":
+        return (*architecture_option_types(), "seed")
+    return ()
+
+
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 SOURCE_EXAMPLES = {
@@ -154,17 +173,18 @@ def parse_options(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
     for column, value in row.items():
         if column in SHEET_COLUMNS or column in DATA_COLUMNS or is_empty(value) or kind == "file":
             continue
-        if column not in OPTION_TYPES:
+        types = option_types()
+        if column not in types:
             raise FetchError(
                 f"model {model!r}: unknown option column {column!r}; "
-                f"valid option columns: {', '.join(OPTION_TYPES)}"
+                f"valid option columns: {', '.join(types)}"
             )
-        if column not in SOURCE_OPTIONS[kind]:
+        if column not in source_options(kind):
             raise FetchError(
                 f"model {model!r}: option column {column!r} does not apply to {kind}: sources; "
-                f"valid there: {', '.join(SOURCE_OPTIONS[kind])}"
+                f"valid there: {', '.join(source_options(kind))}"
             )
-        options[column] = convert(value, OPTION_TYPES[column], model, column)
+        options[column] = convert(value, types[column], model, column)
     return options
 
 
@@ -292,13 +312,14 @@ def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str,
     whole file in memory keeps fetch's memory at the model plus one tensor, whatever the model's
     size. The header is computed from the tensor list, so the bytes are deterministic.
     """
-    dtype_names = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-    # (name, safetensors dtype, shape, bytes, the tensor when asked): weights first, in depth order
+    # (name, safetensors dtype, shape, bytes, its bytes when asked): weights first, in depth order
     entries = [(layer.tensor, "F32", list(layer.shape), 4 * math.prod(layer.shape),
-                lambda key=layer.tensor: as_float32(layers.tensors[key])) for layer in layers.layers]
-    entries += [(name, dtype_names[value.dtype], list(value.shape), value.element_size() * value.numel(),
-                 lambda value=value: value.detach().cpu().contiguous())
-                for name, value in sorted((other_tensors or {}).items())]
+                lambda key=layer.tensor: float32_bytes(layers.tensors[key])) for layer in layers.layers]
+    if other_tensors:  # a module's state: torch tensors
+        dtype_names = {dtype: name for name, dtype in safetensors_dtypes().items()}
+        entries += [(name, dtype_names[value.dtype], list(value.shape), value.element_size() * value.numel(),
+                     lambda value=value: _torch_bytes(value))
+                    for name, value in sorted(other_tensors.items())]
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, dtype, shape, size, _ in entries:
@@ -312,18 +333,25 @@ def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str,
             handle.write(chunk)
             digest.update(chunk)
         for *_, make in entries:
-            tensor = make()
-            data = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()).cast("B")
+            data = make()
             handle.write(data)
             digest.update(data)
-            del data, tensor
+            del data
     return digest.hexdigest()
+
+
+def _torch_bytes(tensor: Tensor) -> memoryview:
+    import torch
+
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
 def fetch_trained(
     model: str, arch: str, options: dict[str, Any], accuracy: float | None, threads: int
 ) -> Fetched:
     """Build ``arch`` and train it on digits; its accuracy is the measured test accuracy."""
+    from zooscope import architectures, digits
+
     if accuracy is not None:
         log.warning(
             "model %s: ignoring the sheet's accuracy %s: a train: model's accuracy is measured",
@@ -355,6 +383,8 @@ def fetch_random(
 
     Its accuracy is the sheet's if given, else measured on the digits test split (about chance).
     """
+    from zooscope import architectures, digits
+
     arch_options = _architecture_options(model, arch, options)
     seed = options.get("seed", 0)
     with digits.deterministic_torch(seed, threads):
@@ -378,7 +408,7 @@ def fetch_hub(model: str, kind: str, argument: str, accuracy: float | None, thre
     The sheet's accuracy wins; else the one the weights report (torchvision's meta), else none.
     meta.json's ``weights`` records where the weights came from (zooscope.hubs).
     """
-    from zooscope import hubs
+    from zooscope import digits, hubs
 
     with digits.deterministic_torch(0, threads):
         loaded = hubs.load_hub_model(kind, argument, model)
@@ -411,7 +441,9 @@ def fetch_file(model: str, path: Path, accuracy: float | None) -> Fetched:
 
 def _architecture_options(model: str, arch: str, options: Mapping[str, Any]) -> dict[str, int]:
     """The architecture's full options, with its errors re-raised naming the model."""
-    given = {key: value for key, value in options.items() if key in ARCHITECTURE_OPTION_TYPES}
+    from zooscope import architectures
+
+    given = {key: value for key, value in options.items() if key in architecture_option_types()}
     try:
         return architectures.architecture_options(arch, given)
     except ValueError as error:
@@ -420,8 +452,10 @@ def _architecture_options(model: str, arch: str, options: Mapping[str, Any]) -> 
 
 def _training_setup(
     model: str, arch: str, options: Mapping[str, Any]
-) -> tuple[dict[str, int], digits.TrainingConfig]:
+) -> tuple[dict[str, int], TrainingConfig]:
     """Architecture options and the training config: the architecture's defaults plus the row's."""
+    from zooscope import digits
+
     arch_options = _architecture_options(model, arch, options)
     given = {key: value for key, value in options.items() if key in TRAINING_OPTION_TYPES}
     config = dataclasses.replace(digits.TRAINING_DEFAULTS[arch], **given)
@@ -445,6 +479,8 @@ def _module_parameters(network: nn.Module) -> int:
 
 
 def _measured_source() -> str:
+    from zooscope import digits
+
     return f"measured: digits test split ({len(digits.load_digits_split().y_test)} samples)"
 
 
@@ -535,14 +571,11 @@ def shard_files(index: Path, model: str) -> list[Path]:
 def safetensors_headers(path: Path, model: str) -> dict[str, tuple[str, list[int]]]:
     """(dtype, shape) of every tensor of a safetensors file, from its header alone; a truncated
     or foreign file is a FetchError (safetensors checks the header against the file's size)."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     try:
-        with safe_open(path, framework="pt") as handle:
-            return {
-                key: (handle.get_slice(key).get_dtype(), list(handle.get_slice(key).get_shape()))
-                for key in handle.keys()
-            }
+        header = SafetensorsReader(path).header()
+        return {key: (entry["dtype"], list(entry["shape"])) for key, entry in header.items()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise FetchError(f"model {model!r}: cannot read safetensors file {path}: {error}") from None
 
@@ -553,6 +586,8 @@ def read_torch(path: Path, model: str) -> dict[str, Tensor]:
     A file the weights-only unpickler rejects (a pickled nn.Module, arbitrary objects, a
     malicious pickle) would need its pickled code run to load: it is refused, never retried.
     """
+    import torch
+
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -599,4 +634,4 @@ def unwrap_checkpoint(loaded: Any) -> dict[str, Tensor]:
         loaded = inner
     if not isinstance(loaded, Mapping):
         return {}
-    return {key: value for key, value in loaded.items() if isinstance(key, str) and isinstance(value, Tensor)}
+    return {key: value for key, value in loaded.items() if isinstance(key, str) and is_torch_tensor(value)}

@@ -24,6 +24,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Device nodes of a GPU driver (NVIDIA, AMD ROCm): without one there is no GPU to find, and
 # ``device: auto`` decides so without importing torch (about a second in every esd job).
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
+# float64 entries of one block of the Gram matrix's streamed side (gram_matrix): 32 MiB.
+GRAM_BLOCK_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -121,20 +123,50 @@ def eigenvalues(matrix: np.ndarray, *, normalize: str = "none", device: str | No
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     if device is not None:
         return _torch_eigenvalues(matrix, normalize=normalize, device=device)
-    w = np.asarray(matrix, dtype=np.float64)
-    if not np.isfinite(w).all():
-        bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
-        raise ValueError(f"weights contain NaN or Inf ({bad} of {w.size} entries)")
-    if w.shape[0] < w.shape[1]:
-        w = w.T
-    n_rows = w.shape[0]
-    gram = w.T @ w  # numpy runs this as one SYRK: half the flops of a general product
+    gram, n_rows = gram_matrix(matrix)
     values = np.linalg.eigvalsh(gram)
     # The Gram route can return tiny negative values for zero singular values: they are zero.
     values = np.clip(values, 0.0, None)
     if normalize == "N":
         values = values / n_rows
     return np.sort(values)
+
+
+def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES) -> tuple[np.ndarray, int]:
+    """(the M x M Gram matrix W^T W in float64, N) of a matrix oriented N x M with N >= M.
+
+    The long side is streamed in blocks of about ``block_entries`` entries (at least M lines):
+    each block is widened to float64 in one reused buffer and its product (a SYRK) added to the
+    sum. Why: widening a whole float32 weight doubles it in fresh memory (VGG16's 4096 x 25088
+    classifier: 800 MB, a first touch that costs seconds of system time, more where the kernel
+    compacts memory for huge pages), while a block costs max(32 MiB, 8 M^2 bytes), no more than
+    the Gram matrix itself, and the products stay in BLAS.
+    Raises ValueError for NaN/Inf entries.
+    """
+    w = np.asarray(matrix)
+    wide = w.shape[0] < w.shape[1]  # then W^T W of the oriented matrix is w w^T
+    n_rows, m = (w.shape[1], w.shape[0]) if wide else w.shape
+    lines = max(1, min(n_rows, max(m, block_entries // max(m, 1))))
+    storage = np.empty(lines * m)
+    gram = product = None
+    for start in range(0, n_rows, lines):
+        count = min(lines, n_rows - start)
+        if wide:
+            block = storage[: count * m].reshape(m, count)
+            np.copyto(block, w[:, start:start + count])
+            block = block.T
+        else:
+            block = storage[: count * m].reshape(count, m)
+            np.copyto(block, w[start:start + count])
+        if not np.isfinite(block).all():
+            bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+            raise ValueError(f"weights contain NaN or Inf ({bad} of {w.size} entries)")
+        if gram is None:
+            gram = block.T @ block  # numpy runs this as one SYRK: half the flops of a general product
+        else:
+            product = np.matmul(block.T, block, out=product)
+            gram += product
+    return (np.zeros((m, m)) if gram is None else gram), n_rows
 
 
 def _torch_eigenvalues(matrix, *, normalize: str, device: str) -> np.ndarray:
