@@ -44,7 +44,7 @@ HF_FETCH = (
     " sys.argv[2], sheet_dir='.', threads=2)\n"
 )
 CHILDREN = {
-    "fetch imports": "import zooscope.sources, safetensors.torch\n" + PEAK,
+    "fetch imports": "import zooscope.sources, safetensors\n" + PEAK,  # a file: fetch imports no torch
     "fetch": (
         "import sys\nfrom zooscope.sources import fetch_model\n"
         "fetch_model({'model': 'synthetic', 'series': 's', 'source': 'file:' + sys.argv[1], 'accuracy': None},"

@@ -3,7 +3,9 @@
 Whatever a model's source (a weights file, a demo architecture trained here, a random
 initialisation), ``fetch_model`` writes the same three files into ``resources/models/{model}/``:
 ``model.safetensors`` (the analysed weights, float32), ``layers.json`` and ``meta.json``, so the
-later stages need no model library. This is the only stage that imports one (torch).
+later stages need no model library. This is the only stage that imports one (torch), and only
+where it needs it: a safetensors ``file:`` source is typed from its header and copied through
+numpy, so its fetch job spends no start-up on torch.
 
 Weights files are read without ever running code from them: safetensors, or PyTorch files
 through ``torch.load(..., weights_only=True)`` only. A pickle that needs more is refused.
