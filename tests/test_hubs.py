@@ -4,7 +4,6 @@ checkpoint cache, a Hugging Face cache snapshot), through the same code path a d
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from zooscope.config import load_schema, read_zoo_sheet
@@ -389,7 +387,7 @@ def test_a_malicious_hugging_face_pickle_is_refused_and_never_runs(caches):
 
 
 @pytest.mark.parametrize("source, cache_words", [
-    ("torchvision:resnet18@IMAGENET1K_V1", f"hub/checkpoints/ (set by TORCH_HOME)"),
+    ("torchvision:resnet18@IMAGENET1K_V1", "hub/checkpoints/ (set by TORCH_HOME)"),
     ("timm:resnet18.a1_in1k", "hf download timm/resnet18.a1_in1k"),
     ("hf:openai-community/gpt2", "hf download openai-community/gpt2"),
 ], ids=["torchvision", "timm", "hf"])
