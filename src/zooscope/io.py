@@ -83,19 +83,12 @@ class SafetensorsReader:
     process's RSS, until the handle closes, so reading a 2 GiB model tensor by tensor through
     one handle peaks at 2 GiB of RSS (benchmarks/bench_memory.py). The header is checked by
     ``safe_open`` (offsets against the file's size) before any tensor is mapped. Other dtypes
-    and ``framework="pt"`` open the file per tensor and copy the tensor out. A context manager,
-    like ``safe_open``.
+    and ``framework="pt"`` open the file per tensor and copy the tensor out.
     """
 
     def __init__(self, path: str | os.PathLike, framework: str = "numpy"):
         self.path, self.framework = str(path), framework
         self._header: dict[str, Any] | None = None
-
-    def __enter__(self) -> "SafetensorsReader":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        return None
 
     def get_tensor(self, key: str):
         mapped = self.mapped(key) if self.framework == "numpy" else None
@@ -105,12 +98,6 @@ class SafetensorsReader:
 
         with safe_open(self.path, framework=self.framework) as handle:
             return handle.get_tensor(key)
-
-    def keys(self) -> list[str]:
-        from safetensors import safe_open
-
-        with safe_open(self.path, framework=self.framework) as handle:
-            return list(handle.keys())
 
     def header(self) -> dict[str, Any]:
         """The tensors' entries (dtype, shape, data_offsets from the data's start, "data_start")."""

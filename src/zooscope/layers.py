@@ -28,7 +28,6 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -138,14 +137,15 @@ class TensorStore(LazyTensors):
     Safetensors files cannot alias tensors, so tied weights do not arise here.
     """
 
-    def __init__(self, files: Mapping[str, Path], headers: Mapping[str, tuple[str, list[int]]]):
-        readers = {path: SafetensorsReader(path) for path in set(files.values())}  # a header read once per file
-        super().__init__({key: partial(_read_tensor, readers[path], key) for key, path in files.items()})
-        self._headers = dict(headers)  # key -> (safetensors dtype, shape)
+    def __init__(self, readers: Mapping[str, SafetensorsReader]):
+        """``readers``: each tensor key -> the reader of the file holding it (one per file, so
+        each header is read once)."""
+        super().__init__({key: partial(_read_tensor, reader, key) for key, reader in readers.items()})
+        self._readers = dict(readers)
 
     def describe(self, key: str) -> TensorInfo:
-        dtype, shape = self._headers[key]
-        return TensorInfo(dtype, tuple(shape))
+        entry = self._readers[key].header()[key]
+        return TensorInfo(entry["dtype"], tuple(entry["shape"]))
 
     def num_parameters(self) -> int:
         """Elements of the floating-point tensors, from the headers alone."""

@@ -25,8 +25,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import SafetensorsReader, atomic_path, read_json, write_json
 from zooscope.layers import (
@@ -504,18 +503,16 @@ def load_state_dict(path: Path, model: str) -> tuple[Mapping[str, Tensor], str]:
     if not path.exists():
         raise FetchError(f"model {model!r}: weights file not found: {path}")
     file_format, files = checkpoint_files(path, model)
-    read = safetensors_headers if file_format == "safetensors" else read_torch
+    read = safetensors_tensors if file_format == "safetensors" else read_torch
     contents: dict[str, Any] = {}
-    owners: dict[str, Path] = {}
     for file in files:
         part = read(file, model)
         clash = sorted(contents.keys() & part.keys())
         if clash:
             raise FetchError(f"model {model!r}: tensor {clash[0]!r} appears in more than one shard ({file})")
         contents.update(part)
-        owners.update(dict.fromkeys(part, file))
     if file_format == "safetensors":
-        return TensorStore(owners, contents), file_format
+        return TensorStore(contents), file_format
     return contents, file_format
 
 
@@ -570,14 +567,14 @@ def shard_files(index: Path, model: str) -> list[Path]:
     return shards
 
 
-def safetensors_headers(path: Path, model: str) -> dict[str, tuple[str, list[int]]]:
-    """(dtype, shape) of every tensor of a safetensors file, from its header alone; a truncated
+def safetensors_tensors(path: Path, model: str) -> dict[str, SafetensorsReader]:
+    """Every tensor of a safetensors file -> the file's reader, from its header alone; a truncated
     or foreign file is a FetchError (safetensors checks the header against the file's size)."""
     from safetensors import SafetensorError
 
+    reader = SafetensorsReader(path)
     try:
-        header = SafetensorsReader(path).header()
-        return {key: (entry["dtype"], list(entry["shape"])) for key, entry in header.items()}
+        return dict.fromkeys(reader.header(), reader)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise FetchError(f"model {model!r}: cannot read safetensors file {path}: {error}") from None
 
