@@ -6,7 +6,7 @@ Not run by pytest.
 
 Builds a zoo of small `file:` models (two Linear layers each) in a temporary folder (or DIR,
 kept), runs the workflow once for the zoo tables (`results/zoo/models.tsv` and
-`regressions.tsv`: fetch, esd, fit and summarize of every model, then the aggregate), then times
+`regressions.tsv`: fetch, esd and fit of every model, then the aggregate), then times
 `snakemake -n` on the same targets, which must find nothing to do, and as its peer the start-up of
 `python -c 'import snakemake'` in the same run. Prints the best of the repeats in seconds.
 Target: the no-op rerun under 5 s.

@@ -3,6 +3,7 @@ rule fit:
         index="results/esd/{model}/index.json",
     output:
         layers="results/metrics/{model}/layers.tsv",
+        summary="results/metrics/{model}/summary.json",
     params:
         min_evals=config["min_evals"],
         floor=config["fit"]["floor"],
@@ -17,15 +18,3 @@ rule fit:
     script:
         "../scripts/fit.py"
 
-
-rule summarize:
-    input:
-        layers="results/metrics/{model}/layers.tsv",
-    output:
-        summary="results/metrics/{model}/summary.json",
-    conda:
-        "../envs/numeric.yaml"
-    log:
-        "logs/summarize/{model}.log",
-    script:
-        "../scripts/summarize.py"

@@ -4,15 +4,18 @@ from pathlib import Path
 from zooscope import io
 from zooscope.esd import load_layer_eigenvalues
 from zooscope.jobs import job
-from zooscope.metrics import fit_layers
+from zooscope.metrics import LAYER_COLUMNS, layer_rows, summarize
 
+# One job writes both the layer rows and the model summary: a summary is milliseconds of work, a
+# job of its own costs a process start-up and a scheduling hop per model (issue 5's benchmark).
 with job(snakemake, name="fit"):
     index = io.read_json(snakemake.input.index)
-    layers = fit_layers(
+    rows = layer_rows(
         index,
         partial(load_layer_eigenvalues, Path(snakemake.input.index).parent),
         min_evals=snakemake.params.min_evals,
         floor=snakemake.params.floor,
         kind=snakemake.params.kind,
     )
-    io.write_tsv(snakemake.output.layers, layers)
+    io.write_rows_tsv(snakemake.output.layers, LAYER_COLUMNS, rows)
+    io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows))

@@ -1,4 +1,4 @@
-"""io.SafetensorsReader: tensors read as private maps of the file's bytes."""
+"""io.SafetensorsReader (tensors read as private maps of the file's bytes) and the TSV writers."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 
-from zooscope.io import SafetensorsReader
+from zooscope.io import SafetensorsReader, write_rows_tsv, write_tsv
+from zooscope.metrics import LAYER_COLUMNS, layer_rows, layers_frame
 
 
 @pytest.fixture
@@ -53,3 +54,26 @@ def test_a_truncated_file_is_refused_before_anything_is_mapped(tmp_path, tensors
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(SafetensorError):
         SafetensorsReader(path).get_tensor("w32")
+
+
+def test_rows_are_written_byte_for_byte_as_pandas_writes_their_frame(tmp_path, rng):
+    """The pandas-free writer of the fit job against DataFrame.to_csv (the reference) on a layer
+    table with fitted, skipped and failed rows, missing metrics, infinities and text that needs quoting."""
+    values = np.sort(rng.pareto(2.0, (2, 80)) + 1.0, axis=1)
+    index = {"layers": [
+        {"name": "conv", "type": "Conv2d", "depth": 0, "N": 120, "M": 80, "status": "ok", "reason": "",
+         "slices": ["0,0", "0,1"], "file": "conv.npy", "rand_file": "conv.rand.npy"},
+        {"name": "small", "type": "Linear", "depth": 1, "N": 40, "M": 20, "status": "ok", "reason": "",
+         "slices": [""], "file": "small.npy"},
+        {"name": "odd\tname", "type": "Linear", "depth": 2, "N": 10, "M": 5, "status": "failed",
+         "reason": 'ValueError: "quoted", with\ttab', "slices": [], "file": None},
+    ]}
+    spectra = {"conv": values, "small": np.linspace(1.0, 2.0, 20)[None, :]}
+    rows = layer_rows(index, lambda record, randomized=False: spectra[record["name"]][::-1] if randomized
+                      else spectra[record["name"]])
+    rows[0]["D"] = float("inf")
+    rows[1]["rand_distance"] = np.float64(0.1 + 0.2)
+    write_tsv(tmp_path / "pandas.tsv", layers_frame(rows))
+    write_rows_tsv(tmp_path / "rows.tsv", LAYER_COLUMNS, rows)
+    assert [row["status"] for row in rows] == ["ok", "ok", "skipped", "failed"]
+    assert (tmp_path / "rows.tsv").read_bytes() == (tmp_path / "pandas.tsv").read_bytes()

@@ -74,15 +74,18 @@ def test_fit_layers_rows_per_slice_and_failed_records_pass_through(rng):
 
 
 def test_summary_is_the_mean_over_fitted_rows_only():
-    layers = pd.DataFrame({
-        "layer": ["a", "a", "b", "c"],
-        "status": ["ok", "ok", "skipped", "failed"],
-        **{m: [1.0, 3.0, 100.0, np.nan] for m in SUMMARY_METRICS},
-    })
+    layers = [{"layer": layer, "status": status, **{m: value for m in SUMMARY_METRICS}}
+              for layer, status, value in [("a", "ok", 1.0), ("a", "ok", 3.0), ("b", "skipped", 100.0),
+                                           ("c", "failed", np.nan)]]
+    layers[1]["rand_distance"] = None  # a metric missing from a fitted row is averaged over the others
     summary = summarize("m", layers)
-    assert summary["metrics"]["alpha"] == 2.0
+    assert summary["metrics"]["alpha"] == 2.0 and summary["metrics"]["rand_distance"] == 1.0
     assert (summary["num_layers"], summary["num_rows"], summary["num_fitted"]) == (3, 4, 2)
     assert (summary["num_skipped"], summary["num_failed"]) == (1, 1)
+    for row in layers:
+        row["num_traps"] = None
+    assert math.isnan(summarize("m", layers)["metrics"]["num_traps"])  # missing from every fitted row
+    assert all(value is None for value in summarize("m", layers[2:])["metrics"].values())  # nothing fitted
 
 
 @pytest.mark.parametrize("kind", ["pl", "tpl", "etpl"])

@@ -15,7 +15,7 @@ from conftest import REPO
 from test_workflow import make_zoo, snakemake
 
 TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
-STAGES = ("fetch", "esd", "fit", "summarize")
+STAGES = ("fetch", "esd", "fit")
 
 
 def skip_reason():

@@ -136,7 +136,7 @@ def test_growing_the_zoo_reruns_only_the_new_model_and_the_aggregates(finished_r
     sheet.write_text(sheet.read_text() + "file3\tfiles\tfile:weights/f3.safetensors\t83.0\t\t\t\n")
     jobs = job_counts(snakemake(workdir, "--cores", "2", "-n").stdout)
     assert jobs == {"aggregate": 1, "all": 1, "esd": 1, "fetch": 1, "fit": 1, "plot_esd": 1,
-                    "plot_series": 3, "summarize": 1, "discrimination": 1, "audit": 1}
+                    "plot_series": 3, "discrimination": 1, "audit": 1}
 
 
 def test_identical_inputs_give_byte_identical_tables(finished_run, tmp_path):

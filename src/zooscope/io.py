@@ -6,7 +6,10 @@ so an interrupted or failed job never leaves a file that a later run would take 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -54,6 +57,32 @@ def write_tsv(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as a TSV with a fixed float format and no index."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+
+
+def write_rows_tsv(path: str | os.PathLike, columns, rows) -> None:
+    """Write rows (mappings of column -> value) as a TSV in the format of :func:`write_tsv`.
+
+    The same bytes as pandas writes for the same table (``tests/test_io.py`` checks it), without
+    pandas: a job that writes one table skips pandas' import (a third of a second per job).
+    None and NaN are empty; floats use FLOAT_FORMAT; quoting is the csv module's, as pandas'.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([_tsv_cell(row[column]) for column in columns] for row in rows)
+
+
+def _tsv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return "" if math.isnan(value) else FLOAT_FORMAT % value
+    return str(value)
 
 
 def write_npy(path: str | os.PathLike, array) -> None:

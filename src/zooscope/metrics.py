@@ -6,15 +6,18 @@ Every reported log is base 10. A matrix that cannot be fitted still gets a row, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
-import pandas as pd
 
 from zooscope.powerlaw_fit import fit_power_law
 from zooscope.random_matrix import esd_distance, fit_marchenko_pastur
 from zooscope.truncated_fit import (
     FIT_KINDS, TailFit, fit_exp_truncated_power_law, fit_truncated_power_law, power_law_loglik,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Columns of results/metrics/{model}/layers.tsv, in order.
 LAYER_COLUMNS = (
@@ -28,6 +31,9 @@ SUMMARY_METRICS = (
     "alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
     "D", "sigma", "num_pl_spikes", "lambda_max", "mp_softrank", "num_spikes", "rand_distance", "num_traps",
 )
+# Integer columns (nullable: empty where a row has no fit) and text columns (empty, never missing).
+INTEGER_COLUMNS = ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_spikes", "num_traps")
+TEXT_COLUMNS = ("slice", "fit_kind", "warning", "reason")
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
 
@@ -132,12 +138,14 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
     return row
 
 
-def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
-               kind: str = "pl") -> pd.DataFrame:
-    """One row per matrix of every layer of an esd index (see zooscope.esd).
+def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
+               kind: str = "pl") -> list[dict]:
+    """One row per matrix of every layer of an esd index (see zooscope.esd), as dicts with every
+    key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column.
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
+    Plain dicts, not a DataFrame: the fit job then needs no pandas (a third of its start-up).
     """
     rows = []
     for record in index["layers"]:
@@ -152,36 +160,60 @@ def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: flo
             rows.append({**base, "slice": label,
                          **spectrum_metrics(row_values, min_evals=min_evals, floor=floor, kind=kind,
                                             shape=(record["N"], record["M"]), randomized=row_rand)})
+    return [{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS}
+            for row in rows]
+
+
+def layers_frame(rows: list[dict]) -> "pd.DataFrame":
+    """The rows of :func:`layer_rows` as a DataFrame, integer columns as nullable Int64."""
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
-    for column in ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_spikes", "num_traps"):
+    for column in INTEGER_COLUMNS:
         frame[column] = frame[column].astype("Int64")
-    for column in ("slice", "fit_kind", "warning", "reason"):
-        frame[column] = frame[column].fillna("")
     return frame
 
 
-def summarize(model: str, layers: pd.DataFrame) -> dict:
-    """The per-model summary: the plain mean of each metric over the rows that were fitted."""
-    fitted = layers[layers["status"] == "ok"]
-    means = {
-        metric: (float(fitted[metric].astype(float).mean()) if len(fitted) else None)
-        for metric in SUMMARY_METRICS
-    }
+def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
+               kind: str = "pl") -> "pd.DataFrame":
+    """:func:`layer_rows` as a DataFrame (:func:`layers_frame`)."""
+    return layers_frame(layer_rows(index, load_eigenvalues, min_evals=min_evals, floor=floor, kind=kind))
+
+
+def summarize(model: str, rows: Iterable[Mapping]) -> dict:
+    """The per-model summary: the plain mean of each metric over the rows that were fitted.
+
+    ``rows``: the layer rows (:func:`layer_rows`). A metric missing (None or NaN) from some fitted
+    rows is averaged over the others; NaN if it is missing from all. Sums are exact (math.fsum),
+    so the mean does not depend on the order of the rows.
+    """
+    rows = list(rows)
+    fitted = [row for row in rows if row["status"] == "ok"]
+    means = {}
+    for metric in SUMMARY_METRICS:
+        present = [float(row[metric]) for row in fitted if not _missing(row[metric])]
+        means[metric] = (math.fsum(present) / len(present) if present else math.nan) if fitted else None
     return {
         "model": model,
-        "num_layers": int(layers["layer"].nunique()),
-        "num_rows": int(len(layers)),
-        "num_fitted": int(len(fitted)),
-        "num_skipped": int((layers["status"] == "skipped").sum()),
-        "num_failed": int((layers["status"] == "failed").sum()),
+        "num_layers": len({row["layer"] for row in rows}),
+        "num_rows": len(rows),
+        "num_fitted": len(fitted),
+        "num_skipped": sum(row["status"] == "skipped" for row in rows),
+        "num_failed": sum(row["status"] == "failed" for row in rows),
         "metrics": means,
     }
 
 
-def read_layers_table(path) -> pd.DataFrame:
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def read_layers_table(path) -> "pd.DataFrame":
     """Read a layers.tsv written by the fit stage, with text columns kept as text."""
+    import pandas as pd
+
     frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "fit_kind": str, "warning": str, "reason": str,
                                                "layer": str})
-    for column in ("slice", "fit_kind", "warning", "reason"):
+    for column in TEXT_COLUMNS:
         frame[column] = frame[column].fillna("")
     return frame
