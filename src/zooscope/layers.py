@@ -42,14 +42,9 @@ if TYPE_CHECKING:
 # are typed from its header and read as numpy arrays, so fetching a file: source needs no torch
 # (about 2 s of every fetch job's start-up).
 
-# Module classes whose ``.weight`` is analysed (by name in torch.nn), and the type name each is
-# recorded under. Order matters only for subclasses; these four are unrelated classes.
-MODULE_TYPES: tuple[tuple[str, str], ...] = (
-    ("Linear", "Linear"),
-    ("Conv1d", "Conv1d"),
-    ("Conv2d", "Conv2d"),
-    ("Embedding", "Embedding"),
-)
+# Classes of torch.nn whose ``.weight`` is analysed; a layer's type is its class's name. Order
+# matters only for subclasses; these four are unrelated classes.
+MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Embedding")
 # safetensors dtypes of floating-point tensors (the only ones that can be layers).
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
@@ -270,8 +265,8 @@ def module_type(module: nn.Module) -> str | None:
     """The layer type name of ``module``, or None when its weights are not analysed."""
     from torch import nn
 
-    for cls, name in MODULE_TYPES:
-        if isinstance(module, getattr(nn, cls)):
+    for name in MODULE_TYPES:
+        if isinstance(module, getattr(nn, name)):
             return name
     return None
 
