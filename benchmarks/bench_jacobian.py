@@ -1,4 +1,4 @@
-"""Cost of the Jacobian stage (zooscope.jacobian) per sample, for the README's "The Jacobian stage".
+"""Cost of the Jacobian stage (zooscope.jacobian.compute) per sample, for the README's "The Jacobian stage".
 
 For the demo's two label-noise architectures (MLP 64-512-512-10 and LeNet with 32 channels and a
 512-wide head, random initialisation: the cost does not depend on the weights' values) and a few
@@ -24,8 +24,9 @@ CHILD = r"""
 import json, sys, time
 import numpy as np, torch
 from torch import nn
-from zooscope import architectures, jacobian
-from zooscope.data import load_samples
+from zooscope.models import architectures
+from zooscope.jacobian import compute as jacobian
+from zooscope.jacobian.data import load_samples
 
 arch, samples = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)

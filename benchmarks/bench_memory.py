@@ -9,7 +9,7 @@ stage in a fresh subprocess (so nothing else is in its memory) and reports the c
 
 The same is measured for an ``hf:`` source: a synthetic GPT-2 of the same size, sharded, in a
 Hugging Face cache read offline (HF_HUB_OFFLINE=1), fetched as zooscope does it (the module tree
-on the meta device, the checkpoint converted tensor by tensor: zooscope.hubs.hf_checkpoint) and,
+on the meta device, the checkpoint converted tensor by tensor: zooscope.sources.hubs.hf_checkpoint) and,
 as the peer, through ``transformers.AutoModel.from_pretrained`` (the model loaded whole).
 
     python benchmarks/bench_memory.py                 # --gib 2 --shards 4 --rows 8192 --cols 1024
@@ -50,13 +50,13 @@ CHILDREN = {
         "fetch_model({'model': 'synthetic', 'series': 's', 'source': 'file:' + sys.argv[1], 'accuracy': None},"
         " sys.argv[2], sheet_dir='.', threads=2)\n" + PEAK
     ),
-    "hf fetch imports": "import zooscope.sources, zooscope.hubs, transformers, safetensors.torch\n"
+    "hf fetch imports": "import zooscope.sources, zooscope.sources.hubs, transformers, safetensors.torch\n"
                         "from transformers import GPT2Model\n" + PEAK,
     "hf fetch": HF_FETCH + PEAK,
     "hf fetch whole": "from zooscope import hubs\nhubs.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
-    "esd imports": "import zooscope.esd, safetensors\n" + PEAK,
+    "esd imports": "import zooscope.spectra.esd, safetensors\n" + PEAK,
     "esd": (
-        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.esd import compute_model_esd\n"
+        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.spectra.esd import compute_model_esd\n"
         "with threadpool_limits(2):\n"
         "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2])\n"
         + PEAK

@@ -123,8 +123,8 @@ def run_zooscope(workdir: Path, cores: int) -> float:
 
 def zooscope_library(workdir: Path, model: str, threads: int, device: str = "cpu"):
     """zooscope's esd and fit of a fetched model, in process: (seconds, layers table)."""
-    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
-    from zooscope.metrics import fit_layers
+    from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.analysis.metrics import fit_layers
 
     fetched = workdir / "resources" / "models" / model
     with tempfile.TemporaryDirectory(prefix=f"zooscope-lib-{model}-") as out:

@@ -1,8 +1,8 @@
 from zooscope import io
-from zooscope.aggregate import join_jacobian, models_table
+from zooscope.analysis.aggregate import join_jacobian, models_table
 from zooscope.jobs import job
-from zooscope.metrics import SUMMARY_METRICS
-from zooscope.regression import regress
+from zooscope.analysis.metrics import SUMMARY_METRICS
+from zooscope.analysis.regression import regress
 
 with job(snakemake, name="aggregate"):
     metas = [io.read_json(path) for path in snakemake.input.metas]

@@ -1,10 +1,10 @@
 import pandas as pd
 
 from zooscope import io
-from zooscope.audit_card import audit_table, card_blocks, summary_blocks, to_html, to_markdown
-from zooscope.discrimination import noise_levels
+from zooscope.report.audit_card import audit_table, card_blocks, summary_blocks, to_html, to_markdown
+from zooscope.analysis.discrimination import noise_levels
 from zooscope.jobs import job
-from zooscope.metrics import read_layers_table
+from zooscope.analysis.metrics import read_layers_table
 
 with job(snakemake, name="audit"):
     models = snakemake.params.models

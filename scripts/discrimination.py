@@ -3,9 +3,9 @@ from pathlib import Path
 import pandas as pd
 
 from zooscope import io
-from zooscope.discrimination import discrimination, noise_levels
+from zooscope.analysis.discrimination import discrimination, noise_levels
 from zooscope.jobs import job
-from zooscope.plots import plot_noise_ladder, safe_filename
+from zooscope.report.plots import plot_noise_ladder, safe_filename
 
 with job(snakemake, name="discrimination"):
     models = pd.read_csv(snakemake.input.models, sep="\t")

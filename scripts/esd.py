@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from zooscope import io
-from zooscope.esd import compute_model_esd, merge_shards
+from zooscope.spectra.esd import compute_model_esd, merge_shards
 from zooscope.jobs import job
 from zooscope.resources import parse_shard
 

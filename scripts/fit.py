@@ -2,9 +2,9 @@ from functools import partial
 from pathlib import Path
 
 from zooscope import io
-from zooscope.esd import load_layer_eigenvalues
+from zooscope.spectra.esd import load_layer_eigenvalues
 from zooscope.jobs import job
-from zooscope.metrics import LAYER_COLUMNS, layer_rows, summarize
+from zooscope.analysis.metrics import LAYER_COLUMNS, layer_rows, summarize
 
 # One job writes both the layer rows and the model summary: a summary is milliseconds of work, a
 # job of its own costs a process start-up and a scheduling hop per model (issue 5's benchmark).

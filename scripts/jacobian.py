@@ -6,9 +6,9 @@ from zooscope.jobs import job
 with job(snakemake, name="jacobian") as log:
     import torch
 
-    from zooscope.data import load_samples
-    from zooscope.jacobian import JacobianSettings, model_jacobian, write_spectra
-    from zooscope.rebuild import rebuild_module
+    from zooscope.jacobian.data import load_samples
+    from zooscope.jacobian.compute import JacobianSettings, model_jacobian, write_spectra
+    from zooscope.jacobian.rebuild import rebuild_module
 
     meta = io.read_json(snakemake.input.meta)
     network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"], snakemake.input.weights)

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from zooscope import io
 from zooscope.jobs import job
-from zooscope.metrics import read_layers_table
-from zooscope.plots import plot_model_esds
+from zooscope.analysis.metrics import read_layers_table
+from zooscope.report.plots import plot_model_esds
 
 with job(snakemake, name="plot_esd"):
     plot_model_esds(

@@ -3,8 +3,8 @@ from pathlib import Path
 import pandas as pd
 
 from zooscope.jobs import job
-from zooscope.metrics import read_layers_table
-from zooscope.plots import plot_series
+from zooscope.analysis.metrics import read_layers_table
+from zooscope.report.plots import plot_series
 
 with job(snakemake, name="plot_series"):
     plot_series(

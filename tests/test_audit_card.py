@@ -3,10 +3,10 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from zooscope.audit_card import (
+from zooscope.report.audit_card import (
     AUDIT_COLUMNS, audit_table, card_blocks, summary_blocks, to_html, to_markdown,
 )
-from zooscope.discrimination import discrimination
+from zooscope.analysis.discrimination import discrimination
 
 
 def layers(alpha, log_spectral_norm, traps=None, skipped=0):

@@ -1,10 +1,10 @@
-"""zooscope.data: the Jacobian stage's data sets (digits test split, .npz, image folders)."""
+"""zooscope.jacobian.data: the Jacobian stage's data sets (digits test split, .npz, image folders)."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from zooscope.data import DataError, load_samples, subsample_indices
+from zooscope.jacobian.data import DataError, load_samples, subsample_indices
 
 
 def test_digits_is_the_test_split_and_capped():

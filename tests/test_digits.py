@@ -1,4 +1,4 @@
-"""Unit tests of zooscope.digits: the split, label noise, determinism and training quality.
+"""Unit tests of zooscope.models.digits: the split, label noise, determinism and training quality.
 
 The accuracy thresholds come from the task (a clean MLP generalises; an MLP trained on random
 labels memorises them but is at chance on the test split), not from this code's output.
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from zooscope.architectures import build_architecture
-from zooscope.digits import (
+from zooscope.models.architectures import build_architecture
+from zooscope.models.digits import (
     TRAINING_DEFAULTS,
     TrainingConfig,
     accuracy,

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from zooscope.discrimination import (
+from zooscope.analysis.discrimination import (
     DISCRIMINATION_COLUMNS, discrimination, metric_columns, noise_levels, separating_metrics,
 )
 

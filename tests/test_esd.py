@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from conftest import write_model_dir
-from zooscope import esd, spectrum
+from zooscope.spectra import esd
+from zooscope.spectra import spectrum
 
 
 def svd_eigenvalues(matrix):

@@ -562,7 +562,7 @@ def test_fetch_leaves_global_torch_state_alone(tmp_path):
 
 def test_demo_zoo_rows_are_valid():
     """Every row of the shipped demo sheet parses (no training: that is the workflow's job)."""
-    from zooscope.architectures import architecture_options
+    from zooscope.models.architectures import architecture_options
     from zooscope.config import load_schema, read_zoo_sheet
 
     repo = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import write_model_dir
-from zooscope.esd import compute_model_esd, load_layer_eigenvalues
-from zooscope.metrics import fit_layers
-from zooscope.spectrum import eigenvalues, resolve_device
+from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
+from zooscope.analysis.metrics import fit_layers
+from zooscope.spectra.spectrum import eigenvalues, resolve_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,4 +1,4 @@
-"""Tests of the hub sources (zooscope.hubs), offline: every loader reads weights that the test
+"""Tests of the hub sources (zooscope.sources.hubs), offline: every loader reads weights that the test
 made at random initialisation and put where the hub download would have put them (torch hub's
 checkpoint cache, a Hugging Face cache snapshot), through the same code path a download takes."""
 import hashlib
@@ -288,7 +288,7 @@ def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypa
     put_in_hf_cache(caches / "hf", "openai-community/gpt2", caches / "download")
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "streamed", sheet_dir=caches)
 
-    from zooscope import hubs
+    from zooscope.sources import hubs
 
     monkeypatch.setattr(hubs, "hf_checkpoint", lambda *args: None)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "whole", sheet_dir=caches)

@@ -7,7 +7,7 @@ from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 
 from zooscope.io import SafetensorsReader, write_rows_tsv, write_tsv
-from zooscope.metrics import LAYER_COLUMNS, layer_rows, layers_frame
+from zooscope.analysis.metrics import LAYER_COLUMNS, layer_rows, layers_frame
 
 
 @pytest.fixture

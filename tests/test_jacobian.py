@@ -1,4 +1,4 @@
-"""zooscope.jacobian against independent constructions: explicit per-sample loops, explicit
+"""zooscope.jacobian.compute against independent constructions: explicit per-sample loops, explicit
 Hessians, and closed forms."""
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from zooscope import jacobian
+from zooscope.jacobian import compute as jacobian
 
 
 def tiny_mlp(seed=0, inputs=5, hidden=4, classes=3):

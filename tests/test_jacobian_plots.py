@@ -1,9 +1,9 @@
-"""The Jacobian figures of a series (zooscope.plots.plot_jacobian_series) and their column titles."""
+"""The Jacobian figures of a series (zooscope.report.plots.plot_jacobian_series) and their column titles."""
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from zooscope.plots import jacobian_column_title, plot_jacobian_series
+from zooscope.report.plots import jacobian_column_title, plot_jacobian_series
 
 
 def spectra_and_layers(seed, *, hessian=True):

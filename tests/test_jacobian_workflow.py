@@ -8,7 +8,7 @@ import pandas as pd
 from safetensors.numpy import load_file
 
 from conftest import REPO
-from zooscope.jacobian import JACOBIAN_LAYER_COLUMNS, JACOBIAN_METRICS
+from zooscope.jacobian.compute import JACOBIAN_LAYER_COLUMNS, JACOBIAN_METRICS
 
 
 def test_jacobian_stage(tmp_path):

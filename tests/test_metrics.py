@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zooscope.metrics import LAYER_COLUMNS, SUMMARY_METRICS, fit_layers, spectrum_metrics, summarize
+from zooscope.analysis.metrics import LAYER_COLUMNS, SUMMARY_METRICS, fit_layers, spectrum_metrics, summarize
 
 
 def pareto_spectrum(rng, n=400, exponent=3.0):

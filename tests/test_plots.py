@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zooscope.plots import (
+from zooscope.report.plots import (
     plot_correlation_flow,
     plot_esd,
     plot_metric_vs_accuracy,
     plot_series_regressions,
     safe_filename,
 )
-from zooscope.regression import regress
+from zooscope.analysis.regression import regress
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -150,9 +150,9 @@ def test_plot_esd_with_package_fit(tmp_path):
 
 def test_plot_randomization_and_its_place_in_the_model_esds(tmp_path):
     from conftest import write_model_dir
-    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
-    from zooscope.metrics import fit_layers
-    from zooscope.plots import plot_model_esds, plot_randomization
+    from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.analysis.metrics import fit_layers
+    from zooscope.report.plots import plot_model_esds, plot_randomization
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((300, 100)) + 2.0 * rng.standard_normal((300, 2)) @ rng.standard_normal((2, 100))
@@ -179,9 +179,9 @@ def test_a_sliced_conv_layer_gets_one_figure_with_a_panel_per_slice(tmp_path):
     from PIL import Image
 
     from conftest import write_model_dir
-    from zooscope.esd import compute_model_esd, load_layer_eigenvalues
-    from zooscope.metrics import fit_layers
-    from zooscope.plots import plot_model_esds
+    from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
+    from zooscope.analysis.metrics import fit_layers
+    from zooscope.report.plots import plot_model_esds
 
     rng = np.random.default_rng(1)
     kernel = rng.standard_t(3, size=(120, 80, 3, 3))  # 9 slices of 120 x 80
@@ -202,7 +202,7 @@ def test_a_sliced_conv_layer_gets_one_figure_with_a_panel_per_slice(tmp_path):
 
 
 def test_relative_depth_maps_first_and_last_layer_to_0_and_1():
-    from zooscope.plots import relative_depth
+    from zooscope.report.plots import relative_depth
 
     np.testing.assert_allclose(relative_depth([2, 3, 4, 6]), [0.0, 0.25, 0.5, 1.0])
     np.testing.assert_allclose(relative_depth(pd.Series([5, 5])), [0.0, 0.0])
@@ -211,8 +211,8 @@ def test_relative_depth_maps_first_and_last_layer_to_0_and_1():
 
 
 def test_plot_noise_ladder(tmp_path):
-    from zooscope.discrimination import discrimination
-    from zooscope.plots import plot_noise_ladder
+    from zooscope.analysis.discrimination import discrimination
+    from zooscope.report.plots import plot_noise_ladder
 
     models = pd.DataFrame({"model": ["a", "b", "c", "x"], "series": ["s", "s", "s", "t"],
                            "up": [1.0, 2.0, 3.0, 0.0], "swap": [2.0, 1.0, 3.0, 0.0], "flat": [1.0] * 4})

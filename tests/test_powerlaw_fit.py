@@ -1,4 +1,4 @@
-"""Tests of zooscope.powerlaw_fit against a plain loop over every candidate xmin."""
+"""Tests of zooscope.fits.powerlaw against a plain loop over every candidate xmin."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-import zooscope.powerlaw_fit as pf
+import zooscope.fits.powerlaw as pf
 from zooscope import PowerLawFit, fit_power_law
 
 FLOOR = 1e-5

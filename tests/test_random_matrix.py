@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from zooscope.random_matrix import esd_distance, fit_marchenko_pastur, mp_density, mp_median
+from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur, mp_density, mp_median
 
 
 def gram_eigenvalues(w):
@@ -77,7 +77,7 @@ def test_esd_distance_is_the_two_sample_ks_statistic(rng):
 
 
 def test_large_entries_survive_shuffling_as_correlation_traps():
-    from zooscope.metrics import random_matrix_metrics
+    from zooscope.analysis.metrics import random_matrix_metrics
 
     rng = np.random.default_rng(7)
     n_rows, m_cols = 400, 200

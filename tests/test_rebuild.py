@@ -1,4 +1,4 @@
-"""zooscope.rebuild (a fetched train:/random: model as a module) and the jac_ join of aggregate."""
+"""zooscope.jacobian.rebuild (a fetched train:/random: model as a module) and the jac_ join of aggregate."""
 import dataclasses
 import math
 
@@ -7,9 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from zooscope import architectures, digits, io
-from zooscope.aggregate import join_jacobian
-from zooscope.rebuild import RebuildError, rebuild_module
+from zooscope import io
+
+from zooscope.models import architectures
+
+from zooscope.models import digits
+from zooscope.analysis.aggregate import join_jacobian
+from zooscope.jacobian.rebuild import RebuildError, rebuild_module
 from zooscope.sources import fetch_model
 
 
@@ -41,7 +45,7 @@ def test_rebuilt_model_is_the_fetched_one(tmp_path, source, options):
 
 
 def rebuilt_by_hand(source, options):
-    """The model fetch builds, made here with the seeded recipe directly (no zooscope.rebuild)."""
+    """The model fetch builds, made here with the seeded recipe directly (no zooscope.jacobian.rebuild)."""
     kind, _ = source.split(":")
     options = dict(options)
     seed = int(options.get("seed", 0)) if kind == "random" else digits.TRAINING_DEFAULTS["mlp"].seed

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from zooscope.io import write_tsv
-from zooscope.regression import (
+from zooscope.analysis.regression import (
     BOOKKEEPING_COLUMNS,
     METRIC_COLUMNS,
     REGRESSION_COLUMNS,

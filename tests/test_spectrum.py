@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from zooscope import spectrum
-from zooscope.spectrum import (
+from zooscope.spectra import spectrum
+from zooscope.spectra.spectrum import (
     conv2d_fft_eigenvalues, conv2d_fft_shape, conv2d_fft_size, eigenvalues, layer_matrices, oriented_shape,
     resolve_device, shuffled,
 )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from zooscope.truncated_fit import esd_peak, fit_exp_truncated_power_law, fit_truncated_power_law
+from zooscope.fits.truncated import esd_peak, fit_exp_truncated_power_law, fit_truncated_power_law
 
 
 def sample_tpl(rng, alpha, xmin, xmax, n):

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from conftest import REPO
-from zooscope.metrics import LAYER_COLUMNS
+from zooscope.analysis.metrics import LAYER_COLUMNS
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 HEADER = "model\tseries\tsource\taccuracy\twidth\tdepth\tepochs\n"

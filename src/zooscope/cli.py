@@ -85,7 +85,7 @@ def _add_regress_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_regress(args: argparse.Namespace) -> int:
     from zooscope.io import write_tsv
-    from zooscope.regression import read_models_table, regress
+    from zooscope.analysis.regression import read_models_table, regress
 
     table_path: Path = args.table
     try:
@@ -109,7 +109,7 @@ def _run_regress(args: argparse.Namespace) -> int:
 
     plots = []
     if args.plots:
-        from zooscope.plots import plot_series_regressions
+        from zooscope.report.plots import plot_series_regressions
 
         try:
             plots = plot_series_regressions(models, regressions, out_dir / "plots")

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from zooscope.metrics import SUMMARY_METRICS
+from zooscope.analysis.metrics import SUMMARY_METRICS
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -49,7 +49,7 @@ __all__ = [
 METRIC_COLUMNS: tuple[str, ...] = SUMMARY_METRICS
 
 #: Columns of a models table that are bookkeeping, not metrics (those of
-#: ``zooscope.aggregate.MODEL_COLUMNS`` and common variants): never regressed when the metrics
+#: ``zooscope.analysis.aggregate.MODEL_COLUMNS`` and common variants): never regressed when the metrics
 #: are chosen automatically (``metrics=None``), but they can still be asked for by name. The text
 #: columns are listed too: a text column whose cells are all empty is read back from a TSV as a
 #: numeric all-NaN column.

@@ -4,7 +4,7 @@ The paper notes that layer ESDs are often better described by a truncated power 
 pure one (seed 001, Figure 1). Two truncations, both fitted by maximum likelihood:
 
 * ``tpl``: rho(x) ~ x^-alpha on [xmin, xmax], normalised on that interval. xmin is the pure
-  power-law fit's xmin (:func:`zooscope.powerlaw_fit.fit_power_law`, the KS-optimal start of
+  power-law fit's xmin (:func:`zooscope.fits.powerlaw.fit_power_law`, the KS-optimal start of
   the tail) and xmax = lambda_max, so ``tpl`` refits alpha on the same tail with the finite
   support taken into account. With u = ln(x / xmin) in [0, r], r = ln(xmax / xmin), the
   density of u is proportional to exp(-(alpha - 1) u): a truncated exponential, whose mean

@@ -42,7 +42,7 @@ from zooscope.layers import (
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from zooscope.digits import TrainingConfig
+    from zooscope.models.digits import TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ SOURCE_ARGUMENTS: dict[str, re.Pattern] = {
     "timm": re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?"),
     "hf": re.compile(rf"{_HF_NAME}(/{_HF_NAME})?(@{_HF_REVISION})?"),
 }
-# Sources loaded through a model library's hub code (zooscope.hubs).
+# Sources loaded through a model library's hub code (zooscope.sources.hubs).
 HUB_KINDS = ("torchvision", "timm", "hf")
 # Zoo-sheet columns that are not options.
 SHEET_COLUMNS = ("model", "series", "source", "accuracy")
-# Columns of the Jacobian stage (zooscope.data): they name data, not options of the model, so
+# Columns of the Jacobian stage (zooscope.jacobian.data): they name data, not options of the model, so
 # fetch ignores them (and a change to them must not refetch or retrain the model).
 DATA_COLUMNS = ("data", "data_samples")
 TRAINING_OPTION_TYPES: dict[str, type] = {
@@ -79,8 +79,8 @@ TRAINING_OPTION_TYPES: dict[str, type] = {
 
 @functools.cache
 def architecture_option_types() -> dict[str, type]:
-    """The architectures' option columns (zooscope.architectures; imports torch)."""
-    from zooscope import architectures
+    """The architectures' option columns (zooscope.models.architectures; imports torch)."""
+    from zooscope.models import architectures
 
     return {name: int for name in architectures.ARCHITECTURE_OPTIONS}
 
@@ -351,7 +351,8 @@ def fetch_trained(
     model: str, arch: str, options: dict[str, Any], accuracy: float | None, threads: int
 ) -> Fetched:
     """Build ``arch`` and train it on digits; its accuracy is the measured test accuracy."""
-    from zooscope import architectures, digits
+    from zooscope.models import architectures
+    from zooscope.models import digits
 
     if accuracy is not None:
         log.warning(
@@ -384,7 +385,8 @@ def fetch_random(
 
     Its accuracy is the sheet's if given, else measured on the digits test split (about chance).
     """
-    from zooscope import architectures, digits
+    from zooscope.models import architectures
+    from zooscope.models import digits
 
     arch_options = _architecture_options(model, arch, options)
     seed = options.get("seed", 0)
@@ -407,9 +409,10 @@ def fetch_hub(model: str, kind: str, argument: str, accuracy: float | None, thre
     """Load a torchvision/timm/Hugging Face model; layers are typed from its module tree.
 
     The sheet's accuracy wins; else the one the weights report (torchvision's meta), else none.
-    meta.json's ``weights`` records where the weights came from (zooscope.hubs).
+    meta.json's ``weights`` records where the weights came from (zooscope.sources.hubs).
     """
-    from zooscope import digits, hubs
+    from zooscope.models import digits
+    from zooscope.sources import hubs
 
     with digits.deterministic_torch(0, threads):
         loaded = hubs.load_hub_model(kind, argument, model)
@@ -442,7 +445,7 @@ def fetch_file(model: str, path: Path, accuracy: float | None) -> Fetched:
 
 def _architecture_options(model: str, arch: str, options: Mapping[str, Any]) -> dict[str, int]:
     """The architecture's full options, with its errors re-raised naming the model."""
-    from zooscope import architectures
+    from zooscope.models import architectures
 
     given = {key: value for key, value in options.items() if key in architecture_option_types()}
     try:
@@ -455,7 +458,7 @@ def _training_setup(
     model: str, arch: str, options: Mapping[str, Any]
 ) -> tuple[dict[str, int], TrainingConfig]:
     """Architecture options and the training config: the architecture's defaults plus the row's."""
-    from zooscope import digits
+    from zooscope.models import digits
 
     arch_options = _architecture_options(model, arch, options)
     given = {key: value for key, value in options.items() if key in TRAINING_OPTION_TYPES}
@@ -480,7 +483,7 @@ def _module_parameters(network: nn.Module) -> int:
 
 
 def _measured_source() -> str:
-    from zooscope import digits
+    from zooscope.models import digits
 
     return f"measured: digits test split ({len(digits.load_digits_split().y_test)} samples)"
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zooscope import io, resources, spectrum
+from zooscope import io, resources
+
+from zooscope.spectra import spectrum
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
 
     With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
     they are the operator's entries), so every matrix keeps its own values. ``device``: the
-    torch device of :func:`zooscope.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
+    torch device of :func:`zooscope.spectra.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
     """
     def prepare(array):
         return array if shuffle_seed is None else spectrum.shuffled(array, shuffle_seed)
@@ -122,7 +124,7 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
     """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
     ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled. ``device``
-    is config ``device`` (auto, cpu, cuda; :func:`zooscope.spectrum.resolve_device`); it is not
+    is config ``device`` (auto, cpu, cuda; :func:`zooscope.spectra.spectrum.resolve_device`); it is not
     part of the cache key, since it changes the eigenvalues by rounding only. ``shard=(k, K)``
     computes only shard k of K (1-based) and returns that shard's index, for :func:`merge_shards`.
     ``threads``: the job's threads (its BLAS threads are already limited to them).

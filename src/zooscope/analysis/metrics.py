@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
-from zooscope.powerlaw_fit import fit_power_law
-from zooscope.random_matrix import esd_distance, fit_marchenko_pastur
-from zooscope.truncated_fit import (
+from zooscope.fits.powerlaw import fit_power_law
+from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur
+from zooscope.fits.truncated import (
     FIT_KINDS, TailFit, fit_exp_truncated_power_law, fit_truncated_power_law, power_law_loglik,
 )
 
@@ -62,7 +62,7 @@ def warning_for(alpha: float) -> str:
 def fit_tail(values: np.ndarray, *, kind: str = "pl", floor: float = 1e-5) -> TailFit:
     """The tail fit of config ``fit.kind``: ``pl`` (pure power law, Clauset et al.), ``tpl``
     (truncated at lambda_max, on the pure fit's tail) or ``etpl`` (exponentially truncated, from
-    the ESD peak); see zooscope.truncated_fit."""
+    the ESD peak); see zooscope.fits.truncated."""
     _check_kind(kind)
     if kind == "etpl":
         return fit_exp_truncated_power_law(values, floor=floor)
@@ -140,7 +140,7 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
 
 def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
                kind: str = "pl") -> list[dict]:
-    """One row per matrix of every layer of an esd index (see zooscope.esd), as dicts with every
+    """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
     key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column.
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a

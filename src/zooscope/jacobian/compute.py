@@ -6,7 +6,7 @@ the cross-entropy loss of sample s with respect to layer l's weight (P_l entries
 
 * ESD of J_l^T J_l. Its nonzero eigenvalues are those of the Gram matrix G_l = J_l J_l^T
   (S x S), which is what is accumulated and diagonalised: S is small (hundreds) while P_l can be
-  millions. The spectrum is fitted exactly like a weight ESD (zooscope.metrics.spectrum_metrics:
+  millions. The spectrum is fitted exactly like a weight ESD (zooscope.analysis.metrics.spectrum_metrics:
   alpha, lambda_max, stable rank, ...), plus the numerical rank and an effective rank.
 * diag(J_l^T J_l): per parameter, the sum over samples of its squared per-sample gradient (the
   empirical Fisher diagonal). It is heavy tailed too (seed 004, "JJ Diagonal Power law / Max
@@ -45,8 +45,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from zooscope.io import atomic_path
-from zooscope.metrics import spectrum_metrics
-from zooscope.powerlaw_fit import fit_power_law
+from zooscope.analysis.metrics import spectrum_metrics
+from zooscope.fits.powerlaw import fit_power_law
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ JACOBIAN_LAYER_COLUMNS = (
 
 
 def spectrum_row(values: np.ndarray, *, min_evals: int = 50) -> dict:
-    """Fit metrics of a nonzero Jacobian spectrum, as a weight ESD's (zooscope.metrics).
+    """Fit metrics of a nonzero Jacobian spectrum, as a weight ESD's (zooscope.analysis.metrics).
 
     The fit floor is relative (``nonzero_tolerance``), not the weight ESD's absolute 1e-5:
     gradients of a well-fitted model are small, and their scale says nothing about the shape.

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from zooscope import architectures
+from zooscope.models import architectures
 from zooscope.layers import layers_from_module
 from zooscope.sources import parse_source
 

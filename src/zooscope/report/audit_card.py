@@ -22,8 +22,8 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from zooscope.discrimination import separating_metrics
-from zooscope.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
+from zooscope.analysis.discrimination import separating_metrics
+from zooscope.analysis.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
 
 __all__ = ["AUDIT_COLUMNS", "COLLAPSE_MARGIN", "COLLAPSE_FRACTION", "audit_table", "card_blocks",
            "discrimination_sentences", "summary_blocks", "to_markdown", "to_html"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from zooscope.metrics import SUMMARY_METRICS
+from zooscope.analysis.metrics import SUMMARY_METRICS
 
 MODEL_COLUMNS = (
     "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
@@ -40,7 +40,7 @@ def join_jacobian(models: pd.DataFrame, jacobian_summaries: list[dict]) -> tuple
 
     Without any Jacobian summary the table is returned unchanged: a zoo without data sets keeps
     the columns it always had. The columns are those the summaries carry (the stage defines them,
-    zooscope.jacobian.JACOBIAN_METRICS), so this module stays free of torch.
+    zooscope.jacobian.compute.JACOBIAN_METRICS), so this module stays free of torch.
     """
     if not jacobian_summaries:
         return models, []

@@ -2,7 +2,7 @@
 
 ``data`` names where the samples come from:
 
-* ``digits``: the demo's fixed digits split (zooscope.digits), its TEST part (450 samples):
+* ``digits``: the demo's fixed digits split (zooscope.models.digits), its TEST part (450 samples):
   the models of the demo were trained on the other part, and the Jacobian drafts evaluate on
   test data (seed 004: "Evaluate over test set").
 * a ``.npz`` file with arrays ``x`` (samples first, the model's input shape) and ``y`` (integer
@@ -83,7 +83,7 @@ def load_samples(data: str, *, sheet_dir: str | os.PathLike = ".", samples: int 
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from zooscope.digits import load_digits_split
+    from zooscope.models.digits import load_digits_split
 
     split = load_digits_split()
     return split.x_test.numpy(), split.y_test.numpy()

@@ -203,7 +203,7 @@ def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: st
                        title: str) -> Path:
     """The randomization check of one matrix (seed 001, Figure 1) on one figure: the ESD, the ESD
     of the same matrix with its entries shuffled, and the Marchenko-Pastur density fitted to the
-    ESD's bulk (:func:`zooscope.random_matrix.fit_marchenko_pastur`, ``shape`` = (N, M)).
+    ESD's bulk (:func:`zooscope.spectra.random_matrix.fit_marchenko_pastur`, ``shape`` = (N, M)).
 
     Densities of log10(lambda), with shared bins: ESDs span decades, and on a log axis the heavy
     tail, the MP bulk and the shuffled spectrum are all visible at once. The MP density is
@@ -224,7 +224,7 @@ def plot_randomization_grid(panels: list[tuple], path: str | os.PathLike, *, tit
 def draw_randomization(ax, eigenvalues, randomized, shape: tuple[int, int], *, title: str,
                        small: bool = False) -> None:
     """The randomization check of :func:`plot_randomization` on the axes ``ax``."""
-    from zooscope.random_matrix import esd_distance, fit_marchenko_pastur, mp_density
+    from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur, mp_density
 
     values = np.asarray(eigenvalues, dtype=np.float64).ravel()
     rand = np.asarray(randomized, dtype=np.float64).ravel()
@@ -380,7 +380,7 @@ def plot_metric_vs_accuracy(
     """Scatter of accuracy against one metric for the models of one series.
 
     Each point is labelled with its model name. The OLS line from ``regression_row`` (a row of
-    :func:`zooscope.regression.regress`: a mapping, pandas row or object with ``slope,
+    :func:`zooscope.analysis.regression.regress`: a mapping, pandas row or object with ``slope,
     intercept, r2, kendall_tau, n``) is drawn over the range of the metric, with R^2 and
     Kendall tau in the legend; when its statistics are NaN (n < 3, constant metric) or the row
     is None, only the points are drawn and the title says why. Rows where the metric or the
@@ -474,7 +474,7 @@ def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, mode
     ``index`` is the esd stage's index, ``layers`` the fit stage's layers.tsv; rows that were
     skipped are drawn without a fit, with their reason in the title.
     """
-    from zooscope.esd import load_layer_eigenvalues
+    from zooscope.spectra.esd import load_layer_eigenvalues
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -522,7 +522,7 @@ def plot_series(*, series: str, layers_by_model: Mapping[str, pd.DataFrame], mod
 
 
 # --------------------------------------------------------------------------------------------
-# Good versus bad (zooscope.discrimination)
+# Good versus bad (zooscope.analysis.discrimination)
 
 
 def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimination: pd.DataFrame,
@@ -531,8 +531,8 @@ def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimi
     the order of discrimination.tsv: the metrics that separate the series (|Kendall tau| = 1)
     first, drawn in green, those that rank it partly in orange, the rest in grey; each panel's
     title gives tau. ``noise`` maps model -> noise level, ``discrimination`` is the table of
-    :func:`zooscope.discrimination.discrimination`."""
-    from zooscope.discrimination import separating_metrics
+    :func:`zooscope.analysis.discrimination.discrimination`."""
+    from zooscope.analysis.discrimination import separating_metrics
 
     groups = separating_metrics(discrimination, series)
     colors = {**{m: "tab:green" for m in groups[0]}, **{m: "tab:orange" for m in groups[1]},
@@ -569,7 +569,7 @@ def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimi
 
 
 # --------------------------------------------------------------------------------------------
-# The Jacobian stage (zooscope.jacobian): the models of one series side by side
+# The Jacobian stage (zooscope.jacobian.compute): the models of one series side by side
 
 
 def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
@@ -579,7 +579,7 @@ def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarra
     side, in the order of ``spectra_by_model``), each the CCDF of the nonzero eigenvalues with
     the power-law fit of the model's Jacobian layers.tsv and its rank and effective rank.
 
-    ``spectra_by_model[model]["gram/{layer}"]`` are the eigenvalues (zooscope.jacobian spectra
+    ``spectra_by_model[model]["gram/{layer}"]`` are the eigenvalues (zooscope.jacobian.compute spectra
     files); ``titles[model]`` heads its column.
     """
     models = list(spectra_by_model)
