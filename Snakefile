@@ -9,7 +9,7 @@ min_version("9.0")
 # The jobs inherit this. They allocate large arrays once, and under the kernel's usual
 # transparent-huge-page policy (defrag=madvise) numpy's huge-page advice makes every first
 # touch wait for memory compaction: 5 s of system time in VGG16's esd job, 1 s without
-# (benchmarks/README.md). A value set by the user wins.
+# (benchmarks/RESULTS.md). A value set by the user wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 

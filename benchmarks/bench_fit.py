@@ -8,7 +8,7 @@ Not run by pytest. Needs the optional packages:
 For each seeded sample (Pareto with density exponent 2.5, Pareto with exponent 4, and a
 Marchenko-Pastur bulk with planted spikes) it times, best of several repeats in one run:
 
-* ours:     zooscope.fit_power_law(x)                         (design.md's definition)
+* ours:     zooscope.fit_power_law(x)                         (docs/fit.md's definition)
 * WWFit:    weightwatcher.WW_powerlaw.WWFit(x[x > 1e-5])      (what WeightWatcher.analyze()
             runs for a PL fit with its defaults: pl_package='ww', xmax=None, thresh 1e-5)
 * powerlaw: powerlaw.Fit(x, xmax=max(x))                      (the package behind the

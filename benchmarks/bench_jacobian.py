@@ -1,4 +1,4 @@
-"""Cost of the Jacobian stage (zooscope.jacobian.compute) per sample, for the README's "The Jacobian stage".
+"""Cost of the Jacobian stage (zooscope.jacobian.compute) per sample, for docs/jacobian.md ("Cost").
 
 For the demo's two label-noise architectures (MLP 64-512-512-10 and LeNet with 32 channels and a
 512-wide head, random initialisation: the cost does not depend on the weights' values) and a few

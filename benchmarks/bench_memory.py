@@ -1,6 +1,6 @@
 """Peak memory of the fetch and esd stages on a synthetic sharded model (default 2 GiB of weights).
 
-Why: design.md promises that memory is bounded by the largest tensor, not the model: fetch reads
+Why: docs/sharding-and-resources.md promises that memory is bounded by the largest tensor, not the model: fetch reads
 a safetensors-sourced model one tensor at a time (zooscope.layers.TensorStore) and streams its
 output (zooscope.sources.write_safetensors); esd reads one tensor at a time (safe_open). This
 builds a Hugging Face style sharded model (model-0000i-of-0000n.safetensors + index), runs each

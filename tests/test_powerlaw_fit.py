@@ -14,7 +14,7 @@ FLOOR = 1e-5
 
 
 def reference_fit(eigenvalues, floor=FLOOR):
-    """design.md's definition, written as directly as possible: try every candidate."""
+    """docs/fit.md's definition, written as directly as possible: try every candidate."""
     x = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     x = x[x > floor]
     K = x.size

@@ -1,4 +1,4 @@
-"""Per-layer metrics from eigenvalues, and the per-model summary (design.md, "Metric definitions").
+"""Per-layer metrics from eigenvalues, and the per-model summary (docs/method.md, "Per matrix").
 
 Every reported log is base 10. A matrix that cannot be fitted still gets a row, with ``status``
 ("skipped": too few eigenvalues; "failed": bad weights or a degenerate spectrum) and ``reason``.

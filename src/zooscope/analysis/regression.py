@@ -2,7 +2,7 @@
 
 For every architecture series and every metric: ordinary least squares of accuracy on the
 metric (statsmodels), with n, slope, intercept, R^2, RMSE, Pearson r, Spearman rho and Kendall
-tau (see design.md, "Regressions (per series)"). The same function runs on tables this workflow
+tau (see docs/method.md, "Per series: regressions against accuracy"). The same function runs on tables this workflow
 made (``results/zoo/models.tsv``) and on any per-model table a user supplies, for example metrics
 published by others; :func:`read_models_table` reads such a table.
 

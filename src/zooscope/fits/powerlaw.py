@@ -1,6 +1,6 @@
 """Power-law fit of the tail of an eigenvalue spectrum (Clauset, Shalizi & Newman 2009).
 
-The definition (design.md, "Metric definitions") is a search over every candidate xmin:
+The definition (docs/fit.md) is a search over every candidate xmin:
 for the sorted eigenvalues above the floor, x_0 <= ... <= x_{K-1}, candidate i (i < K-1)
 has the tail x_i..x_{K-1} of n = K - i values, the closed-form continuous MLE
 

@@ -1,7 +1,7 @@
 """Truncated power-law fits of an ESD tail (config ``fit.kind``: ``tpl`` and ``etpl``).
 
 The paper notes that layer ESDs are often better described by a truncated power law than by a
-pure one (seed 001, Figure 1). Two truncations, both fitted by maximum likelihood:
+pure one (Martin, Peng & Mahoney 2021; docs/fit.md). Two truncations, both fitted by maximum likelihood:
 
 * ``tpl``: rho(x) ~ x^-alpha on [xmin, xmax], normalised on that interval. xmin is the pure
   power-law fit's xmin (:func:`zooscope.fits.powerlaw.fit_power_law`, the KS-optimal start of
@@ -17,7 +17,7 @@ pure one (seed 001, Figure 1). Two truncations, both fitted by maximum likelihoo
   mu^(alpha-1) Gamma(1-alpha, mu) with mu = lambda xmin, needs the incomplete gamma of a
   negative argument for alpha > 1, which scipy does not provide).
 
-The KS distance D uses the same convention as the pure fit (design.md): with the tail sorted,
+The KS distance D uses the same convention as the pure fit (docs/fit.md): with the tail sorted,
 D = max_k |F(x_k) - k/n| for the model CDF F. ``loglik`` is the tail's total log-likelihood.
 """
 from __future__ import annotations

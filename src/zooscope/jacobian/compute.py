@@ -1,4 +1,4 @@
-"""The data-dependent Jacobian spectrum (design.md, "Data-dependent Jacobian"; seeds 000, 002, 004).
+"""The data-dependent Jacobian spectrum (docs/jacobian.md; the Jacobian drafts of docs/method.md).
 
 For a model and S samples (x_s, y_s), J_l is the (S x P_l) matrix whose row s is the gradient of
 the cross-entropy loss of sample s with respect to layer l's weight (P_l entries), taken in
@@ -9,7 +9,7 @@ the cross-entropy loss of sample s with respect to layer l's weight (P_l entries
   millions. The spectrum is fitted exactly like a weight ESD (zooscope.analysis.metrics.spectrum_metrics:
   alpha, lambda_max, stable rank, ...), plus the numerical rank and an effective rank.
 * diag(J_l^T J_l): per parameter, the sum over samples of its squared per-sample gradient (the
-  empirical Fisher diagonal). It is heavy tailed too (seed 004, "JJ Diagonal Power law / Max
+  empirical Fisher diagonal). It is heavy tailed too (the Jacobian Spectral Density draft, "JJ Diagonal Power law / Max
   Element"): its own power-law fit and its largest element.
 * Optional: the input-output Jacobian d(logits)/d(input) per sample, its squared singular values
   pooled over samples into one ESD; and the Hessian spectral density of the mean loss by
@@ -61,7 +61,7 @@ _GRAM_COLUMNS = 8192  # columns of J converted to float64 at a time (8 S bytes e
 
 def analysed_weights(model: nn.Module) -> list[str]:
     """Parameter names of the Linear/Conv weights, in registration order: the layers of the
-    weight ESD (biases and norms are ignored there too, design.md)."""
+    weight ESD (biases and norms are ignored there too, docs/method.md)."""
     return [f"{path}.weight" if path else "weight" for path, module in model.named_modules()
             if isinstance(module, WEIGHT_TYPES)]
 
@@ -432,7 +432,7 @@ class ModelJacobian:
 def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSettings = JacobianSettings()) -> ModelJacobian:
     """Every Jacobian metric of ``model`` on (x, y): per layer, and summarised per model.
 
-    Each step's CPU time goes to the log (the README's cost figures come from such logs)."""
+    Each step's CPU time goes to the log (the cost figures of docs/jacobian.md come from such logs)."""
     model.eval()
     clock = time.process_time()
 

@@ -4,7 +4,7 @@
 
 * ``digits``: the demo's fixed digits split (zooscope.models.digits), its TEST part (450 samples):
   the models of the demo were trained on the other part, and the Jacobian drafts evaluate on
-  test data (seed 004: "Evaluate over test set").
+  test data (the Jacobian Spectral Density draft: "Evaluate over test set").
 * a ``.npz`` file with arrays ``x`` (samples first, the model's input shape) and ``y`` (integer
   class labels); relative paths are relative to the zoo sheet's folder.
 * a folder of images, one subfolder per class (class index = position of the subfolder's name in

@@ -2,13 +2,13 @@
 (results/zoo/audit.tsv) and in plain words (an audit card per model, and a zoo summary that says
 which metrics separate each label-noise series, from discrimination.tsv).
 
-Scale collapse (seed 003: GPT against GPT-2, whose layers have smaller spectral norms and larger
+Scale collapse (Martin, Peng & Mahoney 2021: GPT against GPT-2, whose layers have smaller spectral norms and larger
 alphas). A fitted matrix of a model *collapses* when, against the pooled fitted matrices of every
 model of its series, its log_spectral_norm lies more than COLLAPSE_MARGIN (half a decade: a
 lambda_max over 3x smaller) below the series median while its alpha lies above the series median
 alpha. A model is flagged ``scale_collapse`` when at least COLLAPSE_FRACTION of its fitted matrices
 collapse, in a series of at least two models with fitted matrices (one model has nothing to be
-compared with). The README states the same rule.
+compared with). docs/method.md states the same rule.
 
 Cards and the summary are built once as a list of blocks and written both as Markdown (the card)
 and as HTML (the report shows HTML, not Markdown), so the two never say different things.
@@ -152,7 +152,7 @@ def _collapse(row: Mapping) -> str:
     if row["scale_collapse"]:
         return (f"Scale collapse: {row['num_collapsed']} of its {row['num_matrices']} matrices have spectral "
                 f"norms more than {COLLAPSE_MARGIN:g} decade below its series' median while their alphas are "
-                f"above it, the pattern of a poorly trained model (seed 003, GPT against GPT-2).")
+                f"above it, the pattern of a poorly trained model (Martin, Peng & Mahoney 2021: GPT against GPT-2).")
     return (f"No scale collapse ({row['num_collapsed']} of {row['num_matrices']} matrices have a collapsed spectral "
             f"norm together with a larger alpha; the flag needs {COLLAPSE_FRACTION:.0%}).")
 

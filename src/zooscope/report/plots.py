@@ -201,7 +201,7 @@ def draw_esd(ax, eigenvalues, fit, *, title: str, reason: str | None = None, sma
 
 def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: str | os.PathLike, *,
                        title: str) -> Path:
-    """The randomization check of one matrix (seed 001, Figure 1) on one figure: the ESD, the ESD
+    """The randomization check of one matrix (Martin, Peng & Mahoney; docs/method.md) on one figure: the ESD, the ESD
     of the same matrix with its entries shuffled, and the Marchenko-Pastur density fitted to the
     ESD's bulk (:func:`zooscope.spectra.random_matrix.fit_marchenko_pastur`, ``shape`` = (N, M)).
 
@@ -307,7 +307,7 @@ def plot_correlation_flow(
     *,
     series: str,
 ) -> Path:
-    """Correlation flow of one series (seed 003): layer alpha against relative depth, one line
+    """Correlation flow of one series (Martin, Peng & Mahoney 2021): layer alpha against relative depth, one line
     per model, so that models of different depths share one axis.
 
     Each DataFrame needs the columns ``depth``, ``alpha`` and ``status``. Only rows with

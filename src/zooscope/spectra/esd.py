@@ -1,12 +1,12 @@
 """The esd stage: the eigenvalues of every layer of one model, cached per layer.
 
-Snakemake runs one job per model (design.md: per-layer jobs would make no-op reruns of big zoos
+Snakemake runs one job per model (per-layer jobs would make no-op reruns of big zoos
 slow), and inside it each layer is a cache entry: ``{layer}.npy`` (the eigenvalues, one sorted row
 per matrix) and ``{layer}.entry.json`` (its record, written last as the entry's commit marker). An entry
 is reused when its key (the layer's weights hash and the spectrum settings) is unchanged, so a
 rerun after a model changes recomputes only the layers whose weights changed. With ``randomize``
 the entry also holds ``{layer}.rand.npy``: the eigenvalues of the same matrices with their entries
-shuffled (the randomization check of design.md), computed here because this stage has the weights. The entries are not
+shuffled (the randomization check of docs/method.md), computed here because this stage has the weights. The entries are not
 declared as Snakemake outputs on purpose: Snakemake deletes a job's outputs before running it.
 
 A very large model can be split into K shards (zoo column ``shards``): shard k of K computes the

@@ -1,6 +1,6 @@
 """Random-matrix baselines of an ESD: the Marchenko-Pastur (MP) bulk and the randomization check.
 
-Convention (design.md, "Metric definitions"): W is N x M with N >= M and the ESD is the M
+Convention (docs/method.md, "Per matrix"): W is N x M with N >= M and the ESD is the M
 eigenvalues of X = W^T W, without a 1/N factor. If W had iid entries of variance s^2, then as
 N, M grow with y = M/N = 1/Q fixed, lambda / (s^2 N) follows the MP law of ratio y: density
 

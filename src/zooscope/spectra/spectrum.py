@@ -1,4 +1,4 @@
-"""From a layer's weight tensor to the eigenvalues of its matrices (design.md, "Metric definitions").
+"""From a layer's weight tensor to the eigenvalues of its matrices (docs/method.md, "Per matrix").
 
 A layer gives one matrix (Linear, Embedding, Conv1d with kernel 1) or several (the slices of a
 Conv1d/Conv2d kernel). Each matrix W is oriented N x M with N >= M and its eigenvalues are those of
