@@ -30,7 +30,7 @@ from pathlib import Path
 TOOK = re.compile(r"INFO zooscope: (?P<stage>\w+) \((?P<what>[^)]*)\) took (?P<wall>[\d.]+) s; "
                   r"process CPU (?P<user>[\d.]+) s user, (?P<sys>[\d.]+) s system")
 TRAINED = re.compile(r"trained \w+ for \d+ epochs in (?P<wall>[\d.]+) s")
-PHASE = re.compile(r"zooscope\.jacobian: (?P<phase>[^:]+): (?P<cpu>[\d.]+) CPU s")
+PHASE = re.compile(r"zooscope\.jacobian[\w.]*: (?P<phase>[^:]+): (?P<cpu>[\d.]+) CPU s")
 ELAPSED = re.compile(r"Elapsed time: (\d+):(\d+):([\d.]+)")
 TOTAL = re.compile(r"^total\s+(\d+)\s*$", re.MULTILINE)
 NOISE_SERIES = {"label-noise": "MLP", "label-noise-cnn": "LeNet"}
