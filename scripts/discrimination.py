@@ -5,7 +5,7 @@ import pandas as pd
 from zooscope import io
 from zooscope.analysis.discrimination import discrimination, noise_levels
 from zooscope.jobs import job
-from zooscope.report.plots import plot_noise_ladder, safe_filename
+from zooscope.report.plots import plot_noise_ladder
 
 with job(snakemake, name="discrimination"):
     models = pd.read_csv(snakemake.input.models, sep="\t")
@@ -15,4 +15,4 @@ with job(snakemake, name="discrimination"):
     plots = Path(snakemake.output.plots)
     plots.mkdir(parents=True, exist_ok=True)
     for series in table["series"].unique():
-        plot_noise_ladder(models, noise, table, plots / f"{safe_filename(series)}.png", series=series)
+        plot_noise_ladder(models, noise, table, plots / f"{io.safe_filename(series)}.png", series=series)

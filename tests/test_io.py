@@ -1,4 +1,5 @@
-"""io.SafetensorsReader (tensors read as private maps of the file's bytes) and the TSV writers."""
+"""io.SafetensorsReader (tensors read as private maps of the file's bytes), the TSV writers and
+safe_filename."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +7,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 from safetensors.torch import save_file as save_torch_file
 
-from zooscope.io import SafetensorsReader, write_rows_tsv, write_tsv
+from zooscope.io import SafetensorsReader, safe_filename, write_rows_tsv, write_tsv
 from zooscope.analysis.metrics import LAYER_COLUMNS, layer_rows, layers_frame
 
 
@@ -77,3 +78,33 @@ def test_rows_are_written_byte_for_byte_as_pandas_writes_their_frame(tmp_path, r
     write_rows_tsv(tmp_path / "rows.tsv", LAYER_COLUMNS, rows)
     assert [row["status"] for row in rows] == ["ok", "ok", "skipped", "failed"]
     assert (tmp_path / "rows.tsv").read_bytes() == (tmp_path / "pandas.tsv").read_bytes()
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("net.0", "net.0"), ("ResNet-50.v1_5", "ResNet-50.v1_5"), ("enc/layer 1:q", "enc_layer_1_q"),
+    ("a b/c\\d:\u00e9", "a_b_c_d__"), ("..", "_."), (".hidden", "_hidden"), ("-x", "_x"), ("", "_"),
+    ("\u00fcn\u00ef", "_n_"), (3, "3"),
+])
+def test_safe_filename(raw, clean):
+    """One rule for layer, series and metric names: [A-Za-z0-9._-] only, no leading '.' or '-'."""
+    assert safe_filename(raw) == clean
+
+
+def test_the_dtype_table_is_the_one_safetensors_writes_and_reads(tmp_path):
+    """Every entry of io.SAFETENSORS_DTYPES against safetensors itself: a torch tensor of its torch
+    dtype is stored under its name, and safetensors' numpy reader gives its numpy dtype."""
+    import json
+
+    from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES
+
+    tensors = {name: torch.zeros(2, dtype=getattr(torch, dtype.torch)) for name, dtype in SAFETENSORS_DTYPES.items()}
+    save_torch_file(tensors, str(tmp_path / "all.safetensors"))
+    raw = (tmp_path / "all.safetensors").read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert {name: header[name]["dtype"] for name in tensors} == {name: name for name in tensors}
+    numpy_ones = {name: dtype for name, dtype in SAFETENSORS_DTYPES.items() if dtype.numpy is not None}
+    # BF16 and F8 have no numpy type: safetensors' numpy reader refuses them
+    save_torch_file({name: tensors[name] for name in numpy_ones}, str(tmp_path / "numpy.safetensors"))
+    read = load_file(str(tmp_path / "numpy.safetensors"))
+    assert {name: read[name].dtype for name in numpy_ones} == {name: np.dtype(d.numpy) for name, d in numpy_ones.items()}
+    assert set(FLOAT_DTYPES) == {name for name in tensors if tensors[name].is_floating_point()}

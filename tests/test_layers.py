@@ -11,7 +11,6 @@ from zooscope.layers import (
     layers_from_state_dict,
     natural_key,
     num_parameters,
-    safe_name,
     tensor_sha256,
 )
 
@@ -132,14 +131,6 @@ def test_names_are_file_safe_and_unique():
     assert sorted(names) == sorted(["_", "A_B_C", "a_b_c_2", "a_b_c_3", "weight"])
     assert len({n.lower() for n in names}) == len(names)
     assert all(set(n) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for n in names)
-
-
-@pytest.mark.parametrize("raw, clean", [
-    ("net.0", "net.0"), ("enc/layer 1:q", "enc_layer_1_q"), ("..", "_."), ("-x", "_x"), ("", "_"),
-    ("ünï", "_n_"),
-])
-def test_safe_name(raw, clean):
-    assert safe_name(raw) == clean
 
 
 def test_natural_key_orders_numbers_numerically():

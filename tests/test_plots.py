@@ -14,7 +14,6 @@ from zooscope.report.plots import (
     plot_esd,
     plot_metric_vs_accuracy,
     plot_series_regressions,
-    safe_filename,
 )
 from zooscope.analysis.regression import regress
 
@@ -120,13 +119,6 @@ def test_plot_series_regressions_sanitises_names(tmp_path):
                      tmp_path / "plots" / "VGG__ImageNet__v1" / "log_norm.png"]
     for path in paths:
         assert_png(path)
-
-
-def test_safe_filename():
-    assert safe_filename("ResNet-50.v1_5") == "ResNet-50.v1_5"
-    assert safe_filename("a b/c\\d:é") == "a_b_c_d__"
-    assert safe_filename("..") == "_.."
-    assert safe_filename("") == "_"
 
 
 def test_plot_series_regressions_collision(tmp_path):

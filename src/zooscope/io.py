@@ -11,12 +11,25 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 # Tables are written with this float format so that the same inputs give byte-identical files.
 FLOAT_FORMAT = "%.12g"
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_filename(name: Any) -> str:
+    """``name`` (made a string) as a file name: every character outside ``[A-Za-z0-9._-]``
+    becomes ``_``, and so does a leading ``.`` or ``-`` (a hidden file, or a name that looks like
+    an option); an empty name becomes ``_``. The one rule for every name that becomes a file
+    name: layers (results/esd/{model}/{layer}.npy), series and metrics (plots).
+    """
+    cleaned = _UNSAFE_CHARACTERS.sub("_", str(name)) or "_"
+    return "_" + cleaned[1:] if cleaned[0] in ".-" else cleaned
 
 
 @contextlib.contextmanager
@@ -93,12 +106,27 @@ def write_npy(path: str | os.PathLike, array) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
-# safetensors dtype -> numpy dtype (little-endian, as the format stores them); others (BF16, F8)
-# have no numpy type and are read through safetensors itself.
-NUMPY_SAFETENSORS_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U8": "u1", "BOOL": "?",
+@dataclass(frozen=True)
+class SafetensorsDtype:
+    """A dtype of the safetensors format: its numpy dtype (little-endian, as the format stores
+    it; None where numpy has none: BF16 and F8, read through safetensors itself), the name of its
+    torch dtype, and whether it is floating point (only such tensors can be layers)."""
+
+    numpy: str | None
+    torch: str
+    floating: bool
+
+
+# The one table of the format's dtypes (zooscope.layers types tensors and converts from it).
+SAFETENSORS_DTYPES: dict[str, SafetensorsDtype] = {
+    "F64": SafetensorsDtype("<f8", "float64", True), "F32": SafetensorsDtype("<f4", "float32", True),
+    "F16": SafetensorsDtype("<f2", "float16", True), "BF16": SafetensorsDtype(None, "bfloat16", True),
+    "F8_E4M3": SafetensorsDtype(None, "float8_e4m3fn", True), "F8_E5M2": SafetensorsDtype(None, "float8_e5m2", True),
+    "I64": SafetensorsDtype("<i8", "int64", False), "I32": SafetensorsDtype("<i4", "int32", False),
+    "I16": SafetensorsDtype("<i2", "int16", False), "I8": SafetensorsDtype("i1", "int8", False),
+    "U8": SafetensorsDtype("u1", "uint8", False), "BOOL": SafetensorsDtype("?", "bool", False),
 }
+FLOAT_DTYPES = tuple(name for name, dtype in SAFETENSORS_DTYPES.items() if dtype.floating)
 
 
 class SafetensorsReader:
@@ -150,9 +178,10 @@ class SafetensorsReader:
         import numpy as np
 
         entry = self.header().get(key)
-        if entry is None or entry["dtype"] not in NUMPY_SAFETENSORS_DTYPES:
+        known = SAFETENSORS_DTYPES.get(entry["dtype"]) if entry is not None else None
+        if known is None or known.numpy is None:
             return None
-        dtype = np.dtype(NUMPY_SAFETENSORS_DTYPES[entry["dtype"]])
+        dtype = np.dtype(known.numpy)
         begin, end = (entry["data_start"] + offset for offset in entry["data_offsets"])
         if end == begin:
             return np.empty(entry["shape"], dtype)

@@ -18,7 +18,7 @@ no classes, so the tensor's name and rank decide. Each layer is one weight tenso
 and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
 
 Layer names become file names in later stages (``results/esd/{model}/{layer}.npy``), so they
-are restricted to ``[A-Za-z0-9._-]`` and made unique here, once.
+are restricted to ``[A-Za-z0-9._-]`` (``zooscope.io.safe_filename``) and made unique here, once.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from zooscope.io import SafetensorsReader
+from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsReader, safe_filename
 
 if TYPE_CHECKING:
     import torch
@@ -45,13 +45,9 @@ if TYPE_CHECKING:
 # Classes of torch.nn whose ``.weight`` is analysed; a layer's type is its class's name. Order
 # matters only for subclasses; these four are unrelated classes.
 MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Embedding")
-# safetensors dtypes of floating-point tensors (the only ones that can be layers).
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 # Rank of a bare tensor -> layer type (2-D is an Embedding when its name says so).
 RANK_TYPES: dict[int, str] = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}
-
-_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -83,15 +79,10 @@ class LayerList:
 
 @functools.cache
 def safetensors_dtypes() -> dict[str, "torch.dtype"]:
-    """safetensors dtype names -> torch dtypes (imports torch)."""
+    """safetensors dtype names -> torch dtypes, from io.SAFETENSORS_DTYPES (imports torch)."""
     import torch
 
-    return {
-        "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-        "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-        "BOOL": torch.bool,
-    }
+    return {name: getattr(torch, dtype.torch) for name, dtype in SAFETENSORS_DTYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -192,17 +183,40 @@ def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = 
     shards) the module tree only says what each weight is: it may live on the ``meta`` device,
     and every value is read from ``weights`` when it is hashed or written, one at a time.
     """
+    return _build([(item.key, item.kind, identity, make) for item, identity, make in _module_found(model, weights)])
+
+
+@dataclass(frozen=True)
+class ModuleLayer:
+    """An analysed layer of a module tree without its values: its name (``Layer.name``, as in
+    layers.json) and how its matrix is taken from a parameter of the tree (its ModuleWeight)."""
+
+    name: str
+    weight: ModuleWeight
+
+
+def module_layers(model: nn.Module) -> list[ModuleLayer]:
+    """The layers :func:`layers_from_module` lists, in its order and under its names, each with
+    the parameter its matrix comes from; nothing is hashed or copied (the stages that run the
+    module, e.g. the Jacobian's, differentiate with respect to these)."""
+    found = _module_found(model, None)
+    names = _names([(item.key, identity) for item, identity, _ in found])
+    return [ModuleLayer(name, item) for name, (item, _, _) in zip(names, found) if name is not None]
+
+
+def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> list[tuple[ModuleWeight, object, Callable]]:
+    """(ModuleWeight, identity, maker) of every analysed weight of the tree, in depth order; a
+    tied weight appears once per module that holds it, with the same identity (``_build``)."""
     found = []
     for path, module in model.named_modules():  # the weights are torch tensors, or read as such
         for item, parameter in module_weights(path, module):
             if weights is None:
                 matrix = item.matrix(parameter)
-                found.append((item.key, item.kind, storage_key(matrix), lambda m=matrix.detach(): m))
+                found.append((item, storage_key(matrix), lambda m=matrix.detach(): m))
             else:  # tied parameters are one object however they are reached
                 identity = (id(parameter), item.part, item.transpose)
-                found.append((item.key, item.kind, identity,
-                              lambda i=item: i.matrix(weights[i.parameter])))
-    return _build(found)
+                found.append((item, identity, lambda i=item: i.matrix(weights[i.parameter])))
+    return found
 
 
 def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
@@ -348,15 +362,6 @@ def float32_bytes(tensor) -> memoryview:
     return memoryview(array if isinstance(array, np.ndarray) else array.numpy()).cast("B")
 
 
-def safe_name(name: str) -> str:
-    """``name`` with every character outside ``[A-Za-z0-9._-]`` replaced by ``_``.
-
-    A leading ``.`` or ``-`` is replaced too: it would make a hidden file or look like an option.
-    """
-    cleaned = _UNSAFE_CHARACTERS.sub("_", name) or "_"
-    return "_" + cleaned[1:] if cleaned[0] in ".-" else cleaned
-
-
 def layer_name(tensor_key: str) -> str:
     """The module path of a weight key ("net.0.weight" -> "net.0"); the key itself if no path."""
     return tensor_key.removesuffix(".weight") or tensor_key
@@ -370,25 +375,38 @@ def natural_key(text: str) -> list:
 def _build(found: list[tuple[str, str, object, Callable[[], Tensor]]]) -> LayerList:
     """Drop repeated (tied) tensors, name the rest uniquely and hash their float32 bytes.
 
-    ``found`` holds (tensor key, type, identity, maker) in depth order; a tensor whose identity
-    was seen before is a tied one. Each float32 copy is made, hashed and let go; the list's
-    tensors are made again when written (Float32View), so no two weights are in memory at once
-    beyond what the makers hold (a module tree, or nothing for a TensorStore).
+    ``found`` holds (tensor key, type, identity, maker) in depth order (:func:`_names`). Each
+    float32 copy is made, hashed and let go; the list's tensors are made again when written
+    (Float32View), so no two weights are in memory at once beyond what the makers hold (a module
+    tree, or nothing for a TensorStore).
     """
-    seen: set = set()
-    names: set[str] = set()
     layers: list[Layer] = []
     makers: dict[str, Callable[[], Tensor]] = {}
-    for key, kind, identity, make in found:
-        if identity in seen:
+    names = _names([(key, identity) for key, _, identity, _ in found])
+    for name, (key, kind, _, make) in zip(names, found):
+        if name is None:
             continue
-        seen.add(identity)
         value = as_float32(make())
-        name = _unique(safe_name(layer_name(key)), names)
         layers.append(Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value)))
         makers[key] = make
         del value
     return LayerList(layers, Float32View(makers))
+
+
+def _names(found: list[tuple[str, object]]) -> list[str | None]:
+    """The layer name of each (tensor key, identity) in depth order: its file-safe module path,
+    made unique; None for a tensor whose identity was seen before (a tied one, counted once).
+    The one place layer names are made, for layers.json and for the stages that run a module."""
+    seen: set = set()
+    taken: set[str] = set()
+    names: list[str | None] = []
+    for key, identity in found:
+        if identity in seen:
+            names.append(None)
+            continue
+        seen.add(identity)
+        names.append(_unique(safe_filename(layer_name(key)), taken))
+    return names
 
 
 def _unique(name: str, taken: set[str]) -> str:

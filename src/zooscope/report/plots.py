@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,10 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from zooscope.io import atomic_path  # noqa: E402
+from zooscope.io import atomic_path, safe_filename  # noqa: E402
 
 __all__ = [
-    "safe_filename",
     "plot_esd",
     "plot_esd_grid",
     "plot_randomization",
@@ -38,20 +36,8 @@ __all__ = [
 ]
 
 DPI = 110
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 # The warning thresholds of the metric definitions (alpha < 2 over-trained, > 6 under-trained).
 _ALPHA_BAND = (2.0, 6.0)
-
-
-def safe_filename(name: Any) -> str:
-    """``name`` as a file name: every character outside ``[A-Za-z0-9._-]`` becomes ``_``.
-
-    Names that would be empty or all dots (``""``, ``"."``, ``".."``) get a leading ``_``.
-    """
-    text = _UNSAFE.sub("_", str(name))
-    if not text.strip("."):
-        text = "_" + text
-    return text
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
