@@ -37,14 +37,15 @@ def test_gram_spectrum_is_the_nonzero_spectrum_of_explicit_jtj(budget):
     grams = jacobian.jacobian_grams(model, x, y, batch_size=4, memory_budget=budget)
     assert grams.route == ("store" if budget else "blocks")
     assert grams.passes == (3 if budget else 3 * 4 // 2)  # 11 samples in batches of 4: 3 batches
-    for name in ("0.weight", "2.weight"):
-        j = explicit_jacobian(model, x, y, name)
+    assert list(grams.gram) == ["0", "2"]  # the layer names of layers.json
+    for layer in ("0", "2"):
+        j = explicit_jacobian(model, x, y, f"{layer}.weight")
         explicit = np.linalg.eigvalsh(j.T @ j)
         explicit = explicit[explicit > 1e-9 * explicit[-1]]
-        np.testing.assert_allclose(jacobian.gram_eigenvalues(grams.gram[name]), explicit, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(jacobian.gram_eigenvalues(grams.gram[layer]), explicit, rtol=1e-5, atol=1e-9)
         # float32 gradients: entries agree to float32 precision of the largest one
-        np.testing.assert_allclose(grams.gram[name], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
-        np.testing.assert_allclose(grams.diag[name], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(grams.gram[layer], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
+        np.testing.assert_allclose(grams.diag[layer], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
 
 
 def test_gram_rank_is_at_most_min_of_samples_and_parameters():
@@ -52,7 +53,7 @@ def test_gram_rank_is_at_most_min_of_samples_and_parameters():
     # an outer product (dL/dz) a^T with dL/dz summing to 0 over the 3 classes: rank <= 2 * 4 = 8.
     model, (x, y) = tiny_mlp(), tiny_data()
     grams = jacobian.jacobian_grams(model, x, y)
-    assert jacobian.gram_eigenvalues(grams.gram["2.weight"]).size == 8
+    assert jacobian.gram_eigenvalues(grams.gram["2"]).size == 8
 
 
 def test_effective_rank_closed_forms():
@@ -160,10 +161,10 @@ def test_conv_layers_gram_matches_explicit_jacobian():
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(7, 1, 6, 6, generator=g), torch.randint(3, (7,), generator=g)
     grams = jacobian.jacobian_grams(model, x, y, batch_size=3)
-    assert list(grams.gram) == ["0.weight", "3.weight"]
+    assert list(grams.gram) == ["0", "3"]
     j = explicit_jacobian(model, x, y, "0.weight")
-    np.testing.assert_allclose(grams.gram["0.weight"], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
-    np.testing.assert_allclose(grams.diag["0.weight"], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(grams.gram["0"], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
+    np.testing.assert_allclose(grams.diag["0"], (j**2).sum(axis=0), rtol=1e-5, atol=1e-12)
 
 
 def test_model_jacobian_spectra_are_the_values_behind_the_metrics(tmp_path):
@@ -199,3 +200,59 @@ def test_spectra_file_round_trip_is_byte_identical(tmp_path):
     assert loaded.keys() == spectra.keys() and all(v.dtype == np.float64 for v in loaded.values())
     for key, value in spectra.items():
         np.testing.assert_array_equal(loaded[key], value)
+
+
+class EveryLayerKind(nn.Module):
+    """An Embedding, a fused-attention MultiheadAttention, transformers' Conv1D (stored (in, out)),
+    and a tied Linear head: every kind of analysed weight zooscope.layers knows."""
+
+    def __init__(self):
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(7, 6)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.proj = Conv1D(5, 6)  # weight (6, 5): in 6, out 5
+        self.head = nn.Linear(15, 4)
+        self.unembed = nn.Linear(6, 7, bias=False)
+        self.unembed.weight = self.embed.weight  # tied: one layer, as in layers.json
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        h = h + self.attn(h, h, h, need_weights=False)[0]
+        logits = self.head(torch.tanh(self.proj(h)).flatten(1))
+        return logits + self.unembed(h).mean(1)[:, :4]
+
+
+def explicit_rows(model, x, y, parameter, view):
+    """J of one layer, one sample at a time: autograd's gradient of the whole parameter, put
+    through ``view`` (the layer's matrix as a function of the parameter), flattened."""
+    weight = dict(model.named_parameters())[parameter]
+    rows = []
+    for xs, ys in zip(x, y):
+        (g,) = torch.autograd.grad(nn.functional.cross_entropy(model(xs[None]), ys[None]), weight)
+        rows.append(view(g).reshape(-1).double())
+    return torch.stack(rows).numpy()
+
+
+def test_the_jacobian_layers_are_the_weight_stages_layers_named_the_same():
+    pytest.importorskip("transformers")
+    from zooscope.layers import layers_from_module
+
+    model = EveryLayerKind().eval()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randint(7, (9, 3), generator=g), torch.randint(4, (9,), generator=g)
+    grams = jacobian.jacobian_grams(model, x, y, batch_size=4)
+    assert list(grams.gram) == [layer.name for layer in layers_from_module(model).layers] == [
+        "embed", "attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj", "proj", "head"]
+    # q, k, v: rows 0-5, 6-11, 12-17 of the in_proj_weight gradient; Conv1D: its gradient transposed
+    views = {"embed": ("embed.weight", lambda w: w), "attn.out_proj": ("attn.out_proj.weight", lambda w: w),
+             "proj": ("proj.weight", lambda w: w.T), "head": ("head.weight", lambda w: w)}
+    views.update({f"attn.{name}_proj": ("attn.in_proj_weight", lambda w, i=i: w[6 * i: 6 * (i + 1)])
+                  for i, name in enumerate("qkv")})
+    for layer, (parameter, view) in views.items():
+        j = explicit_rows(model, x, y, parameter, view)
+        assert grams.diag[layer].shape == (j.shape[1],)
+        np.testing.assert_allclose(grams.gram[layer], j @ j.T, rtol=1e-5, atol=1e-6 * np.abs(j @ j.T).max())
+        np.testing.assert_allclose(grams.diag[layer], (j**2).sum(axis=0), rtol=1e-5, atol=1e-7 * (j**2).sum(0).max())

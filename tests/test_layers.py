@@ -297,3 +297,24 @@ def test_a_meta_module_tree_with_its_weights_read_elsewhere_gives_the_same_layer
     for layer in expected.layers:
         np.testing.assert_array_equal(result.tensors[layer.tensor].numpy(), expected.tensors[layer.tensor].numpy())
     assert set(reads) <= set(state) and not any(key.endswith("bias") for key in reads)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16),
+    lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
+    Tied, Mixed, gpt2_lm,
+], ids=["fused-qkv", "separate-qkv", "tied", "mixed", "gpt2-conv1d-tied-head"])
+def test_module_layers_are_the_listed_layers_with_the_parameter_each_comes_from(build):
+    """module_layers (what the Jacobian stage differentiates) names the layers layers_from_module
+    lists, in its order, and each one's view of its parameter is the recorded matrix."""
+    from zooscope.layers import module_layers
+
+    torch.manual_seed(0)
+    model = build()
+    listed = layers_from_module(model)
+    found = module_layers(model)
+    assert [item.name for item in found] == [layer.name for layer in listed.layers]
+    assert [item.weight.key for item in found] == [layer.tensor for layer in listed.layers]
+    for item in found:
+        matrix = item.weight.matrix(model.get_parameter(item.weight.parameter)).detach()
+        torch.testing.assert_close(matrix, listed.tensors[item.weight.key], rtol=0, atol=0)

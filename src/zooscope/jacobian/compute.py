@@ -1,8 +1,16 @@
 """The data-dependent Jacobian spectrum (docs/jacobian.md; the Jacobian drafts of docs/method.md).
 
 For a model and S samples (x_s, y_s), J_l is the (S x P_l) matrix whose row s is the gradient of
-the cross-entropy loss of sample s with respect to layer l's weight (P_l entries), taken in
+the cross-entropy loss of sample s with respect to layer l's weight matrix (P_l entries), taken in
 ``model.eval()`` so that batch norm and dropout do not make it depend on the batch.
+
+The layers are those of the weight stages, under the same names (zooscope.layers.module_layers:
+Linear, Conv1d, Conv2d, Embedding, transformers' Conv1D, the q/k/v projections of
+MultiheadAttention; a tied weight once). A layer's matrix may be a view of a parameter: the
+gradient is taken with respect to the parameter and then put through the same view
+(``ModuleWeight.matrix``), so a fused attention projection gets the rows of the ``in_proj_weight``
+gradient that are its slice (the gradient with respect to a slice is the slice of the gradient),
+and a Conv1D weight, stored (in, out), the transposed gradient, laid out as the (out, in) matrix.
 
 * ESD of J_l^T J_l. Its nonzero eigenvalues are those of the Gram matrix G_l = J_l J_l^T
   (S x S), which is what is accumulated and diagonalised: S is small (hundreds) while P_l can be
@@ -45,6 +53,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from zooscope.io import atomic_path
+from zooscope.layers import ModuleLayer, module_layers
 from zooscope.analysis.metrics import spectrum_metrics
 from zooscope.fits.powerlaw import fit_power_law
 
@@ -52,22 +61,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_MEMORY_BUDGET = 1024 * 2**20  # bytes of float32 J kept whole before switching to blocks
-WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _GRAM_COLUMNS = 8192  # columns of J converted to float64 at a time (8 S bytes each)
 
 
 # ----------------------------------------------------------------------------- per-sample gradients
 
 
-def analysed_weights(model: nn.Module) -> list[str]:
-    """Parameter names of the Linear/Conv weights, in registration order: the layers of the
-    weight ESD (biases and norms are ignored there too, docs/method.md)."""
-    return [f"{path}.weight" if path else "weight" for path, module in model.named_modules()
-            if isinstance(module, WEIGHT_TYPES)]
-
-
 def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
-    """{name: (B, P_name) float32}: row s is d loss(x_s, y_s) / d weight, flattened.
+    """{parameter name: (B, *its shape) float32}: entry s is d loss(x_s, y_s) / d parameter.
 
     ``torch.func``: the loss of one sample is a function of the named weights (the other
     parameters and the buffers are constants), ``vmap(grad(...))`` evaluates it for the batch in
@@ -82,14 +83,29 @@ def per_sample_gradients(model: nn.Module, x: Tensor, y: Tensor, names: Sequence
         return nn.functional.cross_entropy(logits, ys.unsqueeze(0))
 
     grads = vmap(grad(loss), in_dims=(None, 0, 0))(weights, x, y)
-    return {name: grads[name].reshape(len(x), -1) for name in names}
+    return {name: grads[name] for name in names}
+
+
+def layer_gradients(model: nn.Module, x: Tensor, y: Tensor, layers: Sequence[ModuleLayer]) -> dict[str, Tensor]:
+    """{layer name: (B, P_layer) float32}: row s is d loss(x_s, y_s) / d (the layer's matrix),
+    flattened in the matrix's (row-major) order. One gradient per parameter, then each layer's
+    view of it (module docstring)."""
+    parameters = list(dict.fromkeys(layer.weight.parameter for layer in layers))
+    grads = per_sample_gradients(model, x, y, parameters)
+    out = {}
+    for layer in layers:
+        g = grads[layer.weight.parameter]
+        if layer.weight.part is not None or layer.weight.transpose:
+            g = vmap(layer.weight.matrix)(g)
+        out[layer.name] = g.reshape(len(x), -1)
+    return out
 
 
 @dataclass(frozen=True)
 class JacobianGram:
-    """What one pass over the data leaves per layer: G = J J^T (S x S) and diag(J^T J) (P,),
-    both float64; ``route`` is "store" or "blocks" (module docstring), ``passes`` the number of
-    batched gradient evaluations it took."""
+    """What one pass over the data leaves per layer (keyed by layer name): G = J J^T (S x S) and
+    diag(J^T J) (P,), both float64; ``route`` is "store" or "blocks" (module docstring),
+    ``passes`` the number of batched gradient evaluations it took."""
 
     gram: dict[str, np.ndarray]
     diag: dict[str, np.ndarray]
@@ -102,17 +118,19 @@ def _batches(n: int, batch_size: int) -> list[slice]:
 
 
 def jacobian_grams(
-    model: nn.Module, x: Tensor, y: Tensor, names: Sequence[str] | None = None, *,
+    model: nn.Module, x: Tensor, y: Tensor, layers: Sequence[ModuleLayer] | None = None, *,
     batch_size: int = DEFAULT_BATCH_SIZE, memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> JacobianGram:
-    """Accumulate G_l = J_l J_l^T and diag(J_l^T J_l) for every weight in ``names``
-    (default: :func:`analysed_weights`), choosing the store or blocks route by ``memory_budget``.
+    """Accumulate G_l = J_l J_l^T and diag(J_l^T J_l) for every layer of ``layers``
+    (default: every analysed layer, zooscope.layers.module_layers), choosing the store or blocks
+    route by ``memory_budget``.
     """
-    names = list(analysed_weights(model) if names is None else names)
-    if not names:
-        raise ValueError("the model has no Linear/Conv weights to differentiate")
+    layers = list(module_layers(model) if layers is None else layers)
+    if not layers:
+        raise ValueError("the model has no analysed weights (Linear, Conv, Embedding, attention) to differentiate")
     params = dict(model.named_parameters())
-    sizes = {name: params[name].numel() for name in names}
+    sizes = {layer.name: layer.weight.matrix(params[layer.weight.parameter]).numel() for layer in layers}
+    names = list(sizes)
     n = len(x)
     batches = _batches(n, batch_size)
     was_training = model.training
@@ -122,7 +140,7 @@ def jacobian_grams(
         gram = {name: np.zeros((n, n)) for name in names}
 
         def grads(batch: slice) -> dict[str, Tensor]:
-            return per_sample_gradients(model, x[batch], y[batch], names)
+            return layer_gradients(model, x[batch], y[batch], layers)
 
         if 4 * n * sum(sizes.values()) <= memory_budget:
             route, passes = "store", len(batches)
@@ -239,7 +257,7 @@ def jacobian_layer_rows(grams: JacobianGram, *, min_evals: int = 50) -> list[dic
     rows = []
     for name, gram in grams.gram.items():
         rows.append({
-            "layer": name.removesuffix(".weight"),
+            "layer": name,
             "num_params": int(grams.diag[name].size),
             "num_samples": int(len(gram)),
             **spectrum_row(gram_eigenvalues(gram), min_evals=min_evals),
@@ -361,9 +379,13 @@ def hessian_matvec(
     model: nn.Module, x: Tensor, y: Tensor, names: Sequence[str] | None = None,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """Hessian-vector products of the mean cross-entropy over (x, y) with respect to the
-    weights ``names`` (flattened, concatenated), by forward-over-reverse ``jvp(grad(loss))``;
-    and the dimension. float64 in and out; the model runs in float32, in eval mode."""
-    names = list(analysed_weights(model) if names is None else names)
+    parameters ``names`` (flattened, concatenated), by forward-over-reverse ``jvp(grad(loss))``;
+    and the dimension. float64 in and out; the model runs in float32, in eval mode. Default: the
+    parameters the analysed layers are taken from (zooscope.layers.module_layers), each once (a
+    fused ``in_proj_weight`` whole: its three slices are the q, k and v layers)."""
+    if names is None:
+        names = [layer.weight.parameter for layer in module_layers(model)]
+    names = list(dict.fromkeys(names))
     params = dict(model.named_parameters())
     constants = {**{k: v.detach() for k, v in params.items() if k not in names}, **dict(model.named_buffers())}
     weights = {name: params[name].detach() for name in names}
@@ -446,10 +468,9 @@ def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSet
     step(f"per-sample gradients and Grams, {grams.route} route")
     layers = pd.DataFrame(jacobian_layer_rows(grams, min_evals=settings.min_evals), columns=list(JACOBIAN_LAYER_COLUMNS))
     spectra = {}
-    for name in grams.gram:
-        layer = name.removesuffix(".weight")
-        spectra[f"gram/{layer}"] = gram_eigenvalues(grams.gram[name])
-        spectra[f"diag/{layer}"] = np.sort(grams.diag[name])
+    for layer, gram in grams.gram.items():
+        spectra[f"gram/{layer}"] = gram_eigenvalues(gram)
+        spectra[f"diag/{layer}"] = np.sort(grams.diag[layer])
     step("eigenvalues and fits")
     fitted = layers[layers["status"] == "ok"]
     metrics = {f"jac_{c}": (float(fitted[c].astype(float).mean()) if len(fitted) else math.nan)
