@@ -92,3 +92,21 @@ def test_summary_as_markdown_and_html(zoo):
     parser.feed(page)
     assert parser.stack == [] and parser.seen.count("tr") == 1 + 3 and "<code>bad</code>" in page
     assert "<title>t &lt;x&gt;</title>" in page
+
+
+def test_the_band_edges_and_the_caption_agree_with_the_layer_warning():
+    """The audit's counts, the layer warning column and the report caption use one alpha band:
+    alpha = 2 and alpha = 6 are well-trained, just outside them is not."""
+    from pathlib import Path
+
+    from zooscope.analysis.metrics import OVER_TRAINED_BELOW as over, UNDER_TRAINED_ABOVE as under, warning_for
+
+    alphas = [1.999, 2.0, 6.0, 6.001]
+    audit = audit_table({"m": "s"}, {"m": layers(alphas, [1.0] * 4)}).iloc[0]
+    warnings = [warning_for(alpha) for alpha in alphas]
+    assert warnings == ["over-trained", "", "", "under-trained"]
+    assert [audit["num_over_trained"], audit["num_well_trained"], audit["num_under_trained"]] == [
+        warnings.count("over-trained"), warnings.count(""), warnings.count("under-trained")]
+    caption = (Path(__file__).resolve().parents[1] / "report" / "audit.rst").read_text()
+    assert (f"well-trained ({over:g} <= alpha <= {under:g}),\nunder-trained (alpha > {under:g}) or "
+            f"over-trained (alpha < {over:g})") in caption  # the caption is static text: kept in step here

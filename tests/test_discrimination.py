@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from zooscope.analysis.discrimination import (
-    DISCRIMINATION_COLUMNS, discrimination, metric_columns, noise_levels, separating_metrics,
+    DISCRIMINATION_COLUMNS, discrimination, noise_levels, separating_metrics,
 )
 
 
@@ -52,8 +52,12 @@ def test_missing_values_are_left_out_of_a_metric():
 
 
 def test_metric_columns_are_the_numeric_measurements():
-    models = ladder().assign(accuracy_source="digits", jac_alpha=1.0)
+    from zooscope.analysis.aggregate import metric_columns
+
+    models = ladder().assign(accuracy_source="digits", jac_alpha=1.0, num_layers=3, flagged=True)
     assert metric_columns(models) == ["up", "down", "swap", "flat", "jac_alpha"]
+    # the default metrics of the discrimination table and of the regressions are these
+    assert list(discrimination(models, NOISE)["metric"].unique()) == ["up", "down", "swap", "flat", "jac_alpha"]
 
 
 def test_noise_levels_come_from_the_meta_options():

@@ -11,7 +11,6 @@ from scipy import stats
 
 from zooscope.io import write_tsv
 from zooscope.analysis.regression import (
-    BOOKKEEPING_COLUMNS,
     METRIC_COLUMNS,
     REGRESSION_COLUMNS,
     ModelsTableError,
@@ -90,9 +89,22 @@ def test_matches_independent_computation():
     assert out["n"].dtype == np.int64
 
 
-def test_statsmodels_r2_equals_pearson_squared():
-    out = regress(random_zoo(3), ["alpha"])
-    np.testing.assert_allclose(out["r2"], out["pearson_r"] ** 2, rtol=1e-9)
+def test_the_fit_is_the_least_squares_line_with_its_r2_and_rmse():
+    """zooscope's slope, intercept, R^2 and RMSE against the least-squares solution of the design
+    matrix [1, x] (numpy's lstsq) and their definitions: R^2 = 1 - SS_res / SS_tot,
+    RMSE = sqrt(SS_res / n)."""
+    zoo = random_zoo(3)
+    out = regress(zoo, ["alpha"]).set_index("series")
+    assert sorted(out.index) == ["DenseNet", "ResNet", "VGG"]
+    for series, sub in zoo.groupby("series"):
+        x, y = sub["alpha"].to_numpy(), sub["accuracy"].to_numpy()
+        (intercept, slope), (ss_res,), _, _ = np.linalg.lstsq(np.column_stack([np.ones_like(x), x]), y, rcond=None)
+        ss_tot = np.sum((y - y.mean()) ** 2)
+        row = out.loc[series]
+        assert row["slope"] == pytest.approx(slope, rel=1e-9)
+        assert row["intercept"] == pytest.approx(intercept, rel=1e-9)
+        assert row["r2"] == pytest.approx(1 - ss_res / ss_tot, rel=1e-9)
+        assert row["rmse"] == pytest.approx(math.sqrt(ss_res / x.size), rel=1e-9)
 
 
 def test_default_metrics_are_numeric_non_bookkeeping_columns_in_table_order():
@@ -104,7 +116,6 @@ def test_default_metrics_are_numeric_non_bookkeeping_columns_in_table_order():
                "accuracy_source", "num_layers"]]
     out = regress(zoo)
     assert list(out["metric"].unique()) == ["log_norm", "alpha"]
-    assert "num_layers" in BOOKKEEPING_COLUMNS and "num_fitted" in BOOKKEEPING_COLUMNS
     # Bookkeeping columns can still be asked for by name.
     assert list(regress(zoo, ["num_layers"])["metric"].unique()) == ["num_layers"]
 

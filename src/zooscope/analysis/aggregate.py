@@ -5,10 +5,25 @@ import pandas as pd
 
 from zooscope.analysis.metrics import SUMMARY_METRICS
 
-MODEL_COLUMNS = (
+# Columns of models.tsv that describe a model rather than measure it.
+MODEL_INFO_COLUMNS = (
     "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
-    "num_fitted", "num_skipped", "num_failed", *SUMMARY_METRICS,
+    "num_fitted", "num_skipped", "num_failed",
 )
+MODEL_COLUMNS = (*MODEL_INFO_COLUMNS, *SUMMARY_METRICS)
+# The one list of columns that are not metrics, in models.tsv or in a table a user supplies (which
+# may say num_parameters): never taken as metrics when none are named (regressions, discrimination),
+# though a bookkeeping count can still be regressed on by name.
+NOT_METRICS = (*MODEL_INFO_COLUMNS, "num_parameters")
+
+
+def metric_columns(models: pd.DataFrame) -> list[str]:
+    """The metric columns of a models table, in table order: every numeric column (whatever stage
+    wrote it: the summary's, the Jacobian stage's jac_ ones, a user's) except :data:`NOT_METRICS`
+    and booleans (flags, not measurements)."""
+    return [str(column) for column in models.columns
+            if column not in NOT_METRICS and pd.api.types.is_numeric_dtype(models[column].dtype)
+            and not pd.api.types.is_bool_dtype(models[column].dtype)]
 
 
 def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:

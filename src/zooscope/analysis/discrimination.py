@@ -17,7 +17,9 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-__all__ = ["DISCRIMINATION_COLUMNS", "NOISE_OPTION", "SEPARATES_AT", "noise_levels", "metric_columns",
+from zooscope.analysis.aggregate import metric_columns
+
+__all__ = ["DISCRIMINATION_COLUMNS", "NOISE_OPTION", "SEPARATES_AT", "noise_levels",
            "discrimination", "separating_metrics"]
 
 NOISE_OPTION = "label_noise"
@@ -26,9 +28,6 @@ DISCRIMINATION_COLUMNS = ("series", "metric", "n", "noise_min", "noise_max", "ke
 # A metric "separates" a series when it orders all of its models by noise level (|tau| = 1): with
 # the 4 to 5 models of a ladder any weaker threshold would accept a metric that swaps two rungs.
 SEPARATES_AT = 1.0
-# models.tsv columns that describe a model rather than measure it.
-_NOT_METRICS = ("model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
-                "num_fitted", "num_skipped", "num_failed")
 _TOLERANCE = 1e-12
 
 
@@ -41,12 +40,6 @@ def noise_levels(metas: Iterable[Mapping]) -> dict[str, float]:
         if value is not None:
             levels[meta["model"]] = float(value)
     return levels
-
-
-def metric_columns(models: pd.DataFrame) -> list[str]:
-    """The numeric metric columns of models.tsv (whatever stages wrote them), in table order."""
-    return [column for column in models.columns
-            if column not in _NOT_METRICS and pd.api.types.is_numeric_dtype(models[column])]
 
 
 def _row(series: str, metric: str, noise: np.ndarray, values: np.ndarray) -> dict:
@@ -74,7 +67,7 @@ def discrimination(models: pd.DataFrame, noise: Mapping[str, float],
     noise level over the series' models that have both (see the module docstring).
 
     A series enters when at least two of its models have a noise level. ``metrics`` defaults to
-    every numeric metric column of ``models`` (:func:`metric_columns`). Rows come in series
+    every metric column of ``models`` (zooscope.analysis.aggregate.metric_columns). Rows come in series
     order, then metric order, so the table is byte-identical for identical inputs.
     """
     metrics = metric_columns(models) if metrics is None else list(metrics)

@@ -29,17 +29,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from zooscope.analysis.aggregate import metric_columns
 from zooscope.analysis.metrics import SUMMARY_METRICS
 
 __all__ = [
     "METRIC_COLUMNS",
-    "BOOKKEEPING_COLUMNS",
     "REQUIRED_COLUMNS",
     "REGRESSION_COLUMNS",
     "MIN_N",
     "ModelsTableError",
     "validate_models_table",
-    "default_metrics",
     "regress",
     "regress_one",
     "read_models_table",
@@ -47,22 +46,6 @@ __all__ = [
 
 #: The per-model metric columns the workflow produces (``results/zoo/models.tsv``), in order.
 METRIC_COLUMNS: tuple[str, ...] = SUMMARY_METRICS
-
-#: Columns of a models table that are bookkeeping, not metrics (those of
-#: ``zooscope.analysis.aggregate.MODEL_COLUMNS`` and common variants): never regressed when the metrics
-#: are chosen automatically (``metrics=None``), but they can still be asked for by name. The text
-#: columns are listed too: a text column whose cells are all empty is read back from a TSV as a
-#: numeric all-NaN column.
-BOOKKEEPING_COLUMNS: tuple[str, ...] = (
-    "source",
-    "accuracy_source",
-    "num_params",
-    "num_parameters",
-    "num_layers",
-    "num_fitted",
-    "num_skipped",
-    "num_failed",
-)
 
 #: Columns every models table must have.
 REQUIRED_COLUMNS: tuple[str, ...] = ("model", "series", "accuracy")
@@ -123,23 +106,9 @@ def validate_models_table(models: pd.DataFrame) -> None:
         )
 
 
-def default_metrics(models: pd.DataFrame) -> list[str]:
-    """The metric columns used when none are named: every numeric column other than
-    ``accuracy`` and the :data:`BOOKKEEPING_COLUMNS`, in table order (booleans excluded)."""
-    skip = set(REQUIRED_COLUMNS) | set(BOOKKEEPING_COLUMNS)
-    chosen = []
-    for column in models.columns:
-        if column in skip:
-            continue
-        values = models[column]
-        if _is_numeric(values) and not pd.api.types.is_bool_dtype(values.dtype):
-            chosen.append(str(column))
-    return chosen
-
-
 def _resolve_metrics(models: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
     if metrics is None:
-        return default_metrics(models)
+        return metric_columns(models)
     if isinstance(metrics, str):
         metrics = [metrics]
     resolved: list[str] = []
@@ -209,7 +178,7 @@ def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Da
         column per metric (other columns are allowed).
     metrics
         The metric columns to regress on, in output order. ``None``: every numeric column other
-        than ``accuracy`` and the :data:`BOOKKEEPING_COLUMNS`, in table order.
+        than the descriptive ones, in table order (zooscope.analysis.aggregate.metric_columns).
 
     Returns
     -------

@@ -29,6 +29,8 @@ __all__ = ["AUDIT_COLUMNS", "COLLAPSE_MARGIN", "COLLAPSE_FRACTION", "audit_table
            "discrimination_sentences", "summary_blocks", "to_markdown", "to_html"]
 
 COLLAPSE_MARGIN = 0.5
+# The alpha band as the words print it ("2", "6")
+OVER, UNDER = f"{OVER_TRAINED_BELOW:g}", f"{UNDER_TRAINED_ABOVE:g}"
 COLLAPSE_FRACTION = 0.5
 AUDIT_COLUMNS = (
     "model", "series", "num_matrices", "num_well_trained", "num_under_trained", "num_over_trained",
@@ -46,7 +48,8 @@ def _fitted(layers: pd.DataFrame) -> pd.DataFrame:
 
 def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per model (in the order of ``series_of``: model -> series) with its layer verdicts
-    (alpha < 2 over-trained, > 6 under-trained, else well-trained), correlation traps (matrices
+    (alpha below OVER_TRAINED_BELOW over-trained, above UNDER_TRAINED_ABOVE under-trained, else
+    well-trained: zooscope.analysis.metrics), correlation traps (matrices
     whose shuffled ESD has eigenvalues above its MP bulk, and their total) and scale collapse (see
     the module docstring). ``layers_by_model`` holds each model's layers.tsv."""
     fitted = {model: _fitted(layers_by_model[model]) for model in series_of}
@@ -124,9 +127,9 @@ def _verdict(row: Mapping) -> str:
     if n == 0:
         return "No matrix of this model could be fitted, so its spectra say nothing about its training."
     parts = [f"Of its {n} fitted {'matrix' if n == 1 else 'matrices'} (layers, or slices of Conv2D layers): "
-             f"well-trained (2 <= alpha <= 6) {row['num_well_trained']}, "
-             f"under-trained (alpha > 6) {row['num_under_trained']}, "
-             f"over-trained (alpha < 2) {row['num_over_trained']}."]
+             f"well-trained ({OVER} <= alpha <= {UNDER}) {row['num_well_trained']}, "
+             f"under-trained (alpha > {UNDER}) {row['num_under_trained']}, "
+             f"over-trained (alpha < {OVER}) {row['num_over_trained']}."]
     if row["num_with_traps"]:
         parts.append(f"With correlation traps: {row['num_with_traps']} (their shuffled weights still have "
                      f"{_count(int(row['num_traps']), 'eigenvalue')} above the Marchenko-Pastur bulk in all, "

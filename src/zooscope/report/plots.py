@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from zooscope.analysis.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE  # noqa: E402
 from zooscope.io import atomic_path, safe_filename  # noqa: E402
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
 ]
 
 DPI = 110
-# The warning thresholds of the metric definitions (alpha < 2 over-trained, > 6 under-trained).
-_ALPHA_BAND = (2.0, 6.0)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -301,8 +300,8 @@ def plot_correlation_flow(
     averaged, so each model has one alpha per depth. The x axis is :func:`relative_depth`, taken
     over all of the model's rows (skipped layers too, so that a layer keeps its true position).
     Models are drawn and listed in the legend in sorted order; a model without fitted layers is
-    still listed, marked "(no fitted layers)". Dotted lines mark alpha = 2 and alpha = 6, the
-    over-/under-trained thresholds.
+    still listed, marked "(no fitted layers)". Dotted lines mark the over-/under-trained
+    thresholds (zooscope.analysis.metrics: alpha = 2 and alpha = 6).
     """
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     try:
@@ -331,7 +330,7 @@ def plot_correlation_flow(
         plt.close(fig)
         raise
 
-    for level in _ALPHA_BAND:
+    for level in (OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE):
         ax.axhline(level, color="0.5", linestyle=":", linewidth=1)
     ax.set_xlabel("relative depth (0 = first layer, 1 = last layer)")
     ax.set_ylabel("alpha (power-law exponent of the layer ESD)")
