@@ -4,7 +4,7 @@ For the demo's two label-noise architectures (MLP 64-512-512-10 and LeNet with 3
 512-wide head, random initialisation: the cost does not depend on the weights' values) and a few
 sample counts S, each in a fresh interpreter with one thread, it measures the CPU time of each
 step of ``model_jacobian`` (per-sample gradients and Grams, eigenvalues and fits, input-output
-Jacobian, Hessian SLQ) and the peak RSS (VmHWM). Memory per sample is the slope of the peak RSS
+Jacobian, Hessian SLQ) and the peak RSS (zooscope.jobs.peak_rss). Memory per sample is the slope of the peak RSS
 between the two largest S; time per sample is the gradient step's CPU time over S.
 
 The peer: the same Grams from a plain loop of ``torch.autograd.grad``, one sample at a time,
@@ -27,6 +27,8 @@ from torch import nn
 from zooscope.models import architectures
 from zooscope.jacobian import compute as jacobian
 from zooscope.jacobian.data import load_samples
+from zooscope.jobs import peak_rss
+from zooscope.layers import module_layers
 
 arch, samples = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)
@@ -34,9 +36,11 @@ torch.manual_seed(0)
 model = architectures.build_architecture(arch, {"width": 512, "depth": 2} if arch == "mlp" else {}).eval()
 data = load_samples("digits", samples=samples)
 x, y = data.x, data.y
-names = jacobian.analysed_weights(model)
+layers = module_layers(model)  # the stage's layers, and the parameter each is a view of
 params = dict(model.named_parameters())
-out = {"arch": arch, "samples": samples, "weights": sum(params[n].numel() for n in names)}
+parameters = list(dict.fromkeys(layer.weight.parameter for layer in layers))
+out = {"arch": arch, "samples": samples,
+       "weights": sum(layer.weight.matrix(params[layer.weight.parameter]).numel() for layer in layers)}
 
 def clock(key, fn):
     start = time.process_time()
@@ -52,18 +56,18 @@ def slq():
     return jacobian.slq_density(matvec, dim, steps=20, probes=2)
 clock("hessian_s", slq)
 out["route"] = grams.route
-with open("/proc/self/status") as status:
-    out["peak_mb"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM")) / 1024
+out["peak_mb"] = peak_rss() / 2**20
 
 def loop():  # the peer: one autograd.grad per sample, Grams from the stacked rows
-    rows = {n: [] for n in names}
+    rows = {layer.name: [] for layer in layers}
     for xs, ys in zip(x, y):
         loss = nn.functional.cross_entropy(model(xs[None]), ys[None])
-        for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names])):
-            rows[n].append(g.reshape(-1).double())
+        grads = dict(zip(parameters, torch.autograd.grad(loss, [params[p] for p in parameters])))
+        for layer in layers:
+            rows[layer.name].append(layer.weight.matrix(grads[layer.weight.parameter]).reshape(-1).double())
     return {n: (torch.stack(r) @ torch.stack(r).T).numpy() for n, r in rows.items()}
 peer = clock("loop_gradients_s", loop)
-out["max_rel_diff"] = max(float(np.abs(grams.gram[n] - peer[n]).max() / np.abs(peer[n]).max()) for n in names)
+out["max_rel_diff"] = max(float(np.abs(grams.gram[n] - peer[n]).max() / np.abs(peer[n]).max()) for n in peer)
 print(json.dumps(out))
 """
 

@@ -29,12 +29,9 @@ from pathlib import Path
 
 GIB = 1 << 30
 
-# Each child prints its peak RSS in bytes as the last line of stdout: VmHWM, the high-water mark of
-# its own address space (ru_maxrss would not do: Linux carries the parent's peak over fork and exec).
-PEAK = (
-    "import re; status = open('/proc/self/status').read(); "
-    "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) * 1024)"
-)
+# Each child prints its peak RSS in bytes as the last line of stdout (zooscope.jobs.peak_rss: the
+# high-water mark of its own address space; ru_maxrss would carry the parent's peak over fork and exec).
+PEAK = "from zooscope.jobs import peak_rss; print(peak_rss())"
 # Fetches hf:bench/synthetic-gpt2 from the Hugging Face cache in sys.argv[1] into sys.argv[2], offline.
 HF_REPO = "bench/synthetic-gpt2"
 HF_FETCH = (

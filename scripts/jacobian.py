@@ -24,10 +24,6 @@ with job(snakemake, name="jacobian") as log:
     result = model_jacobian(network, samples.x, samples.y, settings)
     log.info("%s: %d of %d samples of %s, %s route, %d gradient passes", meta["model"], len(samples.y),
              samples.total, samples.source, result.route, result.passes)
-    status = Path("/proc/self/status")  # Linux: the job's peak memory, for the cost figures of docs/jacobian.md
-    if status.exists():
-        log.info("peak RSS %s", next((line.split(":", 1)[1].strip() for line in status.read_text().splitlines()
-                                      if line.startswith("VmHWM")), "unknown"))
     io.write_tsv(snakemake.output.layers, result.layers)
     write_spectra(snakemake.output.spectra, result.spectra)
     io.write_json(snakemake.output.summary, {

@@ -1,0 +1,34 @@
+"""zooscope.jobs.peak_rss: a job's own peak memory, not its parent's."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zooscope.jobs import peak_rss
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+CHILD = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from zooscope.jobs import peak_rss; "
+         "print(peak_rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+
+
+def test_peak_rss_is_what_the_process_touched():
+    """A fresh interpreter writes 300 MiB and lets it go: its peak is those 300 MiB plus the
+    interpreter's own few tens of MiB, and stays there after the memory is freed."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from zooscope.jobs import peak_rss; "
+            "block = b'\\x01' * (300 * 2**20); del block; print(peak_rss())")
+    peak = int(subprocess.run([sys.executable, "-c", code, SRC], capture_output=True, text=True, check=True).stdout)
+    assert 300 * 2**20 <= peak < 400 * 2**20
+    assert peak_rss() > 0  # and in this process too
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux: VmHWM of /proc/self/status")
+def test_a_child_of_a_large_process_reports_its_own_peak_not_its_parents():
+    """Why not ru_maxrss: Linux carries the parent's peak over fork and exec. A parent holding
+    400 MiB starts a small interpreter: ru_maxrss says 400 MiB or more, peak_rss the child's own."""
+    held = b"\x01" * (400 * 2**20)  # written: resident in this (the parent) process
+    own, inherited = map(int, subprocess.run([sys.executable, "-c", CHILD, SRC], capture_output=True, text=True,
+                                             check=True).stdout.split())
+    assert inherited >= len(held)  # what a job log said before: the parent's memory
+    assert own < 150 * 2**20  # a bare interpreter and zooscope.jobs: tens of MiB
+    del held
