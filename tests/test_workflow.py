@@ -1,4 +1,5 @@
 """Workflow tests: the real snakemake CLI on a tiny zoo in a temporary working directory."""
+import base64
 import os
 import shutil
 import signal
@@ -186,20 +187,32 @@ def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
     assert "nan" in esd_log and "NaN or Inf" in esd_log
 
 
+def recorded_finished(workdir, output) -> bool:
+    """Whether Snakemake has recorded the job of ``output`` as finished: its metadata record is
+    written and its incomplete marker removed (.snakemake/metadata and .snakemake/incomplete hold
+    one file per output, named by the urlsafe base64 of its path; snakemake.persistence)."""
+    key = base64.urlsafe_b64encode(str(output.relative_to(workdir)).encode()).decode()
+    state = workdir / ".snakemake"
+    return (state / "metadata" / key).is_file() and not (state / "incomplete" / key).exists()
+
+
 def test_interrupted_run_resumes_and_keeps_finished_work(tmp_path):
     workdir = make_zoo(tmp_path / "interrupted")
     process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     summaries = workdir / "results" / "metrics"
     deadline = time.monotonic() + 300
-    while not list(summaries.glob("*/summary.json")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    # Those jobs are finished: give Snakemake a moment to record that, then cut the power.
-    # Outputs are written by atomic rename, so a recomputed file has a new inode (Snakemake
-    # itself may touch finished outputs, which changes their mtime but not their inode).
-    finished = {path: path.stat().st_ino for path in summaries.glob("*/summary.json")}
-    time.sleep(1.5)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole run, jobs included
+    finished = {}
+    # Cut the power as soon as some summary's job is recorded as finished. Outputs are written by
+    # atomic rename, so a recomputed file has a new inode (Snakemake itself may touch finished
+    # outputs, which changes their mtime but not their inode).
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        finished = {path: path.stat().st_ino for path in summaries.glob("*/summary.json")
+                    if recorded_finished(workdir, path)}
+        if not finished:
+            time.sleep(0.02)  # polling interval only: the condition above is what is waited for
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole run, jobs included
     process.wait()
     assert finished and not (workdir / "results" / "zoo" / "models.tsv").exists()
     snakemake(workdir, "--unlock")  # a killed run leaves its lock behind
