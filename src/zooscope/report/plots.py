@@ -1,7 +1,9 @@
 """Figures: layer ESDs with their power-law fits, correlation flow, metric vs accuracy.
 
-Every function writes one PNG (or several) atomically through :func:`zooscope.io.atomic_path`
-and closes its figure. The Agg backend is selected before pyplot is imported, so plotting works
+Each figure is built by a ``*_figure`` function that returns the matplotlib Figure (so that what
+is drawn can be read back from its artists, as the tests do), and written by the ``plot_*``
+function of the same name: one PNG (or several), atomically through
+:func:`zooscope.io.atomic_path`, closing the figure. The Agg backend is selected before pyplot is imported, so plotting works
 on cluster nodes without a display.
 """
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import matplotlib
 
@@ -24,16 +26,25 @@ from zooscope.io import atomic_path, safe_filename  # noqa: E402
 __all__ = [
     "plot_esd",
     "plot_esd_grid",
+    "esd_figure",
     "plot_randomization",
     "plot_randomization_grid",
+    "randomization_figure",
     "relative_depth",
     "plot_correlation_flow",
+    "correlation_flow_figure",
     "plot_metric_vs_accuracy",
+    "metric_vs_accuracy_figure",
     "plot_series_regressions",
     "plot_model_esds",
+    "model_esd_figures",
     "plot_series",
     "plot_noise_ladder",
+    "noise_ladder_figure",
     "plot_jacobian_series",
+    "jacobian_esd_figure",
+    "jacobian_overlay_figure",
+    "hessian_figure",
 ]
 
 DPI = 110
@@ -111,12 +122,17 @@ def plot_esd(
 
 
 def plot_esd_grid(panels: list[tuple], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Several ESDs (:func:`plot_esd`), one panel each, on one figure: the slices of a Conv2D
-    layer. ``panels`` holds (eigenvalues, fit, panel title, reason) tuples."""
+    """Several ESDs (:func:`plot_esd`), one panel each, on one figure (:func:`esd_figure`)."""
+    return _save(esd_figure(panels, title=title), path)
+
+
+def esd_figure(panels: list[tuple], *, title: str | None = None):
+    """The Figure of :func:`plot_esd_grid`: one panel per ESD, e.g. the slices of a Conv2D layer.
+    ``panels`` holds (eigenvalues, fit, panel title, reason) tuples."""
     fig, axes = _grid(len(panels), title)
     for ax, (eigenvalues, fit, panel_title, reason) in zip(axes, panels):
         draw_esd(ax, eigenvalues, fit, title=panel_title, reason=reason, small=len(panels) > 1)
-    return _save_grid(fig, path, single=len(panels) == 1)
+    return _layout_grid(fig, single=len(panels) == 1)
 
 
 def _ccdf_points(values) -> tuple[np.ndarray, np.ndarray]:
@@ -198,12 +214,18 @@ def plot_randomization(eigenvalues, randomized, shape: tuple[int, int], path: st
 
 
 def plot_randomization_grid(panels: list[tuple], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Several randomization checks (:func:`plot_randomization`), one panel each, on one figure.
-    ``panels`` holds (eigenvalues, randomized, shape, panel title) tuples."""
+    """Several randomization checks (:func:`plot_randomization`), one panel each, on one figure
+    (:func:`randomization_figure`)."""
+    return _save(randomization_figure(panels, title=title), path)
+
+
+def randomization_figure(panels: list[tuple], *, title: str | None = None):
+    """The Figure of :func:`plot_randomization_grid`. ``panels`` holds (eigenvalues, randomized,
+    shape, panel title) tuples."""
     fig, axes = _grid(len(panels), title)
     for ax, (eigenvalues, randomized, shape, panel_title) in zip(axes, panels):
         draw_randomization(ax, eigenvalues, randomized, shape, title=panel_title, small=len(panels) > 1)
-    return _save_grid(fig, path, single=len(panels) == 1)
+    return _layout_grid(fig, single=len(panels) == 1)
 
 
 def draw_randomization(ax, eigenvalues, randomized, shape: tuple[int, int], *, title: str,
@@ -252,12 +274,12 @@ def _grid(panels: int, title: str | None):
     return fig, flat[:panels]
 
 
-def _save_grid(fig, path: str | os.PathLike, *, single: bool) -> Path:
+def _layout_grid(fig, *, single: bool):
     if single:
         fig.tight_layout()
     else:  # tight_layout over a grid of log axes costs more than the drawing
         fig.subplots_adjust(left=0.04, right=0.99, bottom=0.04, top=0.93, wspace=0.22, hspace=0.4)
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +314,11 @@ def plot_correlation_flow(
     *,
     series: str,
 ) -> Path:
+    """Write :func:`correlation_flow_figure` to ``path``."""
+    return _save(correlation_flow_figure(layers_by_model, series=series), path)
+
+
+def correlation_flow_figure(layers_by_model: Mapping[str, pd.DataFrame], *, series: str):
     """Correlation flow of one series (Martin, Peng & Mahoney 2021): layer alpha against relative depth, one line
     per model, so that models of different depths share one axis.
 
@@ -342,7 +369,7 @@ def plot_correlation_flow(
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=ncol,
                   frameon=False)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,6 +389,11 @@ def plot_metric_vs_accuracy(
     series: str,
     metric: str,
 ) -> Path:
+    """Write :func:`metric_vs_accuracy_figure` to ``path``."""
+    return _save(metric_vs_accuracy_figure(models, regression_row, series=series, metric=metric), path)
+
+
+def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: str, metric: str):
     """Scatter of accuracy against one metric for the models of one series.
 
     Each point is labelled with its model name. The OLS line from ``regression_row`` (a row of
@@ -411,7 +443,7 @@ def plot_metric_vs_accuracy(
     ax.legend(fontsize=8, loc="best")
     ax.margins(x=0.12, y=0.1)  # room for the point labels
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_series_regressions(
@@ -453,22 +485,29 @@ def plot_series_regressions(
 def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, model: str) -> list[Path]:
     """The ESD figure of every layer of one model that has eigenvalues, ``out_dir/{layer}.png``,
     and for its fitted matrices with shuffled spectra (config ``randomize``) the randomization
-    check ``{layer}.rand.png`` (:func:`plot_randomization`). A layer analysed as several matrices
-    (the slices of a Conv2D layer, config ``conv2d: slices``) gets one panel per slice on each.
+    check ``{layer}.rand.png`` (:func:`model_esd_figures`), written one at a time."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_save(fig, out_dir / name) for name, fig in model_esd_figures(index, layers, esd_dir=esd_dir, model=model)]
+
+
+def model_esd_figures(index: dict, layers: pd.DataFrame, *, esd_dir, model: str) -> Iterator[tuple[str, Any]]:
+    """(file name, Figure) of every figure of :func:`plot_model_esds`, made one at a time as
+    the iterator advances: per layer that has eigenvalues its ESD figure (:func:`esd_figure`),
+    and for its fitted matrices with shuffled spectra the randomization check
+    (:func:`randomization_figure`). A layer analysed as several matrices (the slices of a Conv2D
+    layer, config ``conv2d: slices``) gets one panel per slice on each.
 
     ``index`` is the esd stage's index, ``layers`` the fit stage's layers.tsv; rows that were
     skipped are drawn without a fit, with their reason in the title.
     """
     from zooscope.spectra.esd import load_layer_eigenvalues
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records = {record["name"]: record for record in index["layers"] if record["status"] == "ok"}
     rows_by_layer: dict[str, list] = {}
     for row in layers.itertuples(index=False):
         if row.layer in records and np.isfinite(row.lambda_max):
             rows_by_layer.setdefault(row.layer, []).append(row)
-    written = []
     for layer, rows in rows_by_layer.items():
         record = records[layer]
         spectra = load_layer_eigenvalues(esd_dir, record)
@@ -486,11 +525,10 @@ def plot_model_esds(index: dict, layers: pd.DataFrame, *, esd_dir, out_dir, mode
                 rand_panels.append((values, randomized[record["slices"].index(row.slice)], (row.N, row.M),
                                     panel_title if sliced else f"{heading}: randomization check"))
         title = f"{heading}, {len(rows)} slices" if sliced else None
-        written.append(plot_esd_grid(esd_panels, out_dir / f"{safe_filename(layer)}.png", title=title))
+        yield f"{safe_filename(layer)}.png", esd_figure(esd_panels, title=title)
         if rand_panels:
-            written.append(plot_randomization_grid(rand_panels, out_dir / f"{safe_filename(layer)}.rand.png",
-                                                   title=title and f"{title}: randomization check"))
-    return written
+            yield (f"{safe_filename(layer)}.rand.png",
+                   randomization_figure(rand_panels, title=title and f"{title}: randomization check"))
 
 
 def plot_series(*, series: str, layers_by_model: Mapping[str, pd.DataFrame], models: pd.DataFrame,
@@ -512,6 +550,12 @@ def plot_series(*, series: str, layers_by_model: Mapping[str, pd.DataFrame], mod
 
 def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimination: pd.DataFrame,
                       path: str | os.PathLike, *, series: str) -> Path:
+    """Write :func:`noise_ladder_figure` to ``path``."""
+    return _save(noise_ladder_figure(models, noise, discrimination, series=series), path)
+
+
+def noise_ladder_figure(models: pd.DataFrame, noise: Mapping[str, float], discrimination: pd.DataFrame, *,
+                        series: str):
     """Every metric of one label-noise series against the noise level, one small panel each, in
     the order of discrimination.tsv: the metrics that separate the series (|Kendall tau| = 1)
     first, drawn in green, those that rank it partly in orange, the rest in grey; each panel's
@@ -550,7 +594,7 @@ def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimi
     fig.suptitle(f"{series}: each metric against the label noise (green: orders every model by noise, "
                  f"orange: partly, grey: no)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,6 +604,12 @@ def plot_noise_ladder(models: pd.DataFrame, noise: Mapping[str, float], discrimi
 def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
                            layers_by_model: Mapping[str, pd.DataFrame], path: str | os.PathLike, *,
                            titles: Mapping[str, str], series: str) -> Path:
+    """Write :func:`jacobian_esd_figure` to ``path``."""
+    return _save(jacobian_esd_figure(spectra_by_model, layers_by_model, titles=titles, series=series), path)
+
+
+def jacobian_esd_figure(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]],
+                        layers_by_model: Mapping[str, pd.DataFrame], *, titles: Mapping[str, str], series: str):
     """ESDs of the Jacobian Gram J_l J_l^T: one row per layer, one column per model (side by
     side, in the order of ``spectra_by_model``), each the CCDF of the nonzero eigenvalues with
     the power-law fit of the model's Jacobian layers.tsv and its rank and effective rank.
@@ -600,11 +650,17 @@ def plot_jacobian_esd_grid(spectra_by_model: Mapping[str, Mapping[str, np.ndarra
                 ax.set_xlabel("eigenvalue of J J^T", fontsize=8)
     fig.suptitle(f"{series}: Jacobian ESDs (nonzero eigenvalues of J_l J_l^T, CCDF) and power-law fits", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_jacobian_overlay(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], keys: list[str],
                           path: str | os.PathLike, *, titles: Mapping[str, str], title: str, xlabel: str) -> Path:
+    """Write :func:`jacobian_overlay_figure` to ``path``."""
+    return _save(jacobian_overlay_figure(spectra_by_model, keys, titles=titles, title=title, xlabel=xlabel), path)
+
+
+def jacobian_overlay_figure(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], keys: list[str], *,
+                            titles: Mapping[str, str], title: str, xlabel: str):
     """One panel per key (e.g. "diag/{layer}", "io"), the CCDF of every model's values overlaid,
     so that the tails of the models can be compared on the same axes."""
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
@@ -622,11 +678,17 @@ def plot_jacobian_overlay(spectra_by_model: Mapping[str, Mapping[str, np.ndarray
         axes[0][0].legend(fontsize=6, loc="lower left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_hessian_densities(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, *,
                            titles: Mapping[str, str], series: str) -> Path:
+    """Write :func:`hessian_figure` to ``path``."""
+    return _save(hessian_figure(spectra_by_model, titles=titles, series=series), path)
+
+
+def hessian_figure(spectra_by_model: Mapping[str, Mapping[str, np.ndarray]], *, titles: Mapping[str, str],
+                   series: str):
     """The SLQ quadrature of each model's loss Hessian, side by side: nodes (Ritz values, on a
     symmetric log axis: Hessians have a few large and many near-zero, partly negative,
     eigenvalues) against their weights, which sum to one."""
@@ -645,7 +707,7 @@ def plot_hessian_densities(spectra_by_model: Mapping[str, Mapping[str, np.ndarra
     axes[0][0].set_ylabel("SLQ weight", fontsize=8)
     fig.suptitle(f"{series}: Hessian spectral density of the mean loss (stochastic Lanczos quadrature)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def jacobian_column_title(meta: Mapping[str, Any]) -> str:
