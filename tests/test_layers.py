@@ -270,11 +270,16 @@ def gpt2_lm():
     return transformers.GPT2LMHeadModel(config)
 
 
-@pytest.mark.parametrize("build", [
+# Module trees with every kind of analysed weight: fused and separate q/k/v, tied weights, every
+# module type, GPT-2's Conv1D with a tied head.
+EVERY_KIND_OF_TREE = pytest.mark.parametrize("build", [
     lambda: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16),
     lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
     Tied, Mixed, gpt2_lm,
 ], ids=["fused-qkv", "separate-qkv", "tied", "mixed", "gpt2-conv1d-tied-head"])
+
+
+@EVERY_KIND_OF_TREE
 def test_a_meta_module_tree_with_its_weights_read_elsewhere_gives_the_same_layers(build):
     """The hub route of large models: the tree on the meta device only types the layers, the
     values come from a checkpoint (here the real model's state dict). Both must give the same
@@ -299,11 +304,7 @@ def test_a_meta_module_tree_with_its_weights_read_elsewhere_gives_the_same_layer
     assert set(reads) <= set(state) and not any(key.endswith("bias") for key in reads)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16),
-    lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
-    Tied, Mixed, gpt2_lm,
-], ids=["fused-qkv", "separate-qkv", "tied", "mixed", "gpt2-conv1d-tied-head"])
+@EVERY_KIND_OF_TREE
 def test_module_layers_are_the_listed_layers_with_the_parameter_each_comes_from(build):
     """module_layers (what the Jacobian stage differentiates) names the layers layers_from_module
     lists, in its order, and each one's view of its parameter is the recorded matrix."""
