@@ -34,7 +34,7 @@ SUMMARY_METRICS = (
 # Integer columns (nullable: empty where a row has no fit) and text columns (empty, never missing).
 INTEGER_COLUMNS = ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_spikes", "num_traps")
 TEXT_COLUMNS = ("slice", "fit_kind", "warning", "reason")
-# The alpha band of a well-trained layer (design.md, "Metric definitions"): alpha below 2 is
+# The alpha band of a well-trained layer (docs/method.md, "Per matrix"): alpha below 2 is
 # over-trained, above 6 under-trained. The one definition: the warning column, the audit's counts
 # and words, and the lines of the correlation-flow figure all read these.
 OVER_TRAINED_BELOW = 2.0
