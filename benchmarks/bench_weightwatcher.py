@@ -196,7 +196,7 @@ def main() -> None:
               f"torch {torch.__version__}")
 
         if args.in_process:
-            from zooscope.sources import fetch_model
+            from zooscope.sources.fetch import fetch_model
 
             for name in names:
                 fetch_model({"model": name, "series": "bench", "source": f"file:weights/{name}.safetensors",

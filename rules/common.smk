@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from zooscope.config import load_schema, read_zoo_sheet, validate_config
+from zooscope.config import load_schema, validate_config
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
+from zooscope.zoo import read_zoo_sheet
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -14,16 +15,14 @@ config.update(
     )
 )
 ZOO_SHEET = Path(config["zoo"])
+# The zoo's rows, parsed and checked (zooscope.zoo.ZooRow): model id -> row.
 MODELS = {
-    row["model"]: row
-    for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
+    row.model: row for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
-SERIES = sorted({row["series"] for row in MODELS.values()})
-# Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources), taken
-# out of the rows: fetch treats other columns as options, and a new shard count must not refetch.
+SERIES = sorted({row.series for row in MODELS.values()})
+# Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources).
 SHARDS = {
-    model: model_shards(row.pop("shards", None), row["source"], ZOO_SHEET.parent, config["shard_mb"])
-    for model, row in MODELS.items()
+    model: model_shards(row.shards, row.source.path, config["shard_mb"]) for model, row in MODELS.items()
 }
 
 
@@ -35,15 +34,12 @@ wildcard_constraints:
 def file_source_input(wildcards):
     """The weights of a file: source, so that changing them reruns the model. A missing path is
     left to the fetch job to report (with the model's name), instead of stopping the whole DAG."""
-    source = MODELS[wildcards.model]["source"]
-    if not source.startswith("file:"):
-        return []
-    path = ZOO_SHEET.parent / source[len("file:") :]
-    return [str(path)] if path.exists() else []
+    path = MODELS[wildcards.model].source.path
+    return [str(path)] if path is not None and path.exists() else []
 
 
 def series_models(wildcards):
-    return [model for model, row in MODELS.items() if row["series"] == wildcards.series]
+    return [model for model, row in MODELS.items() if row.series == wildcards.series]
 
 
 def model_resource(stage, name):
@@ -88,18 +84,17 @@ def esd_threads(wildcards):
 
 
 # The models of the Jacobian stage (rules/jacobian.smk): rows that name a data set.
-JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.get("data")]
+JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.data is not None]
 # The series with at least one such model: each gets results/plots/jacobian/{series}.
-JACOBIAN_SERIES = sorted({MODELS[model]["series"] for model in JACOBIAN_MODELS})
+JACOBIAN_SERIES = sorted({MODELS[model].series for model in JACOBIAN_MODELS})
 
 
 def jacobian_series_models(wildcards):
-    return [model for model in JACOBIAN_MODELS if MODELS[model]["series"] == wildcards.series]
+    return [model for model in JACOBIAN_MODELS if MODELS[model].series == wildcards.series]
 
 
 def jacobian_data_input(wildcards):
     """A data file or folder named by the row, so that changing it reruns the model's job; a
     missing path is left to the job to report (as for file: sources)."""
-    data = MODELS[wildcards.model].get("data") or ""
-    path = ZOO_SHEET.parent / data
-    return [str(path)] if data != "digits" and path.exists() else []
+    path = MODELS[wildcards.model].data.path  # None: the built-in digits
+    return [str(path)] if path is not None and path.exists() else []

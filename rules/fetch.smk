@@ -6,14 +6,9 @@ rule fetch:
         layers="resources/models/{model}/layers.json",
         meta="resources/models/{model}/meta.json",
     params:
-        # The row without its data columns (rules/jacobian.smk): giving a model a data set must
-        # not refetch (retrain) it.
-        row=lambda wildcards: {
-            key: value
-            for key, value in MODELS[wildcards.model].items()
-            if key not in ("data", "data_samples")
-        },
-        sheet_dir=str(ZOO_SHEET.parent),
+        # What the outputs depend on (zooscope.zoo.ZooRow.fetch_form): a data set or a shard
+        # count given to a model must not refetch (retrain) it.
+        row=lambda wildcards: MODELS[wildcards.model].fetch_form(),
     conda:
         "../envs/torch.yaml"
     log:

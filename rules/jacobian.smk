@@ -12,9 +12,7 @@ rule jacobian:
         summary="results/jacobian/{model}/summary.json",
         spectra="results/jacobian/{model}/spectra.safetensors",
     params:
-        data=lambda wildcards: MODELS[wildcards.model]["data"],
-        samples=lambda wildcards: int(MODELS[wildcards.model].get("data_samples") or 512),
-        sheet_dir=str(ZOO_SHEET.parent),
+        data=lambda wildcards: MODELS[wildcards.model].data.as_dict(),
         settings=config["jacobian"],
         min_evals=config["min_evals"],
     conda:

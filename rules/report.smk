@@ -57,14 +57,14 @@ rule audit:
             report(
                 f"results/audit/{model}.html",
                 caption="../report/audit_card.rst",
-                category=row["series"],
+                category=row.series,
                 subcategory=model,
             )
             for model, row in MODELS.items()
         ],
     params:
         models=list(MODELS),
-        series=[row["series"] for row in MODELS.values()],
+        series=[row.series for row in MODELS.values()],
     conda:
         "../envs/numeric.yaml"
     log:

@@ -1,12 +1,8 @@
 from pathlib import Path
 
 from zooscope.jobs import job
-from zooscope.sources import fetch_model
+from zooscope.sources.fetch import fetch_model
+from zooscope.zoo import ZooRow
 
 with job(snakemake, name="fetch"):
-    fetch_model(
-        dict(snakemake.params.row),
-        Path(snakemake.output.meta).parent,
-        sheet_dir=Path(snakemake.params.sheet_dir),
-        threads=snakemake.threads,
-    )
+    fetch_model(ZooRow.from_dict(snakemake.params.row), Path(snakemake.output.meta).parent, threads=snakemake.threads)

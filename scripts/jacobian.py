@@ -9,11 +9,11 @@ with job(snakemake, name="jacobian") as log:
     from zooscope.jacobian.data import load_samples
     from zooscope.jacobian.compute import JacobianSettings, model_jacobian, write_spectra
     from zooscope.jacobian.rebuild import rebuild_module
+    from zooscope.zoo import DataSpec
 
     meta = io.read_json(snakemake.input.meta)
     network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"], snakemake.input.weights)
-    samples = load_samples(snakemake.params.data, sheet_dir=Path(snakemake.params.sheet_dir),
-                           samples=snakemake.params.samples)
+    samples = load_samples(DataSpec.from_dict(snakemake.params.data))
     options = snakemake.params.settings
     settings = JacobianSettings(
         batch_size=options["batch_size"], memory_budget=options["memory_mb"] * 2**20,

@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from zooscope.config import ConfigError, load_schema, read_zoo_sheet, validate_config
+from zooscope.config import ConfigError, load_schema, validate_config
+from zooscope.zoo import DataSpec, Source, ZooRow, read_zoo_sheet
 
 CONFIG_SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
 ZOO_SCHEMA = load_schema(REPO / "schemas" / "zoo.schema.yaml")
@@ -39,9 +40,11 @@ def test_zoo_sheet_rows_and_options(tmp_path):
                                  "a|s|train:mlp||64\nb|s|file:w.safetensors|71.5|\n")
     rows = read_zoo_sheet(path, ZOO_SCHEMA)
     assert rows == [
-        {"model": "a", "series": "s", "source": "train:mlp", "accuracy": None, "width": "64"},
-        {"model": "b", "series": "s", "source": "file:w.safetensors", "accuracy": 71.5, "width": None},
+        ZooRow("a", "s", Source("train", "mlp", "train:mlp"), None, {"width": 64}),
+        ZooRow("b", "s", Source("file", "w.safetensors", "file:w.safetensors", tmp_path / "w.safetensors"), 71.5),
     ]
+    for row in rows:  # the plain form rules pass to scripts
+        assert ZooRow.from_dict(row.as_dict()) == row
 
 
 @pytest.mark.parametrize("row, fragments", [

@@ -14,7 +14,7 @@ from zooscope.models import architectures
 from zooscope.models import digits
 from zooscope.analysis.aggregate import join_jacobian
 from zooscope.jacobian.rebuild import RebuildError, rebuild_module
-from zooscope.sources import fetch_model
+from zooscope.sources.fetch import fetch_model
 
 
 def fetched(tmp_path, source, **options):

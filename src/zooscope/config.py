@@ -1,4 +1,4 @@
-"""Validation of the workflow configuration and of zoo sheets against the JSON schemas in schemas/.
+"""Validation of the workflow configuration against the JSON schema in schemas/ (zoo sheets: zooscope.zoo).
 
 Kept free of heavy imports: the Snakefile calls it at parse time, which every cluster job repeats.
 Errors name the file, the row and the field, so a user can fix a sheet without reading code.
@@ -6,14 +6,11 @@ Errors name the file, the row and the field, so a user can fix a sheet without r
 from __future__ import annotations
 
 import copy
-import csv
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
-
-REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
 
 
 class ConfigError(ValueError):
@@ -33,7 +30,8 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe(error: jsonschema.ValidationError) -> str:
+    """One line for a schema error: the field and what is wrong."""
     field = ".".join(str(part) for part in error.absolute_path)
     if error.validator == "required":
         return error.message
@@ -47,61 +45,7 @@ def validate_config(config: dict, schema: dict, *, source: str = "config.yaml") 
     config = copy.deepcopy(dict(config))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
     if errors:
-        lines = "\n".join(f"  - {_describe(error)}" for error in errors)
+        lines = "\n".join(f"  - {describe(error)}" for error in errors)
         raise ConfigError(f"{source}: invalid configuration:\n{lines}")
     _fill_defaults(config, schema)
     return config
-
-
-def _parse_accuracy(text: str | None) -> Any:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text  # left as text so the schema reports it as a type error with its row
-
-
-def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
-    """Read and validate a zoo sheet (TSV, one model per row, '#' lines are comments).
-
-    Returns one dict per row: the required columns (accuracy as float or None) and the extra
-    option columns (str, or None where the cell is empty).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"zoo sheet {path} does not exist; set 'zoo:' in config.yaml or pass --config zoo=PATH")
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines, delimiter="\t")
-    columns = reader.fieldnames or []
-    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
-    if missing:
-        raise ConfigError(
-            f"{path}: missing column(s) {', '.join(missing)}; a zoo sheet is a TSV with at least the "
-            f"columns {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(columns) or 'none'})"
-        )
-    validator = jsonschema.Draft202012Validator(schema)
-    rows: list[dict] = []
-    seen: dict[str, int] = {}
-    problems: list[str] = []
-    for number, raw in enumerate(reader, start=2):  # row 1 is the header
-        if None in raw:
-            problems.append(f"row {number}: more cells than header columns")
-            continue
-        row = {key: (value.strip() if value and value.strip() else None) for key, value in raw.items()}
-        row["accuracy"] = _parse_accuracy(raw.get("accuracy"))
-        label = f"row {number} (model '{row.get('model')}')"
-        for error in sorted(validator.iter_errors(row), key=str):
-            problems.append(f"{label}: {_describe(error)}")
-        model = row.get("model")
-        if model in seen:
-            problems.append(f"{label}: duplicate model id, first used in row {seen[model]}")
-        elif model:
-            seen[model] = number
-        rows.append(row)
-    if problems:
-        raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
-    if not rows:
-        raise ConfigError(f"{path}: the zoo sheet has no models")
-    return rows
