@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Mapping
 
-from zooscope.layers import num_parameters
 from zooscope.models.catalog import (
     ARCHITECTURE_OPTIONS,
     TRAINING_DEFAULTS,
@@ -49,6 +48,8 @@ def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]
 
 def module_parameters(network: nn.Module) -> int:
     """All parameters of a module tree (shared ones once)."""
+    from zooscope.layers import num_parameters
+
     return num_parameters(network.parameters())
 
 

@@ -4,6 +4,8 @@ Read without ever running code from it: safetensors (typed from its header, copi
 so its fetch job spends no start-up on torch), or PyTorch files through
 ``torch.load(..., weights_only=True)`` only; a pickle that needs more is refused. PATH is
 relative to the zoo sheet's folder (resolved once, when the sheet is parsed: zooscope.zoo).
+As every kind module, it imports at its top only what its declaration needs (the Snakefile
+imports the registry, numpy included would cost every job); the rest where it is used.
 """
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import SafetensorsReader, read_json
-from zooscope.layers import TensorStore, is_torch_tensor, layers_from_state_dict, num_parameters
 from zooscope.sources.base import CONVERT_HINT, Fetched, FetchError, SourceKind
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ DIRECTORY_LAYOUTS = (
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Read a weights file or model directory; layers are typed by tensor name and rank."""
+    from zooscope.layers import TensorStore, layers_from_state_dict, num_parameters
+
     model, path = row.model, row.source.path
     state, file_format = load_state_dict(path, model)
     layers = layers_from_state_dict(state)
@@ -56,6 +59,8 @@ def load_state_dict(path: Path, model: str) -> tuple[Mapping[str, Tensor], str]:
     safetensors come as a TensorStore that reads one tensor at a time (bounded memory: a model
     is never whole in memory); a pickle cannot be read in part, so torch files are read whole.
     """
+    from zooscope.layers import TensorStore
+
     if not path.exists():
         raise FetchError(f"model {model!r}: weights file not found: {path}")
     file_format, files = checkpoint_files(path, model)
@@ -185,6 +190,8 @@ def unwrap_checkpoint(loaded: Any) -> dict[str, Tensor]:
 
     Non-tensor entries (epoch counters, hyper-parameters) are dropped.
     """
+    from zooscope.layers import is_torch_tensor
+
     while isinstance(loaded, Mapping):
         inner = next(
             (loaded[key] for key in CHECKPOINT_WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)),

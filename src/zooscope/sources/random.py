@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zooscope.layers import layers_from_module
 from zooscope.sources.base import Fetched, SourceKind
 from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture at its seeded initialisation."""
+    from zooscope.layers import layers_from_module
     from zooscope.models import architectures, digits
 
     arch, accuracy = row.source.argument, row.accuracy

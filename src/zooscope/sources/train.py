@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from zooscope.layers import layers_from_module
 from zooscope.models.catalog import TRAINING_OPTION_TYPES
 from zooscope.sources.base import Fetched, SourceKind
 from zooscope.sources.built import (
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture and train it on digits; its accuracy is the measured test accuracy."""
+    from zooscope.layers import layers_from_module
     from zooscope.models import architectures, digits
 
     model, arch = row.model, row.source.argument
