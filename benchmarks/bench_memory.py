@@ -50,12 +50,14 @@ CHILDREN = {
     "hf fetch imports": "import zooscope.sources.fetch, zooscope.sources.hubs, transformers, safetensors.torch\n"
                         "from transformers import GPT2Model\n" + PEAK,
     "hf fetch": HF_FETCH + PEAK,
-    "hf fetch whole": "from zooscope import hubs\nhubs.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
+    "hf fetch whole": "from zooscope.sources import hf\nhf.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
     "esd imports": "import zooscope.spectra.esd, safetensors\n" + PEAK,
     "esd": (
-        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.spectra.esd import compute_model_esd\n"
+        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.config import EsdSettings\n"
+        "from zooscope.spectra.esd import compute_model_esd\n"
         "with threadpool_limits(2):\n"
-        "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2])\n"
+        "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2],\n"
+        "                      EsdSettings(randomize=False))\n"
         + PEAK
     ),
 }

@@ -1,20 +1,19 @@
-# Config and zoo sheet validation, and the input functions of every rule. Parsed by every job:
-# keep it cheap (no numpy/torch here).
+# The config and the zoo sheet, parsed once into typed objects (zooscope.config.RunConfig,
+# zooscope.zoo.ZooRow), and the input functions of every rule. Parsed by every job: keep it cheap
+# (no numpy/torch here). Rules pass settings in their plain form (as_dict()); scripts rebuild them.
 import re
 from pathlib import Path
 
-from zooscope.config import load_schema, validate_config
+from zooscope.config import load_schema, run_config
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
 from zooscope.zoo import read_zoo_sheet
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
-config.update(
-    validate_config(
-        config, load_schema(SCHEMAS / "config.schema.yaml"), source="config (config.yaml and --config)"
-    )
+RUN = run_config(
+    config, load_schema(SCHEMAS / "config.schema.yaml"), source="config (config.yaml and --config)"
 )
-ZOO_SHEET = Path(config["zoo"])
+ZOO_SHEET = RUN.zoo
 # The zoo's rows, parsed and checked (zooscope.zoo.ZooRow): model id -> row.
 MODELS = {
     row.model: row for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
@@ -22,7 +21,7 @@ MODELS = {
 SERIES = sorted({row.series for row in MODELS.values()})
 # Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources).
 SHARDS = {
-    model: model_shards(row.shards, row.source.path, config["shard_mb"]) for model, row in MODELS.items()
+    model: model_shards(row.shards, row.source.path, RUN.esd.shard_mb) for model, row in MODELS.items()
 }
 
 
@@ -75,12 +74,12 @@ def esd_computes(wildcards):
 
 
 def esd_gpu(wildcards):
-    """One GPU for a computing esd job when config device is cuda (SLURM: --gpus=1)."""
-    return int(config["device"] == "cuda" and esd_computes(wildcards))
+    """One GPU for a computing esd job when config esd.device is cuda (SLURM: --gpus=1)."""
+    return int(RUN.esd.device == "cuda" and esd_computes(wildcards))
 
 
 def esd_threads(wildcards):
-    return config["threads"]["esd"] if esd_computes(wildcards) else 1
+    return RUN.threads.esd if esd_computes(wildcards) else 1
 
 
 # The models of the Jacobian stage (rules/jacobian.smk): rows that name a data set.

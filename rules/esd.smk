@@ -1,8 +1,7 @@
-# Only settings that change eigenvalues, as params of both rules: a fit option must never rerun
-# this stage. (config device is read by the script: it changes eigenvalues by rounding only.)
-ESD_SETTINGS = {
-    name: config[name] for name in ("conv2d", "normalize", "conv2d_fft_size", "randomize")
-}
+# Only the settings that change eigenvalues (zooscope.config.EsdSettings) are params of both
+# rules: a fit option must never rerun this stage. The device changes eigenvalues by rounding only,
+# so it reaches the script as a resource (esd_device), which is no rerun trigger: switching it
+# reruns nothing.
 
 
 rule esd_shard:
@@ -16,17 +15,18 @@ rule esd_shard:
     wildcard_constraints:
         shard=r"[1-9][0-9]*-of-[1-9][0-9]*",
     params:
-        **ESD_SETTINGS,
+        esd=RUN.esd.settings.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:
         "logs/esd/{model}.{shard}.log",
-    threads: config["threads"]["esd"]
+    threads: RUN.threads.esd
     priority: 1  # as rule esd's
     resources:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
+        esd_device=RUN.esd.device,
     script:
         "../scripts/esd.py"
 
@@ -37,7 +37,7 @@ rule esd:
     output:
         index="results/esd/{model}/index.json",
     params:
-        **ESD_SETTINGS,
+        esd=RUN.esd.settings.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:
@@ -51,5 +51,6 @@ rule esd:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
+        esd_device=RUN.esd.device,
     script:
         "../scripts/esd.py"

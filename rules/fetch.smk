@@ -13,6 +13,6 @@ rule fetch:
         "../envs/torch.yaml"
     log:
         "logs/fetch/{model}.log",
-    threads: config["threads"]["fetch"]
+    threads: RUN.threads.fetch
     script:
         "../scripts/fetch.py"

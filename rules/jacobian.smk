@@ -13,13 +13,14 @@ rule jacobian:
         spectra="results/jacobian/{model}/spectra.safetensors",
     params:
         data=lambda wildcards: MODELS[wildcards.model].data.as_dict(),
-        settings=config["jacobian"],
-        min_evals=config["min_evals"],
+        settings=RUN.jacobian.as_dict(),
+        # of the fit settings only this one: a fit option must not rerun the Jacobian stage
+        min_evals=RUN.fit.min_evals,
     conda:
         "../envs/torch.yaml"
     log:
         "logs/jacobian/{model}.log",
-    threads: config["threads"]["jacobian"]
+    threads: RUN.threads.jacobian
     script:
         "../scripts/jacobian.py"
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from zooscope import io
+from zooscope.config import EsdSettings
 from zooscope.spectra.esd import compute_model_esd, merge_shards
 from zooscope.jobs import job
 from zooscope.resources import parse_shard
@@ -20,11 +21,8 @@ with job(snakemake, name=snakemake.rule):
             snakemake.input.weights,
             snakemake.input.layers,
             out_dir,
-            conv2d=snakemake.params.conv2d,
-            normalize=snakemake.params.normalize,
-            conv2d_fft_size=snakemake.params.conv2d_fft_size,
-            randomize=snakemake.params.randomize,
-            device=snakemake.config["device"],
+            EsdSettings(**snakemake.params.esd),
+            device=snakemake.resources.esd_device,
             shard=shard,
             threads=snakemake.threads,
         )

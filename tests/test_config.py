@@ -1,8 +1,16 @@
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
 from conftest import REPO
-from zooscope.config import ConfigError, load_schema, validate_config
+from zooscope.config import (
+    ConfigError, EsdConfig, EsdSettings, FitSettings, JacobianSettings, Threads, config_table, load_schema, run_config,
+    schema_keys, validate_config,
+)
 from zooscope.zoo import DataSpec, Source, ZooRow, read_zoo_sheet
 
 CONFIG_SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
@@ -16,23 +24,71 @@ def write_sheet(tmp_path, text):
 
 
 def test_shipped_config_is_valid_and_defaults_are_filled():
-    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
-    assert config["zoo"] == "zoos/demo.tsv"
-    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["fit"] == {"floor": 1e-5, "kind": "pl"}
-    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["min_evals"] == 50
+    shipped = run_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
+    assert shipped.zoo == Path("zoos/demo.tsv")
+    defaults = run_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)
+    assert defaults.fit == FitSettings(floor=1e-5, kind="pl", min_evals=50)
+    assert defaults.esd == EsdConfig(EsdSettings("slices", "none", None, True), device="cpu", shard_mb=None)
+    assert defaults.jacobian.memory_budget == 1024 * 2**20
+
+
+def test_the_schema_defaults_are_the_dataclasses_defaults():
+    """One definition of every default: the schema's equal the settings classes' (the library's)."""
+    schema_defaults = dict((name, sub["default"]) for name, sub in schema_keys(CONFIG_SCHEMA) if "default" in sub)
+    objects = {"esd": EsdConfig().settings, "fit": FitSettings(), "jacobian": JacobianSettings(), "threads": Threads()}
+    expected = {f"{group}.{field.name}": getattr(value, field.name)
+                for group, value in objects.items() for field in dataclasses.fields(value)}
+    expected.update({"esd.device": EsdConfig().device, "esd.shard_mb": EsdConfig().shard_mb})
+    assert schema_defaults == expected
+    for name, sub in schema_keys(CONFIG_SCHEMA):  # and every key is documented
+        assert len(sub.get("description", "")) > 20, name
 
 
 def test_bad_config_names_the_source_and_each_field():
     with pytest.raises(ConfigError) as info:
-        validate_config({"zoo": "z.tsv", "conv2d": "blocks", "min_evals": 0, "typo": 1}, CONFIG_SCHEMA,
-                        source="config.yaml")
+        validate_config({"zoo": "z.tsv", "esd": {"conv2d": "blocks"}, "fit": {"min_evals": 0}, "typo": 1},
+                        CONFIG_SCHEMA, source="config.yaml")
     message = str(info.value)
     assert message.startswith("config.yaml")
-    assert "field 'conv2d'" in message and "'blocks'" in message
-    assert "field 'min_evals'" in message
+    assert "field 'esd.conv2d'" in message and "'blocks'" in message
+    assert "field 'fit.min_evals'" in message
     assert "'typo' was unexpected" in message
     with pytest.raises(ConfigError, match="'zoo' is a required property"):
         validate_config({}, CONFIG_SCHEMA)
+
+
+@pytest.mark.parametrize("key, group", [("min_evals", "fit"), ("device", "esd"), ("shard_mb", "esd"),
+                                        ("randomize", "esd"), ("conv2d", "esd"), ("normalize", "esd"),
+                                        ("conv2d_fft_size", "esd")])
+def test_an_old_flat_key_names_its_new_place(key, group):
+    with pytest.raises(ConfigError) as info:
+        validate_config({"zoo": "z.tsv", key: 1}, CONFIG_SCHEMA)
+    assert f"key '{key}' has moved into the '{group}:' group" in str(info.value)
+    assert f"--config '{group}={{{key}: VALUE}}'" in str(info.value)
+
+
+def test_command_line_values_of_a_group_are_read_as_yaml():
+    """Snakemake hands --config 'esd={shard_mb: 2, randomize: false}' over as strings."""
+    config = run_config({"zoo": "z.tsv", "esd": {"shard_mb": "2", "randomize": "false", "normalize": "N"},
+                         "fit": {"min_evals": "20"}}, CONFIG_SCHEMA)
+    assert (config.esd.shard_mb, config.esd.settings.randomize, config.esd.settings.normalize) == (2, False, "N")
+    assert config.fit.min_evals == 20
+    with pytest.raises(ConfigError, match="field 'esd.shard_mb'"):
+        validate_config({"zoo": "z.tsv", "esd": {"shard_mb": "big"}}, CONFIG_SCHEMA)
+
+
+def test_readme_config_table_is_generated_from_the_schema():
+    """README's table between the markers is `python -m zooscope.config --table`, byte for byte."""
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- config-table -->\n", "<!-- /config-table -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    printed = subprocess.run([sys.executable, "-m", "zooscope.config", "--table"], capture_output=True,
+                             text=True, check=True).stdout
+    assert table == printed == config_table(CONFIG_SCHEMA)
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 18
+    assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 
 def test_zoo_sheet_rows_and_options(tmp_path):

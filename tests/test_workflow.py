@@ -108,7 +108,7 @@ def test_lint_is_clean(finished_run):
 
 
 def test_fit_option_change_reruns_fits_not_eigenvalues(finished_run):
-    result = snakemake(finished_run, "--cores", "2", "-n", "--config", "zoo=zoo.tsv", "min_evals=20")
+    result = snakemake(finished_run, "--cores", "2", "-n", "--config", "zoo=zoo.tsv", "fit={min_evals: 20}")
     jobs = job_counts(result.stdout)
     assert jobs.get("esd", 0) == 0 and jobs.get("fetch", 0) == 0
     assert jobs["fit"] == 5

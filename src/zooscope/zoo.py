@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import jsonschema
-
 from zooscope import config
 from zooscope.config import ConfigError
 from zooscope.sources.base import SourceKind
@@ -297,6 +295,8 @@ def read_zoo_sheet(path: str | Path, schema: Mapping[str, Any]) -> list[ZooRow]:
             f"{path}: missing column(s) {', '.join(missing)}; a zoo sheet is a TSV with at least the "
             f"columns {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(columns) or 'none'})"
         )
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(zoo_schema(schema))
     rows: list[ZooRow] = []
     seen: dict[str, int] = {}

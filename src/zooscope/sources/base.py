@@ -62,7 +62,6 @@ class Fetched:
     num_params: int
     accuracy: float | None
     accuracy_source: str | None
-    options: dict[str, Any] = field(default_factory=dict)
     extra_meta: dict[str, Any] = field(default_factory=dict)
     # The rest of a train:/random: module's state (biases, norms, buffers), stored after the
     # analysed weights so that the Jacobian stage runs the fetched model instead of retraining it.

@@ -62,7 +62,7 @@ def model_meta(row: ZooRow, fetched: Fetched) -> dict[str, Any]:
         "accuracy": fetched.accuracy,
         "accuracy_source": fetched.accuracy_source,
         "num_params": fetched.num_params,
-        "options": fetched.options,
+        "options": dict(row.options),
         **fetched.extra_meta,
     }
 

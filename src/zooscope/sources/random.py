@@ -38,7 +38,6 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
         num_params=module_parameters(network),
         accuracy=accuracy if accuracy is not None else measured,
         accuracy_source="zoo sheet" if accuracy is not None else measured_source(),
-        options=dict(row.options),
         extra_meta={"architecture": {"name": arch, "options": architecture}, "init_seed": seed},
     )
 

@@ -47,7 +47,6 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
         num_params=module_parameters(network),
         accuracy=result.test_accuracy,
         accuracy_source=measured_source(),
-        options=dict(row.options),
         extra_meta={
             "architecture": {"name": arch, "options": architecture},
             "training": result.to_meta(),
