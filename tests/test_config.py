@@ -130,3 +130,42 @@ def test_duplicate_models_missing_columns_and_missing_sheet(tmp_path):
         read_zoo_sheet(path, ZOO_SCHEMA)
     with pytest.raises(ConfigError, match="does not exist.*--config zoo=PATH"):
         read_zoo_sheet(tmp_path / "nope.tsv", ZOO_SCHEMA)
+
+
+def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
+    """Options against the kind's declared ones, their values, and data only on rebuildable kinds:
+    all found when the sheet is read (before any job), each with its row and model."""
+    path = write_sheet(tmp_path, "model|series|source|accuracy|width|dropout|label_noise|data\n"
+                                 "a|s|train:mlp||64|0.1||\n"
+                                 "b|s|torchvision:vgg11||64|||\n"
+                                 "c|s|train:resnet|||||\n"
+                                 "d|s|train:mlp||||1.5|\n"
+                                 "e|s|hf:gpt2|||||digits\n"
+                                 "f|s|random:mlp||32|||digits\n")
+    with pytest.raises(ConfigError) as info:
+        read_zoo_sheet(path, ZOO_SCHEMA)
+    problems = str(info.value).splitlines()[1:]
+    assert problems == [
+        "  - row 2: model 'a': unknown option column 'dropout'; valid option columns: channels, depth, width, "
+        "label_noise, epochs, lr, batch_size, seed",
+        "  - row 3: model 'b': option column 'width' does not apply to torchvision: sources; they take none",
+        "  - row 4: model 'c': unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp",
+        "  - row 5: model 'd': column 'label_noise' must be in [0, 1], got 1.5",
+        "  - row 6: model 'e': column 'data' (the Jacobian stage) needs a model that can be run again, from a "
+        "train:, random: source, not hf:; leave the cell empty",
+    ]
+
+
+def test_paths_are_resolved_once_against_the_sheet(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_sheet(tmp_path, "model|series|source|accuracy|data|data_samples|shards\n"
+                                 "a|s|file:w/a.safetensors||||3\n"
+                                 "b|s|file:~/b.pt||||\n"
+                                 "c|s|file:/abs/c.pt||||\n"
+                                 "d|s|random:mlp||sets/d.npz|7|\n")
+    rows = {row.model: row for row in read_zoo_sheet(path, ZOO_SCHEMA)}
+    assert rows["a"].source.path == tmp_path / "w" / "a.safetensors" and rows["a"].shards == 3
+    assert rows["b"].source.path == tmp_path / "home" / "b.pt"
+    assert rows["c"].source.path == Path("/abs/c.pt")
+    assert rows["d"].source.path is None and rows["d"].data == DataSpec("sets/d.npz", tmp_path / "sets" / "d.npz", 7)
+    assert rows["d"].fetch_form() == {**rows["d"].as_dict(), "data": None, "shards": None}

@@ -228,3 +228,19 @@ def test_invalid_zoo_sheet_stops_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert "zoo.tsv" in output and "row 7" in output and "field 'model'" in output
     assert not (workdir / "resources").exists()
+
+
+def test_rows_and_config_are_checked_before_any_job(tmp_path):
+    """What only a fetch or Jacobian job used to find (an option the source does not take, a data set
+    on a model that cannot be rebuilt) and an outdated config key stop the run when it is parsed."""
+    workdir = make_zoo(tmp_path / "checked", extra_rows="hub\tfiles\ttorchvision:vgg11\t\t64\t\t\n")
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert ("row 7: model 'hub': option column 'width' does not apply to torchvision: sources"
+            in result.stdout + result.stderr)
+    workdir = make_zoo(tmp_path / "outdated")
+    result = snakemake(workdir, "--cores", "1", "--config", "shard_mb=2", check=False)
+    assert result.returncode != 0
+    assert "key 'shard_mb' has moved into the 'esd:' group" in result.stdout + result.stderr
+    for folder in (tmp_path / "checked", tmp_path / "outdated"):
+        assert not (folder / "resources").exists()

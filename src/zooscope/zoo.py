@@ -185,10 +185,8 @@ def parse_options(row: Mapping[str, Any], spec: SourceKind, model: Any = None) -
                 f"model {model!r}: unknown option column {column!r}; valid option columns: {', '.join(types)}"
             )
         if column not in spec.options:
-            raise RowError(
-                f"model {model!r}: option column {column!r} does not apply to {spec.name}: sources; "
-                f"valid there: {', '.join(spec.options)}"
-            )
+            valid = f"valid there: {', '.join(spec.options)}" if spec.options else "they take none"
+            raise RowError(f"model {model!r}: option column {column!r} does not apply to {spec.name}: sources; {valid}")
         options[column] = convert(value, spec.options[column], model, column)
     return options
 
