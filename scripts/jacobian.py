@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from zooscope import io
 from zooscope.jobs import job
 

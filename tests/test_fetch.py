@@ -15,7 +15,7 @@ from torch import nn
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
 from zooscope.sources.registry import KINDS
-from zooscope.zoo import RowError, parse_options, parse_row, parse_source
+from zooscope.zoo import RowError, parse_options, parse_source
 
 OUTPUTS = {"model.safetensors", "layers.json", "meta.json"}
 

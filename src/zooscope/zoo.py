@@ -26,8 +26,7 @@ from zooscope.sources.registry import KINDS, option_types, rebuildable, source_p
 # The columns every sheet has; the Jacobian stage's (data, data_samples) and the esd stage's
 # (shards). Any other column is an option of the row's source kind.
 REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
-DATA_COLUMNS = ("data", "data_samples")
-WORKFLOW_COLUMNS = (*DATA_COLUMNS, "shards")
+WORKFLOW_COLUMNS = ("data", "data_samples", "shards")
 # The built-in data set of the Jacobian stage (zooscope.jacobian.data): the demo's digits test split.
 DIGITS = "digits"
 # Samples of a data set used when data_samples is empty.
@@ -52,6 +51,15 @@ class Source:
     @property
     def spec(self) -> SourceKind:
         return KINDS[self.kind]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "argument": self.argument, "text": self.text,
+                "path": None if self.path is None else str(self.path)}
+
+    @classmethod
+    def from_dict(cls, plain: Mapping[str, Any]) -> Source:
+        return cls(kind=plain["kind"], argument=plain["argument"], text=plain["text"],
+                   path=None if plain["path"] is None else Path(plain["path"]))
 
 
 @dataclass(frozen=True)
@@ -86,12 +94,9 @@ class ZooRow:
 
     def as_dict(self) -> dict[str, Any]:
         """The plain (JSON) form, for a rule's params; :meth:`from_dict` rebuilds the row."""
-        source = self.source
         return {
             "model": self.model, "series": self.series, "accuracy": self.accuracy, "options": dict(self.options),
-            "source": {"kind": source.kind, "argument": source.argument, "text": source.text,
-                       "path": None if source.path is None else str(source.path)},
-            "data": None if self.data is None else self.data.as_dict(),
+            "source": self.source.as_dict(), "data": None if self.data is None else self.data.as_dict(),
             "shards": self.shards,
         }
 
@@ -102,14 +107,11 @@ class ZooRow:
 
     @classmethod
     def from_dict(cls, plain: Mapping[str, Any]) -> ZooRow:
-        source, data = plain["source"], plain.get("data")
+        data = plain.get("data")
         return cls(
-            model=plain["model"], series=plain.get("series"), accuracy=plain.get("accuracy"),
-            options=dict(plain.get("options") or {}),
-            source=Source(kind=source["kind"], argument=source["argument"], text=source["text"],
-                          path=None if source.get("path") is None else Path(source["path"])),
-            data=None if data is None else DataSpec.from_dict(data),
-            shards=plain.get("shards"),
+            model=plain["model"], series=plain.get("series"), source=Source.from_dict(plain["source"]),
+            accuracy=plain.get("accuracy"), options=dict(plain.get("options") or {}),
+            data=None if data is None else DataSpec.from_dict(data), shards=plain.get("shards"),
         )
 
 

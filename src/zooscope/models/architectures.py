@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
-from zooscope.models.catalog import ARCHITECTURE_OPTIONS, architecture_options  # noqa: F401 (re-exported)
+from zooscope.models.catalog import architecture_options
 
 NUM_INPUTS = 64
 NUM_CLASSES = 10

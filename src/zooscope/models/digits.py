@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zooscope.models.catalog import TRAINING_DEFAULTS, TrainingConfig  # noqa: F401 (the training tables)
+from zooscope.models.catalog import TrainingConfig
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,9 @@ def check_timm_name(name: str, model: str) -> None:
 
     architecture = name.split(".")[0]
     if not timm.is_model(architecture):
-        raise FetchError(f"model {model!r}: unknown timm model {architecture!r}{did_you_mean(architecture, timm.list_models())}")
+        raise FetchError(
+            f"model {model!r}: unknown timm model {architecture!r}{did_you_mean(architecture, timm.list_models())}"
+        )
     tags = timm.list_pretrained(f"{architecture}.*")
     if not tags:
         raise FetchError(f"model {model!r}: timm model {architecture!r} has no pretrained weights")
