@@ -244,3 +244,17 @@ def test_rows_and_config_are_checked_before_any_job(tmp_path):
     assert "key 'shard_mb' has moved into the 'esd:' group" in result.stdout + result.stderr
     for folder in (tmp_path / "checked", tmp_path / "outdated"):
         assert not (folder / "resources").exists()
+
+
+def test_the_device_reaches_the_esd_job_and_switching_it_reruns_nothing(finished_run, tmp_path):
+    """config esd.device is no rerun trigger (it changes eigenvalues by rounding only), yet the esd job
+    computes where it says: cuda on a machine without a GPU fails there, naming the setting."""
+    assert sum(job_counts(snakemake(finished_run, "-n", "--config", "esd={device: auto}").stdout).values()) == 0
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: an esd job with esd.device cuda would succeed")
+    workdir = make_zoo(tmp_path / "cuda")
+    result = snakemake(workdir, "results/esd/file0/index.json", "--cores", "1", "--config", "esd={device: cuda}",
+                       check=False)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "esd" / "file0.log").read_text()
+    assert "config esd.device: cuda, but this job sees no CUDA GPU" in log
