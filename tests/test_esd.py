@@ -204,3 +204,24 @@ def test_layers_computed_in_parallel_or_in_turn_give_the_same_bytes(tmp_path, rn
     for i in range(6):
         np.testing.assert_allclose(np.load(tmp_path / "two" / f"fc{i}.npy")[0],
                                    svd_eigenvalues(weights[f"fc{i}.weight"]), rtol=1e-9, atol=1e-9)
+
+
+def test_conv2d_pooled_is_every_scaled_slice_in_one_spectrum(model_dir, tmp_path):
+    from safetensors.numpy import load_file
+
+    index = run(model_dir, tmp_path / "esd", conv2d="pooled", randomize=True)
+    conv = index["layers"][1]
+    assert conv["slices"] == [""] and (conv["N"], conv["M"]) == (16, 8)
+    kernel = load_file(str(model_dir / "model.safetensors"))["conv.weight"].astype(np.float64)
+    # independently: numpy SVD of each (out x in) slice, squared, times kh*kw/2 = 4.5, all together
+    expected = np.sort(np.concatenate([4.5 * svd_eigenvalues(kernel[:, :, i, j])
+                                       for i in range(3) for j in range(3)]))
+    values = esd.load_layer_eigenvalues(tmp_path / "esd", conv)
+    assert values.shape == (1, 9 * 8)
+    np.testing.assert_allclose(values[0], expected, rtol=1e-9)
+    # the shuffled ESD shuffles each slice on its own: each slice keeps its Frobenius norm
+    rand = esd.load_layer_eigenvalues(tmp_path / "esd", conv, randomized=True)
+    assert rand.sum() == pytest.approx(4.5 * np.sum(kernel ** 2), rel=1e-9)
+    # dense layers are as with slices; the setting is part of the cache key
+    sliced = run(model_dir, tmp_path / "esd", conv2d="slices")["layers"][1]
+    assert sliced["key"] != conv["key"] and len(sliced["slices"]) == 9

@@ -56,7 +56,8 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
     """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)).
 
     With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
-    they are the operator's entries), so every matrix keeps its own values. ``device``: the
+    they are the operator's entries), so every matrix keeps its own values. ``pooled`` gives one
+    row of the kh*kw slices' eigenvalues together, with one slice's (N, M). ``device``: the
     torch device of :func:`zooscope.spectra.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
     """
     def prepare(array):
@@ -68,7 +69,10 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
         return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
     rows = [spectrum.eigenvalues(prepare(m.matrix), normalize=normalize, device=device) for m in matrices]
-    return [m.label for m in matrices], np.vstack(rows), spectrum.oriented_shape(matrices[0].matrix)
+    shape = spectrum.oriented_shape(matrices[0].matrix)
+    if layer_type == "Conv2d" and conv2d == "pooled":  # each slice shuffled on its own, as for slices
+        return [""], spectrum.pooled_eigenvalues(rows)[None, :], shape
+    return [m.label for m in matrices], np.vstack(rows), shape
 
 
 def shuffle_seed(layer: dict) -> int:

@@ -6,10 +6,11 @@ X = W^T W, computed from the M x M Gram matrix in float64: as exact as an SVD fo
 and the norms, and cheaper (one GEMM plus a symmetric eigensolver). On a GPU (config ``device``)
 the same route runs in torch on the device, also in float64.
 
-A Conv2d weight (out, in, kh, kw) is analysed one of three ways (config ``conv2d``):
-``slices`` (kh*kw matrices out x in, the paper's choice), ``stacked`` (one matrix
-(kh*kw*out) x in) or ``fft`` (the convolution as a linear operator on n x n inputs, whose
-singular values come from the 2-D FFT of the kernel: :func:`conv2d_fft_eigenvalues`).
+A Conv2d weight (out, in, kh, kw) is analysed one of four ways (config ``conv2d``):
+``slices`` (kh*kw matrices out x in, the paper's choice), ``pooled`` (the same scaled slices, their
+eigenvalues pooled into one ESD: WeightWatcher's default view, :func:`pooled_eigenvalues`),
+``stacked`` (one matrix (kh*kw*out) x in) or ``fft`` (the convolution as a linear operator on n x n
+inputs, whose singular values come from the 2-D FFT of the kernel: :func:`conv2d_fft_eigenvalues`).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CONV2D_METHODS = ("slices", "stacked", "fft")
+CONV2D_METHODS = ("slices", "pooled", "stacked", "fft")
 NORMALIZATIONS = ("none", "N")
 DEVICES = ("auto", "cpu", "cuda")
 # Device nodes of a GPU driver (NVIDIA, AMD ROCm): without one there is no GPU to find, and
@@ -41,7 +42,8 @@ def layer_matrices(weight: np.ndarray, layer_type: str, *, conv2d: str = "slices
 
     Linear (out, in) and Embedding (num, dim) are one matrix. Conv2d (out, in, kh, kw) with
     ``conv2d="slices"`` gives kh*kw matrices of out x in, each scaled by sqrt(kh*kw/2) (the
-    published Methods rescale Conv2D maps by k/sqrt(2)). ``conv2d="stacked"`` gives one unscaled
+    published Methods rescale Conv2D maps by k/sqrt(2)); ``conv2d="pooled"`` gives the same
+    matrices (their eigenvalues are pooled afterwards: :func:`pooled_eigenvalues`). ``conv2d="stacked"`` gives one unscaled
     matrix (kh*kw*out) x in, row (i*kw + j)*out + o holding weight[o, :, i, j]: the unfolded operator
     (im2col), whose W^T W = sum_ij W_ij^T W_ij; it is the operator's own matrix, so it is not
     rescaled. ``conv2d="fft"`` is not a set of real matrices: use :func:`conv2d_fft_eigenvalues`.
@@ -70,6 +72,14 @@ def layer_matrices(weight: np.ndarray, layer_type: str, *, conv2d: str = "slices
             LayerMatrix(f"{i},{j}", weight[:, :, i, j] * scale) for i in range(kh) for j in range(kw)
         ]
     raise ValueError(f"unknown layer type {layer_type!r}; valid: Linear, Conv1d, Conv2d, Embedding")
+
+
+def pooled_eigenvalues(rows) -> np.ndarray:
+    """One ESD from the eigenvalues of several matrices of a layer (``conv2d="pooled"``): all of
+    them, ascending. Every slice is an N x M matrix, so the pooled ESD of kh*kw*M values keeps the
+    slices' shape (N, M) for the Marchenko-Pastur columns: for i.i.d. slices each has the same
+    MP law, and so has their mixture."""
+    return np.sort(np.concatenate([np.asarray(row, dtype=np.float64) for row in rows]))
 
 
 def _expect_rank(weight: np.ndarray, rank: int, layer_type: str) -> None:
