@@ -29,3 +29,17 @@ def write_model_dir(directory: Path, layers: list[tuple[str, str, np.ndarray]], 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def fetch_file_source(path: Path, out: Path, model: str = "m"):
+    """Fetch ``file:{path}`` as a zoo row into ``out``; (layers.json's layers, the stored float32
+    matrices by layer name, meta.json)."""
+    from safetensors.numpy import load_file
+
+    from zooscope.sources.fetch import fetch_model
+
+    fetch_model({"model": model, "series": "s", "source": f"file:{path}", "accuracy": None}, out,
+                sheet_dir=path.parent)
+    layers = json.loads((out / "layers.json").read_text())["layers"]
+    stored = load_file(str(out / "model.safetensors"))
+    return layers, {layer["name"]: stored[layer["tensor"]] for layer in layers}, json.loads((out / "meta.json").read_text())

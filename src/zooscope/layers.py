@@ -275,6 +275,14 @@ def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
     return _build(found)
 
 
+def layers_from_format(weights) -> LayerList:
+    """The layers a format reader found (zooscope.sources.formats.FormatWeights), in its depth
+    order. Each is stored in model.safetensors under ``{layer name}.weight``; the reader already
+    made every stored tensor one layer at most (a reused one is recorded as tied there)."""
+    return _build([(f"{layer.name}.weight", layer.type, ("stored", layer.stored.name), layer.read)
+                   for layer in weights.layers])
+
+
 def module_type(module: nn.Module) -> str | None:
     """The layer type name of ``module``, or None when its weights are not analysed."""
     from torch import nn

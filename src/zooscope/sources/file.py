@@ -36,10 +36,14 @@ DIRECTORY_LAYOUTS = (
 
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
-    """Read a weights file or model directory; layers are typed by tensor name and rank."""
+    """Read a weights file or model directory; layers are typed by tensor name and rank, or,
+    for an ONNX, GGUF or Keras file (recognised by its content), by its format's reader."""
     from zooscope.layers import TensorStore, layers_from_state_dict, num_parameters
+    from zooscope.sources import formats
 
     model, path = row.model, row.source.path
+    if (stored_format := formats.detect(path)) is not None:
+        return fetch_format(row, stored_format)
     state, file_format = load_state_dict(path, model)
     layers = layers_from_state_dict(state)
     if not layers.layers:
@@ -50,6 +54,25 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
         accuracy=row.accuracy,
         accuracy_source="zoo sheet" if row.accuracy is not None else None,
         extra_meta={"file_format": file_format},
+    )
+
+
+def fetch_format(row: ZooRow, file_format: str) -> Fetched:
+    """An ONNX, GGUF or Keras file through its reader (zooscope.sources.formats); meta.json gets
+    every stored tensor's dtype (quantisation) and what became of it."""
+    from zooscope.layers import layers_from_format
+    from zooscope.sources import formats
+
+    weights = formats.read_format(file_format, row.source.path, row.model)
+    layers = layers_from_format(weights)
+    if not layers.layers:
+        log.warning("model %s: no analysable weight tensors in %s", row.model, row.source.path)
+    return Fetched(
+        layers=layers,
+        num_params=weights.num_parameters(),
+        accuracy=row.accuracy,
+        accuracy_source="zoo sheet" if row.accuracy is not None else None,
+        extra_meta=weights.to_meta(),
     )
 
 
@@ -105,7 +128,8 @@ def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
         return "torch", [path]
     raise FetchError(
         f"model {model!r}: unsupported weights file {path}; expected .safetensors, "
-        f"{', '.join(TORCH_SUFFIXES)}, an *.index.json or a model directory"
+        f"{', '.join(TORCH_SUFFIXES)}, an *.index.json, a model directory, or an ONNX, GGUF or Keras "
+        "file (recognised by content: this one is none of them, or is damaged)"
     )
 
 
