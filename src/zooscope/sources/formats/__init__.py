@@ -41,7 +41,8 @@ INTEGER = "integer buffer"
 TIED = "tied to another"
 RANK = "unsupported rank"
 NOT_A_LAYER = "not a weight of an analysed layer"
-REASONS = (BIAS, NORM, ONE_D, INTEGER, TIED, RANK, NOT_A_LAYER)
+TRAINING_STATE = "training state"  # an optimizer's moments and counters saved with the model
+REASONS = (BIAS, NORM, ONE_D, INTEGER, TIED, RANK, NOT_A_LAYER, TRAINING_STATE)
 
 GGUF_MAGIC = b"GGUF"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -93,9 +94,10 @@ class FormatWeights:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def num_parameters(self) -> int:
-        """Elements of every floating-point tensor stored (quantised ones included)."""
+        """Elements of the model's floating-point tensors (quantised ones included; not integer
+        buffers, not training state)."""
         return sum(layer.stored.size for layer in self.layers) + sum(
-            item.stored.size for item in self.not_analysed if item.reason != INTEGER)
+            item.stored.size for item in self.not_analysed if item.reason not in (INTEGER, TRAINING_STATE))
 
     def to_meta(self) -> dict[str, Any]:
         """What meta.json records of the file: ``file_format``, ``file_format_info`` (the reader's

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from zooscope.sources.formats import (
-    BIAS, KERAS_WEIGHTS_MEMBER, NORM, NOT_A_LAYER, RANK, FormatLayer, FormatWeights, NotAnalysed,
+    BIAS, KERAS_WEIGHTS_MEMBER, NORM, NOT_A_LAYER, RANK, TRAINING_STATE, FormatLayer, FormatWeights, NotAnalysed,
     StoredTensor, float32, why_not,
 )
 
@@ -69,9 +69,10 @@ def read_keras(path: Path, model: str) -> FormatWeights:
     from zooscope.sources.base import FetchError
 
     config: dict = {}
+    facts: dict = {}
     try:
         if zipfile.is_zipfile(path):
-            handle, config = _open_keras_zip(path)
+            handle, config, facts = _open_keras_zip(path)
         else:
             handle = open(path, "rb")
         h5 = h5py.File(handle, "r")
@@ -88,7 +89,8 @@ def read_keras(path: Path, model: str) -> FormatWeights:
         raise FetchError(f"model {model!r}: {path} is an HDF5 file but not a Keras weights file (no "
                          "layer_names, no layers/ group); save it with model.save('m.keras') or model.save_weights")
     classes = _classes(config)
-    layers, skipped = [], [NotAnalysed(v.stored, NOT_A_LAYER, detail) for v, detail in others]
+    layers, skipped = [], [NotAnalysed(v.stored, TRAINING_STATE if detail != "model variable" else NOT_A_LAYER, detail)
+                           for v, detail in others]
     for name, class_name, variables in found:
         class_name = classes.get(name.rsplit(".", 1)[-1], class_name)
         kernel = _kernel(class_name, variables)
@@ -99,7 +101,8 @@ def read_keras(path: Path, model: str) -> FormatWeights:
                                           lambda d=variable.dataset, a=axes: float32(np.transpose(d[()], a))))
             else:
                 skipped.append(NotAnalysed(variable.stored, _reason(class_name, variable, kernel), name))
-    meta = {"keras_format": version, "keras_version": _text(h5.attrs.get("keras_version")),
+    meta = {"keras_format": version,
+            "keras_version": _text(h5.attrs.get("keras_version")) or facts.get("keras_version"),
             "backend": _text(h5.attrs.get("backend"))}
     return FormatWeights("keras", tuple(layers), tuple(skipped), {k: v for k, v in meta.items() if v})
 
@@ -239,10 +242,12 @@ def _index_key(key: str):
 
 
 def _open_keras_zip(path: Path):
-    """(a file object over the archive's model.weights.h5, the parsed config.json)."""
+    """(a file object over the archive's model.weights.h5, config.json, metadata.json), parsed."""
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(KERAS_WEIGHTS_MEMBER)
-        config = _json(archive.read("config.json")) if "config.json" in archive.namelist() else {}
+        names = archive.namelist()
+        config = _json(archive.read("config.json")) if "config.json" in names else {}
+        facts = _json(archive.read("metadata.json")) if "metadata.json" in names else {}
         if info.compress_type != zipfile.ZIP_STORED:  # Keras stores it uncompressed; else unpack once
             import tempfile
 
@@ -251,12 +256,12 @@ def _open_keras_zip(path: Path):
                 while chunk := member.read(1 << 24):
                     spooled.write(chunk)
             spooled.seek(0)
-            return spooled, config
+            return spooled, config, facts
     with open(path, "rb") as raw:
         raw.seek(info.header_offset)
         header = raw.read(30)
     name_length, extra_length = struct.unpack("<HH", header[26:30])
-    return _Window(path, info.header_offset + 30 + name_length + extra_length, info.file_size), config
+    return _Window(path, info.header_offset + 30 + name_length + extra_length, info.file_size), config, facts
 
 
 class _Window(io.RawIOBase):
