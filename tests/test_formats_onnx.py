@@ -142,3 +142,19 @@ def test_a_damaged_onnx_file_names_model_and_file(tmp_path):
     (tmp_path / "m.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(FetchError, match=r"model 'm'.*m\.onnx"):
         fetch_file_source(tmp_path / "m.onnx", tmp_path / "out")
+
+
+def test_a_safetensors_file_whose_header_length_looks_like_onnx_is_not_taken_for_onnx(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    # header length 0x121008: little-endian bytes 08 10 12, ONNX's ir_version tag, a version and
+    # producer_name's tag
+    save_file({"fc.weight": np.ones((3, 2), np.float32)}, str(tmp_path / "w.safetensors"),
+              metadata={"pad": "x" * (0x121008 - 200)})
+    data = bytearray((tmp_path / "w.safetensors").read_bytes())
+    length = int.from_bytes(data[:8], "little")
+    data[8 + length - 1: 8 + length - 1] = b" " * (0x121008 - length)  # pad the header with spaces
+    data[:8] = (0x121008).to_bytes(8, "little")
+    (tmp_path / "w.safetensors").write_bytes(bytes(data))
+    assert load_file(str(tmp_path / "w.safetensors"))["fc.weight"].shape == (3, 2)  # still valid
+    assert formats.detect(tmp_path / "w.safetensors") is None

@@ -124,7 +124,9 @@ def detect(path: Path) -> str | None:
     if not path.is_file():
         return None
     with open(path, "rb") as handle:
-        head = handle.read(8)
+        head, brace = handle.read(8), handle.read(1)
+    if brace == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return None
     if head[:4] == GGUF_MAGIC:
         return "gguf"
     if head == HDF5_SIGNATURE:
