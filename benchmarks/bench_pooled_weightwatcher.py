@@ -18,36 +18,19 @@ times, with their ratio (measured in the same run; on a loaded machine only the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 
+from bench_weightwatcher import run_weightwatcher  # this folder is on sys.path when run as a script
+
 SAME_ALPHA = 1e-6
-
-
-@contextlib.contextmanager
-def quiet():
-    """Swallow stdout, stderr, logging and warnings (weightwatcher prints a lot)."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(previous)
 
 
 def build(seed: int) -> torch.nn.Module:
@@ -74,15 +57,6 @@ def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
                               conv2d="pooled", randomize=False, threads=threads)
     layers = fit_layers(index, partial(load_layer_eigenvalues, workdir / "esd"))
     return time.perf_counter() - start, layers
-
-
-def run_weightwatcher(model: torch.nn.Module):
-    with quiet():
-        import weightwatcher
-
-        start = time.perf_counter()
-        details = weightwatcher.WeightWatcher(model=model).analyze()
-        return time.perf_counter() - start, details
 
 
 def main() -> int:
