@@ -43,7 +43,7 @@ def build(seed: int) -> torch.nn.Module:
 def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
     """(seconds of esd + fit, layers table) of the model fetched as a file: row, conv2d: pooled."""
     from zooscope.analysis.metrics import fit_layers
-    from zooscope.sources import fetch_model
+    from zooscope.sources.fetch import fetch_model
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 
     weights = workdir / "resnet18.safetensors"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import fetch_file_source
-from zooscope.sources import FetchError, formats
+from zooscope.sources import formats
+from zooscope.sources.base import FetchError
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
@@ -171,7 +172,9 @@ def test_other_architectures_keep_llama_cpp_names_and_rows(tmp_path, rng):
 
 
 def test_a_quantisation_gguf_cannot_dequantise_is_a_clear_error(tmp_path, rng):
-    unsupported = next(qtype for qtype in (Q.Q8_1, Q.Q8_K) if qtype.name not in formats.gguf.dequantisable())
+    from zooscope.sources.formats.gguf import dequantisable
+
+    unsupported = next(qtype for qtype in (Q.Q8_1, Q.Q8_K) if qtype.name not in dequantisable())
     block, size = gguf.GGML_QUANT_SIZES[unsupported]
     writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     writer.add_tensor("blk.0.attn_q.weight", rng.integers(0, 255, (8, 256 // block * size), dtype=np.uint8),

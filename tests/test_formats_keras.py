@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import fetch_file_source
-from zooscope.sources import FetchError, formats
+from zooscope.sources import formats
+from zooscope.sources.base import FetchError
 
 h5py = pytest.importorskip("h5py")
 torch = pytest.importorskip("torch")
