@@ -155,11 +155,6 @@ def read_format(file_format: str, path: Path, model: str) -> FormatWeights:
     return read(path, model)
 
 
-def float32(array) -> np.ndarray:
-    """A float32, C-contiguous copy or view of a float array of any precision (bfloat16 too)."""
-    return np.ascontiguousarray(np.asarray(array).astype(np.float32, copy=False))
-
-
 def why_not(stored: StoredTensor, *, floating: bool) -> str:
     """The reason of a tensor that no analysed layer uses, from its dtype and rank alone."""
     if not floating:

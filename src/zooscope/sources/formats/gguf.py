@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from zooscope.layers import as_float32
 from zooscope.sources.formats import (
-    BIAS, NORM, ONE_D, RANK, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, float32, why_not,
+    BIAS, NORM, ONE_D, RANK, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, why_not,
 )
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite")
@@ -138,7 +139,7 @@ def _dequantised(tensor, shape: tuple[int, ...], heads: int | None) -> np.ndarra
     if heads:
         rows = shape[0]
         values = values.reshape(heads, rows // heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-    return float32(values)
+    return as_float32(values)
 
 
 def _rotary_heads(gguf_name: str, arch: str, heads: tuple) -> int | None:

@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from zooscope.layers import as_float32
 from zooscope.sources.formats import (
     BIAS, KERAS_WEIGHTS_MEMBER, NORM, NOT_A_LAYER, RANK, TRAINING_STATE, FormatLayer, FormatWeights, NotAnalysed,
-    StoredTensor, float32, why_not,
+    StoredTensor, why_not,
 )
 
 # Keras class -> (layer type, the kernel's axes in PyTorch's layout, the kernel's rank).
@@ -98,7 +99,7 @@ def read_keras(path: Path, model: str) -> FormatWeights:
             if variable is kernel:
                 kind, axes, _ = CLASSES[class_name]
                 layers.append(FormatLayer(name, kind, variable.stored,
-                                          lambda d=variable.dataset, a=axes: float32(np.transpose(d[()], a))))
+                                          lambda d=variable.dataset, a=axes: as_float32(np.transpose(d[()], a))))
             else:
                 skipped.append(NotAnalysed(variable.stored, _reason(class_name, variable, kernel), name))
     meta = {"keras_format": version,

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from zooscope.layers import as_float32
 from zooscope.sources.formats import (
-    BIAS, NORM, RANK, TIED, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, float32, why_not,
+    BIAS, NORM, RANK, TIED, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, why_not,
 )
 
 WEIGHT_OPS = ("Gemm", "MatMul", "Conv", "ConvTranspose")
@@ -71,7 +72,7 @@ def read_onnx(path: Path, model: str) -> FormatWeights:
             owner[name] = layer
             skipped.pop(name, None)
             layers.append(FormatLayer(layer, kind, stored[name],
-                                      lambda t=initializers[name], o=orient: float32(o(_array(t, folder)))))
+                                      lambda t=initializers[name], o=orient: as_float32(o(_array(t, folder)))))
     for name in initializers:
         if name not in owner and name not in skipped:
             floating = stored[name].dtype in FLOAT_TYPES
