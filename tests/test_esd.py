@@ -225,3 +225,38 @@ def test_conv2d_pooled_is_every_scaled_slice_in_one_spectrum(model_dir, tmp_path
     # dense layers are as with slices; the setting is part of the cache key
     sliced = run(model_dir, tmp_path / "esd", conv2d="slices")["layers"][1]
     assert sliced["key"] != conv["key"] and len(sliced["slices"]) == 9
+
+
+def test_conv2d_pooled_alphas_are_weightwatchers(tmp_path):
+    """The reference package, where it is installed (the bench extra): analyze()'s default view
+    of a Conv2D layer pools its slices; its alpha is zooscope's pooled alpha, its lambda_max kh*kw
+    times smaller (docs/method.md: WeightWatcher scales each pooled slice by sqrt(1/2))."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    pytest.importorskip("weightwatcher")
+    torch = pytest.importorskip("torch")
+    from zooscope.analysis.metrics import fit_layers
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(48, 64, 3), torch.nn.Conv2d(64, 80, 5))
+    layers = [(f"{i}", "Conv2d", conv.weight.detach().numpy()) for i, conv in enumerate(net)]
+    model = write_model_dir(tmp_path / "model", layers)
+    index = run(model, tmp_path / "esd", conv2d="pooled")
+    ours = fit_layers(index, lambda record, **kw: esd.load_layer_eigenvalues(tmp_path / "esd", record, **kw))
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its pandas deprecations
+            import weightwatcher
+
+            theirs = weightwatcher.WeightWatcher(model=net).analyze()
+    finally:
+        logging.disable(logging.NOTSET)
+    assert list(theirs["num_evals"]) == [9 * 48, 25 * 64] == list(ours["num_evals"])
+    np.testing.assert_allclose(ours["alpha"].to_numpy(float), theirs["alpha"].to_numpy(float), rtol=1e-9)
+    np.testing.assert_allclose(ours["lambda_max"].to_numpy(float) / theirs["lambda_max"].to_numpy(float),
+                               [9, 25], rtol=1e-9)
