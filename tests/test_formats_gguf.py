@@ -211,3 +211,43 @@ def test_a_truncated_gguf_names_model_and_file(tmp_path, rng):
     (tmp_path / "m.gguf").write_bytes(data[: len(data) // 3])
     with pytest.raises(FetchError, match=r"model 'm'.*m\.gguf"):
         fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
+
+
+def test_a_gguf_converted_from_a_hugging_face_llama_gives_its_layers(tmp_path):
+    """A transformers LlamaForCausalLM saved with save_pretrained, converted to an F32 GGUF the
+    way llama.cpp's convert_hf_to_gguf.py does (names from gguf's own TensorNameMap, q and k rows
+    permuted): both files give the same layers, with the same matrices."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+
+    config = transformers.LlamaConfig(vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=N_HEAD, num_key_value_heads=N_HEAD_KV,
+                                      tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    state = load_file(str(tmp_path / "hf" / "model.safetensors"))
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    for key, value in state.items():
+        if key.endswith("q_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD)
+        elif key.endswith("k_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD_KV)
+        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    hf_layers, hf_matrices, _ = fetch_file_source(tmp_path / "hf", tmp_path / "out-hf")
+    gguf_layers, gguf_matrices, _ = fetch_file_source(tmp_path / "llama.gguf", tmp_path / "out-gguf")
+    assert {(l["name"], l["type"]) for l in gguf_layers} == {(l["name"], l["type"]) for l in hf_layers}
+    assert len(gguf_layers) == 2 + 7 * config.num_hidden_layers
+    for name, matrix in hf_matrices.items():
+        np.testing.assert_array_equal(gguf_matrices[name], matrix, err_msg=name)
+    assert {l["name"]: l["sha256"] for l in gguf_layers} == {l["name"]: l["sha256"] for l in hf_layers}
