@@ -123,7 +123,7 @@ def test_a_deflated_keras_archive_is_read_too(keras_files, tmp_path):
     np.testing.assert_array_equal(matrices["alpha"], refs["image/alpha/0"].T)
 
 
-def write_keras2(path, weights, *, config=None):
+def write_keras2(path, weights, *, config=None, optimizer=None):
     """A Keras 2 (tf.keras) HDF5 file as hdf5_format.save_weights_to_hdf5_group writes it:
     ``layer_names`` in model order, per layer ``weight_names`` such as ``dense_1/kernel:0`` and
     the datasets at ``<layer>/<layer>/<variable>:0``; a full model.save nests that in
@@ -140,6 +140,10 @@ def write_keras2(path, weights, *, config=None):
             group.attrs["weight_names"] = [f"{layer}/{v}:0".encode() for v in variables]
             for variable, value in variables.items():
                 group.create_dataset(f"{layer}/{variable}:0", data=value)
+        if optimizer:  # model.save(include_optimizer=True): optimizer_weights/<name>/<variable>:0
+            states = handle.create_group("optimizer_weights")
+            for name, value in optimizer.items():
+                states.create_dataset(name, data=value)
 
 
 def keras2_weights(rng):
@@ -161,7 +165,8 @@ KERAS2_CONFIG = {"class_name": "Sequential", "config": {"name": "sequential_1", 
 
 def test_a_keras2_model_file_uses_its_config_for_the_classes(tmp_path, rng):
     weights = keras2_weights(rng)
-    write_keras2(tmp_path / "model.h5", weights, config=KERAS2_CONFIG)
+    moments = {"Adam/iter:0": np.int64(3), "Adam/dense_1/kernel/m:0": np.zeros((16, 10), np.float32)}
+    write_keras2(tmp_path / "model.h5", weights, config=KERAS2_CONFIG, optimizer=moments)
     layers, matrices, meta = fetch_file_source(tmp_path / "model.h5", tmp_path / "out")
     assert [(l["name"], l["type"]) for l in layers] == [("conv2d_1", "Conv2d"), ("dense_1", "Linear")]
     np.testing.assert_array_equal(matrices["conv2d_1"], weights["conv2d_1"]["kernel"].transpose(3, 2, 0, 1))
@@ -171,6 +176,9 @@ def test_a_keras2_model_file_uses_its_config_for_the_classes(tmp_path, rng):
     assert tensors["model_weights/lstm_1/lstm_1/kernel:0"]["reason"] == "not a weight of an analysed layer"
     assert tensors["model_weights/batch_normalization_1/batch_normalization_1/moving_mean:0"]["reason"] == "norm"
     assert meta["file_format_info"]["keras_version"] == "2.15.0"
+    assert {name: entry["reason"] for name, entry in tensors.items() if name.startswith("optimizer_weights/")} == {
+        "optimizer_weights/Adam/iter:0": "training state", "optimizer_weights/Adam/dense_1/kernel/m:0": "training state"}
+    assert meta["num_params"] == sum(value.size for variables in weights.values() for value in variables.values())
 
 
 def test_keras2_weights_without_config_are_typed_by_their_variables(tmp_path, rng):

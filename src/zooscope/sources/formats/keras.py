@@ -83,7 +83,8 @@ def read_keras(path: Path, model: str) -> FormatWeights:
     if "layer_names" in legacy.attrs:
         if "model_config" in h5.attrs:
             config = _json(h5.attrs["model_config"])
-        found, others, version = _legacy_layers(legacy), [], "2 (legacy HDF5)"
+        found, version = _legacy_layers(legacy), "2 (legacy HDF5)"
+        others = _datasets(h5["optimizer_weights"], "optimizer state") if "optimizer_weights" in h5 else []
     elif "layers" in h5 or "vars" in h5:
         found, others, version = _keras3_layers(h5)
     else:
@@ -170,11 +171,20 @@ def _keras3_layers(h5):
         elif key == "vars":  # the model's own variables: none for Sequential and Functional
             others += [(v, "model variable") for v in variables_of(h5["vars"])]
         elif isinstance(h5[key], h5py.Group):  # optimizer, metrics: training state
-            h5[key].visititems(lambda _, item, top=key: others.append(
-                (_Variable(StoredTensor(item.name.lstrip("/"), tuple(item.shape), str(item.dtype)), None, 0, item),
-                 f"{top} state")) if isinstance(item, h5py.Dataset) else None)
+            others += _datasets(h5[key], f"{key} state")
     layers.sort(key=lambda layer: _write_position(layer[2]))
     return layers, others, "3"
+
+
+def _datasets(group, detail: str) -> list[tuple[_Variable, str]]:
+    """Every dataset under ``group`` (an optimizer's state), each with ``detail``."""
+    import h5py
+
+    found: list[tuple[_Variable, str]] = []
+    group.visititems(lambda _, item: found.append(
+        (_Variable(StoredTensor(item.name.lstrip("/"), tuple(item.shape), str(item.dtype)), None, 0, item), detail))
+        if isinstance(item, h5py.Dataset) else None)
+    return found
 
 
 def _legacy_layers(group) -> list[tuple[str, str | None, list[_Variable]]]:
