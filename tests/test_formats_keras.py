@@ -173,7 +173,7 @@ def test_a_keras2_model_file_uses_its_config_for_the_classes(tmp_path, rng):
     np.testing.assert_array_equal(matrices["dense_1"], weights["dense_1"]["kernel"].T)
     tensors = meta["stored_tensors"]
     # the LSTM's kernel is rank 2 like a Dense's: its class says it is not one
-    assert tensors["model_weights/lstm_1/lstm_1/kernel:0"]["reason"] == "not a weight of an analysed layer"
+    assert tensors["model_weights/lstm_1/lstm_1/kernel:0"]["reason"] == "not a layer weight"
     assert tensors["model_weights/batch_normalization_1/batch_normalization_1/moving_mean:0"]["reason"] == "norm"
     assert meta["file_format_info"]["keras_version"] == "2.15.0"
     assert {name: entry["reason"] for name, entry in tensors.items() if name.startswith("optimizer_weights/")} == {

@@ -33,14 +33,15 @@ import numpy as np
 
 FORMATS = ("onnx", "gguf", "keras")
 
-# Why a stored tensor is not analysed (FormatWeights.not_analysed).
+# Why a stored tensor is not analysed (FormatWeights.not_analysed); the words of the coverage
+# table's ``reason`` column, plus the training state that only these formats save with a model.
 BIAS = "bias"
 NORM = "norm"
 ONE_D = "1-D"
 INTEGER = "integer buffer"
-TIED = "tied to another"
+TIED = "tied"
 RANK = "unsupported rank"
-NOT_A_LAYER = "not a weight of an analysed layer"
+NOT_A_LAYER = "not a layer weight"
 TRAINING_STATE = "training state"  # an optimizer's moments and counters saved with the model
 REASONS = (BIAS, NORM, ONE_D, INTEGER, TIED, RANK, NOT_A_LAYER, TRAINING_STATE)
 
@@ -99,17 +100,26 @@ class FormatWeights:
         return sum(layer.stored.size for layer in self.layers) + sum(
             item.stored.size for item in self.not_analysed if item.reason not in (INTEGER, TRAINING_STATE))
 
+    def inventory(self) -> list[dict[str, Any]]:
+        """One record per stored tensor, analysed ones first in depth order: ``tensor`` (its name
+        in the file), ``shape`` and ``dtype`` as stored, ``layer`` (the layer it became, or ""),
+        ``reason`` ("" when analysed) and ``detail``."""
+        records = [{"tensor": layer.stored.name, "shape": list(layer.stored.shape), "dtype": layer.stored.dtype,
+                    "layer": layer.name, "reason": "", "detail": ""} for layer in self.layers]
+        records += [{"tensor": item.stored.name, "shape": list(item.stored.shape), "dtype": item.stored.dtype,
+                     "layer": "", "reason": item.reason, "detail": item.detail} for item in self.not_analysed]
+        return records
+
     def to_meta(self) -> dict[str, Any]:
         """What meta.json records of the file: ``file_format``, ``file_format_info`` (the reader's
         facts) and ``stored_tensors``: every tensor with its stored dtype (for GGUF its
         quantisation) and shape, and either the layer it became or why it was not analysed."""
-        tensors: dict[str, dict[str, Any]] = {}
-        for layer in self.layers:
-            tensors[layer.stored.name] = {"dtype": layer.stored.dtype, "shape": list(layer.stored.shape),
-                                          "layer": layer.name}
-        for item in self.not_analysed:
-            entry = {"dtype": item.stored.dtype, "shape": list(item.stored.shape), "reason": item.reason}
-            tensors.setdefault(item.stored.name, {**entry, **({"detail": item.detail} if item.detail else {})})
+        tensors = {}
+        for record in self.inventory():
+            entry = {"dtype": record["dtype"], "shape": record["shape"]}
+            entry.update({"layer": record["layer"]} if not record["reason"] else
+                         {"reason": record["reason"], **({"detail": record["detail"]} if record["detail"] else {})})
+            tensors[record["tensor"]] = entry
         return {"file_format": self.format, "file_format_info": self.meta, "stored_tensors": tensors}
 
 def detect(path: Path) -> str | None:
