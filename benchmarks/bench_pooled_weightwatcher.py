@@ -1,4 +1,4 @@
-"""zooscope's `conv2d: pooled` against WeightWatcher's `analyze()` on a random-init ResNet-18.
+"""zooscope's `esd.conv2d: pooled` against WeightWatcher's `analyze()` on a random-init ResNet-18.
 
 Not run by pytest. Needs the optional package (benchmarks only):
 
@@ -6,7 +6,7 @@ Not run by pytest. Needs the optional package (benchmarks only):
     python benchmarks/bench_pooled_weightwatcher.py [--cores 2] [--seed 0]
 
 WeightWatcher's default view of a Conv2D layer (`pool=True`) pools the eigenvalues of all kh*kw
-kernel slices into one ESD and fits it once. zooscope's `conv2d: pooled` does the same. The script
+kernel slices into one ESD and fits it once. zooscope's `esd.conv2d: pooled` does the same. The script
 builds torchvision's ResNet-18 at a seeded random initialisation, writes it to a safetensors file,
 fetches it as a `file:` row, computes the pooled ESDs and fits (`compute_model_esd` then
 `fit_layers`, in process) and runs `WeightWatcher(model=m).analyze()` (its defaults) on the same
@@ -43,6 +43,7 @@ def build(seed: int) -> torch.nn.Module:
 def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
     """(seconds of esd + fit, layers table) of the model fetched as a file: row, conv2d: pooled."""
     from zooscope.analysis.metrics import fit_layers
+    from zooscope.config import EsdSettings
     from zooscope.sources.fetch import fetch_model
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 
@@ -54,7 +55,7 @@ def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
                 fetched, sheet_dir=workdir)
     start = time.perf_counter()
     index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", workdir / "esd",
-                              conv2d="pooled", randomize=False, threads=threads)
+                              EsdSettings(conv2d="pooled", randomize=False), threads=threads)
     layers = fit_layers(index, partial(load_layer_eigenvalues, workdir / "esd"))
     return time.perf_counter() - start, layers
 
