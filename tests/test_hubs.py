@@ -253,16 +253,18 @@ BERT_LAYERS = ["embeddings.word_embeddings", "embeddings.position_embeddings", "
 
 @pytest.fixture
 def no_whole_model_loads(monkeypatch):
-    """Any AutoModel.from_pretrained (which would load every weight into the module) fails the test."""
+    """Any from_pretrained (which would load every weight into the module) fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded whole")
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
 def test_a_safetensors_checkpoint_with_a_task_head_is_converted_tensor_by_tensor(caches, no_whole_model_loads):
-    """bert-base-uncased is saved from BertForPreTraining: names start with "bert.", plus the MLM and NSP
-    heads, which AutoModel (BertModel) leaves out."""
+    """bert-base-uncased is saved from BertForPreTraining (config.architectures): its tree is that
+    class's, the MLM and NSP heads after the encoder (depth order ends with the head), the MLM
+    decoder tied to the word embeddings (one layer)."""
     torch.manual_seed(0)
     transformers.BertForPreTraining(tiny_bert_config()).save_pretrained(caches / "download", max_shard_size="20KB")
     put_in_hf_cache(caches / "hf", "google-bert/bert-base-uncased", caches / "download")
@@ -273,12 +275,13 @@ def test_a_safetensors_checkpoint_with_a_task_head_is_converted_tensor_by_tensor
 
     fetch_model(hub_row("hf:google-bert/bert-base-uncased"), caches / "out", sheet_dir=caches)
     layers, meta = read_outputs(caches / "out")
-    assert [l["name"] for l in layers["layers"]] == BERT_LAYERS
+    assert [l["name"] for l in layers["layers"]] == [f"bert.{name}" for name in BERT_LAYERS] + [
+        "cls.predictions.transform.dense", "cls.seq_relationship"]
     stored = load_file(caches / "out" / "model.safetensors")
     for layer in layers["layers"]:
-        assert torch.equal(stored[layer["tensor"]], original["bert." + layer["tensor"]])
-    assert meta["weights"]["class"] == "BertModel" and meta["weights"]["loaded"] == "tensor by tensor"
-    assert meta["num_params"] == sum(t.numel() for key, t in original.items() if key.startswith("bert."))
+        assert torch.equal(stored[layer["tensor"]], original[layer["tensor"]])
+    assert meta["weights"]["class"] == "BertForPreTraining" and meta["weights"]["loaded"] == "tensor by tensor"
+    assert meta["num_params"] == sum(t.numel() for t in original.values())
 
 
 def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypatch):
@@ -296,7 +299,10 @@ def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypa
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "whole", sheet_dir=caches)
     streamed, whole = read_outputs(caches / "streamed"), read_outputs(caches / "whole")
     assert (caches / "streamed" / "model.safetensors").read_bytes() == (caches / "whole" / "model.safetensors").read_bytes()
-    assert streamed[0] == whole[0] and [l["name"] for l in streamed[0]["layers"]] == [n for n, _, _ in GPT2_LAYERS]
+    # GPT2LMHeadModel (config.architectures): the base model under "transformer.", lm_head tied to wte
+    assert streamed[0] == whole[0] and [l["name"] for l in streamed[0]["layers"]] == [
+        f"transformer.{n}" for n, _, _ in GPT2_LAYERS]
+    assert load_file(caches / "streamed" / "model.safetensors")["transformer.wte.weight"].dtype == torch.bfloat16
     assert (streamed[1]["weights"].pop("loaded"), whole[1]["weights"].pop("loaded")) == ("tensor by tensor", "whole")
     assert streamed[1] == whole[1]
 
@@ -341,10 +347,14 @@ def test_a_hub_index_naming_a_shard_outside_the_repo_is_refused(caches):
 
 
 def test_a_checkpoint_without_an_analysed_weight_is_loaded_whole(caches, caplog):
-    """BertForMaskedLM has no pooler: transformers initialises BertModel's pooler itself, which only
+    """A BertForMaskedLM checkpoint whose config does not name its class: the tree is AutoModel's
+    BertModel, whose pooler the checkpoint lacks; transformers initialises it itself, which only
     loading the model whole reproduces."""
     torch.manual_seed(0)
     transformers.BertForMaskedLM(tiny_bert_config()).save_pretrained(caches / "download")
+    config = json.loads((caches / "download" / "config.json").read_text())
+    assert config.pop("architectures") == ["BertForMaskedLM"]
+    (caches / "download" / "config.json").write_text(json.dumps(config))
     put_in_hf_cache(caches / "hf", "someone/bert-mlm", caches / "download")
     fetch_model(hub_row("hf:someone/bert-mlm", model="mlm"), caches / "out", sheet_dir=caches)
     layers, meta = read_outputs(caches / "out")

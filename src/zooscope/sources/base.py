@@ -63,9 +63,12 @@ class Fetched:
     accuracy: float | None
     accuracy_source: str | None
     extra_meta: dict[str, Any] = field(default_factory=dict)
-    # The rest of a train:/random: module's state (biases, norms, buffers), stored after the
-    # analysed weights so that the Jacobian stage runs the fetched model instead of retraining it.
-    other_tensors: dict[str, Tensor] = field(default_factory=dict)
+    # The rest of a rebuildable model's state (biases, norms, buffers), stored after the analysed
+    # weights so that the Jacobian stage runs the fetched model instead of fetching or training it
+    # again; a torch dict, or a lazy store of a checkpoint's tensors.
+    other_tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    # Every tensor of the checkpoint or module state, and what became of it (sources.coverage).
+    inventory: list[dict[str, Any]] = field(default_factory=list)
 
 
 CONVERT_HINT = (

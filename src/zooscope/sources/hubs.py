@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from zooscope.layers import layers_from_module
+from zooscope.sources import coverage
 from zooscope.sources.base import CONVERT_HINT, Fetched, FetchError
 from zooscope.sources.built import module_parameters
-from zooscope.sources.file import refusal_reason
+from zooscope.sources.checkpoints import refusal_reason
 
 if TYPE_CHECKING:
     from zooscope.zoo import ZooRow
@@ -80,7 +81,7 @@ def fetch_hub(row: ZooRow, load: Callable[[str, str], HubModel], threads: int) -
     with digits.deterministic_torch(0, threads):
         with weights_only_torch_load(), hub_environment():
             loaded = load(row.source.argument, model)
-        layers = layers_from_module(loaded.module, loaded.weights)
+        layers = layers_from_module(loaded.module, loaded.weights, row.selection)
     if accuracy is None and loaded.accuracy is None:
         log.warning("model %s: no accuracy in the zoo sheet and none reported by %s:%s", model,
                     row.source.kind, row.source.argument)
@@ -90,6 +91,9 @@ def fetch_hub(row: ZooRow, load: Callable[[str, str], HubModel], threads: int) -
         accuracy=accuracy if accuracy is not None else loaded.accuracy,
         accuracy_source="zoo sheet" if accuracy is not None else loaded.accuracy_source,
         extra_meta={"weights": loaded.provenance},
+        # a module loaded whole: its state; one read lazily: the checkpoint, under its own names
+        inventory=coverage.module_inventory(loaded.module, layers) if loaded.weights is None
+        else coverage.checkpoint_inventory(loaded.weights, layers),
     )
 
 

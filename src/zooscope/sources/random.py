@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture at its seeded initialisation."""
     from zooscope.layers import layers_from_module
+    from zooscope.sources import coverage
     from zooscope.models import architectures, digits
 
     arch, accuracy = row.source.argument, row.accuracy
@@ -31,10 +32,11 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(seed, threads):
         network = architectures.build_architecture(arch, architecture)
         measured = digits.held_out_accuracy(network) if accuracy is None else None
-    layers = layers_from_module(network)
+    layers = layers_from_module(network, select=row.selection)
     return Fetched(
         layers=layers,
         other_tensors=unanalysed_state(network, layers),
+        inventory=coverage.module_inventory(network, layers),
         num_params=module_parameters(network),
         accuracy=accuracy if accuracy is not None else measured,
         accuracy_source="zoo sheet" if accuracy is not None else measured_source(),

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture and train it on digits; its accuracy is the measured test accuracy."""
     from zooscope.layers import layers_from_module
+    from zooscope.sources import coverage
     from zooscope.models import architectures, digits
 
     model, arch = row.model, row.source.argument
@@ -40,10 +41,11 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(config.seed, threads):
         network = architectures.build_architecture(arch, architecture)
     result = digits.train(network, config, threads=threads)
-    layers = layers_from_module(network)
+    layers = layers_from_module(network, select=row.selection)
     return Fetched(
         layers=layers,
         other_tensors=unanalysed_state(network, layers),
+        inventory=coverage.module_inventory(network, layers),
         num_params=module_parameters(network),
         accuracy=result.test_accuracy,
         accuracy_source=measured_source(),
