@@ -115,7 +115,7 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
                               "file, which has no wrappers; leave the column empty")
     if not tensors:
         raise FetchError(f"model {model!r}: no tensors found in {path}; expected a state dict")
-    prefixes = strip_prefixes(list(tensors), lightning)
+    prefixes = strip_prefixes(tensors, lightning)
     if prefixes:
         tensors = renamed(tensors, prefixes)
     return Checkpoint(tensors, file_format, tuple(files), found_key, prefixes)
@@ -315,15 +315,17 @@ def refusal_reason(error: pickle.UnpicklingError) -> str:
 
 
 def candidates(loaded: Any) -> dict[str, dict[str, Tensor]]:
-    """Every mapping of a loaded checkpoint that holds tensors: the top level (TOP_LEVEL) when it
-    does, and each mapping under a WRAPPER_KEYS key, recursively (WRAPPER_DEPTH levels), named
-    by its path ("state_dict", "model/ema"). Each maps its tensor entries only (epoch counters,
-    hyper-parameters and other non-tensor entries are not weights)."""
+    """Every mapping of a loaded checkpoint that holds a weight matrix (a floating-point tensor of
+    rank 2 or more): the top level (TOP_LEVEL) when it does, and each mapping under a WRAPPER_KEYS
+    key, recursively (WRAPPER_DEPTH levels), named by its path ("state_dict", "model/ema"). Each
+    maps all its tensor entries (non-tensor entries, epoch counters and hyper-parameters, are not
+    weights). Why a matrix: a checkpoint's own scalars (the ImageNet example's ``best_acc1`` is a
+    0-d tensor) must not make its top level a second candidate beside its state_dict."""
     found: dict[str, dict[str, Tensor]] = {}
 
     def walk(mapping: Mapping, path: str, depth: int) -> None:
         tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and is_torch_tensor(v)}
-        if tensors:
+        if any(value.is_floating_point() and value.dim() >= 2 for value in tensors.values()):
             found[path or TOP_LEVEL] = tensors
         if depth < WRAPPER_DEPTH:
             for key in WRAPPER_KEYS:
@@ -353,24 +355,30 @@ def choose(found: Mapping[str, dict], model: str, path: Path, key: str | None) -
     return next(iter(found.items()))
 
 
-def strip_prefixes(keys: list[str], lightning: bool) -> tuple[str, ...]:
+def strip_prefixes(tensors: Mapping[str, Any], lightning: bool) -> tuple[str, ...]:
     """The prefixes to remove, in order: ``module.``/``_orig_mod.`` (and ``model.`` in a Lightning
-    checkpoint) for as long as every key starts with one (a key would be left empty: no)."""
-    removed: list[str] = []
+    checkpoint) for as long as the name of every floating-point tensor starts with one.
+
+    Why floating-point only: a wrapper's own counters sit beside the wrapped state dict
+    (torch.optim.swa_utils.AveragedModel's ``n_averaged`` beside ``module.*``); they keep their
+    names. No prefix is removed that would leave a name empty or make two names equal.
+    """
+    floating = [key for key in tensors if tensor_info(tensors, key).dtype in FLOAT_DTYPES]
+    removed: tuple[str, ...] = ()
     options = ALWAYS_STRIPPED + ((LIGHTNING_PREFIX,) if lightning else ())
-    current = keys
-    while current:
+    while floating:
+        current = [stripped(key, removed) for key in floating]
         prefix = next((p for p in options if all(k.startswith(p) and len(k) > len(p) for k in current)), None)
-        if prefix is None:
+        if prefix is None or len({stripped(key, (*removed, prefix)) for key in tensors}) < len(tensors):
             break
-        removed.append(prefix)
-        current = [k[len(prefix):] for k in current]
-    return tuple(removed)
+        removed = (*removed, prefix)
+    return removed
 
 
 def stripped(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` without ``prefixes`` (each removed where the key, as far as stripped, starts with it)."""
     for prefix in prefixes:
-        key = key[len(prefix):]
+        key = key.removeprefix(prefix)
     return key
 
 
