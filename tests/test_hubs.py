@@ -539,3 +539,83 @@ def test_the_language_model_and_timm_sheets():
                                           for depth in (18, 34, 50, 101, 152)]
     for series_sources in sources["timm-resnet.tsv"]:  # every tag exists in the installed timm
         assert series_sources[1].removeprefix("timm:") in timm.list_pretrained("resnet*")
+
+
+# --------------------------------------------------------------------------- local Hugging Face folders
+
+
+def tiny_llama_folder(root: Path, tie: bool = False) -> Path:
+    """A Llama-architecture causal LM saved by save_pretrained in bf16 shards (issue 14's case)."""
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    folder = root / "llama"
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    return folder
+
+
+# Its depth order by hand: the embedding, each block's attention (q, k, v, o) before its MLP
+# (gate, up, down), the head last.
+LLAMA_LAYERS = ["model.embed_tokens"] + [
+    f"model.layers.{i}.{name}" for i in range(3) for name in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+] + ["lm_head"]
+
+
+def test_a_local_hugging_face_folder_is_typed_like_the_hub(caches, no_whole_model_loads):
+    """file:FOLDER and hf:REPO fed the same save_pretrained files give the same layer list, types,
+    depth order and bytes (issue 14, item 2), kept in bf16 (item 3)."""
+    folder = tiny_llama_folder(caches)
+    assert len(list(folder.glob("*.safetensors"))) > 2
+    put_in_hf_cache(caches / "hf", "someone/tiny-llama", folder)
+    fetch_model({**hub_row("file:llama", model="local")}, caches / "local", sheet_dir=caches)
+    fetch_model(hub_row("hf:someone/tiny-llama"), caches / "hub", sheet_dir=caches)
+    (local, local_meta), (hub, hub_meta) = read_outputs(caches / "local"), read_outputs(caches / "hub")
+    assert [l["name"] for l in local["layers"]] == LLAMA_LAYERS
+    assert [l["type"] for l in local["layers"]] == ["Embedding"] + ["Linear"] * (len(LLAMA_LAYERS) - 1)
+    assert local["layers"] == hub["layers"]  # names, types, shapes, depths, hashes
+    assert (caches / "local" / "model.safetensors").read_bytes() == (caches / "hub" / "model.safetensors").read_bytes()
+    assert local_meta["layer_typing"] == "module tree of transformers LlamaForCausalLM (config.json)"
+    assert hub_meta["weights"]["class"] == "LlamaForCausalLM"
+    assert {t.dtype for t in load_file(caches / "local" / "model.safetensors").values()} == {torch.bfloat16}
+    tensors = json.loads((caches / "local" / "tensors.json").read_text())["tensors"]
+    reasons = {t["tensor"]: t["reason"] for t in tensors}
+    original = {}
+    for shard in folder.glob("*.safetensors"):
+        original.update(load_file(shard))
+    assert reasons.keys() == original.keys()
+    assert {key for key, reason in reasons.items() if reason == "norm"} == {
+        key for key in original if key.endswith("norm.weight")}
+    assert json.loads((caches / "hub" / "tensors.json").read_text())["tensors"] == tensors
+
+
+def test_a_tied_head_is_one_layer(caches):
+    folder = tiny_llama_folder(caches, tie=True)
+    fetch_model(hub_row("file:llama", model="tied"), caches / "out", sheet_dir=caches)
+    layers, _ = read_outputs(caches / "out")
+    assert [l["name"] for l in layers["layers"]] == LLAMA_LAYERS[:-1]  # lm_head is embed_tokens
+    assert "lm_head.weight" not in {key for shard in folder.glob("*.safetensors") for key in load_file(shard)}
+
+
+@pytest.mark.parametrize("config", ["none", "remote-code", "unknown-type"])
+def test_without_a_usable_config_the_folder_is_typed_by_name(caches, config):
+    folder = tiny_llama_folder(caches)
+    if config == "none":
+        (folder / "config.json").unlink()
+    else:
+        content = json.loads((folder / "config.json").read_text())
+        if config == "remote-code":
+            content.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.Evil"})
+            (folder / "evil.py").write_text(f"open({str(caches / 'pwned')!r}, 'w').write('ran')\n")
+        else:
+            content["model_type"] = "no-such-model-type"
+        (folder / "config.json").write_text(json.dumps(content))
+    fetch_model(hub_row("file:llama", model="by-name"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert meta["layer_typing"].startswith("tensor names and ranks (")
+    assert ("no config.json" in meta["layer_typing"]) == (config == "none")
+    assert {l["name"] for l in layers["layers"]} == set(LLAMA_LAYERS)  # the same weights, in name order
+    assert [l["name"] for l in layers["layers"]][:2] == ["lm_head", "model.embed_tokens"]
+    assert not (caches / "pwned").exists()
