@@ -11,6 +11,7 @@ from zooscope.config import (
     ConfigError, EsdConfig, EsdSettings, FitSettings, JacobianSettings, Threads, config_table, load_schema, run_config,
     schema_keys, validate_config,
 )
+from zooscope.sources.selection import Selection
 from zooscope.zoo import DataSpec, Source, ZooRow, read_zoo_sheet
 
 CONFIG_SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
@@ -39,6 +40,8 @@ def test_the_schema_defaults_are_the_dataclasses_defaults():
     expected = {f"{group}.{field.name}": getattr(value, field.name)
                 for group, value in objects.items() for field in dataclasses.fields(value)}
     expected.update({"esd.device": EsdConfig().device, "esd.shard_mb": EsdConfig().shard_mb})
+    expected.update({f"select.{field.name}": list(value) if isinstance(value := getattr(Selection(), field.name), tuple)
+                     else value for field in dataclasses.fields(Selection)})
     assert schema_defaults == expected
     for name, sub in schema_keys(CONFIG_SCHEMA):  # and every key is documented
         assert len(sub.get("description", "")) > 20, name

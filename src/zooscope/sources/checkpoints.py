@@ -320,13 +320,15 @@ def candidates(loaded: Any) -> dict[str, dict[str, Tensor]]:
     key, recursively (WRAPPER_DEPTH levels), named by its path ("state_dict", "model/ema"). Each
     maps all its tensor entries (non-tensor entries, epoch counters and hyper-parameters, are not
     weights). Why a matrix: a checkpoint's own scalars (the ImageNet example's ``best_acc1`` is a
-    0-d tensor) must not make its top level a second candidate beside its state_dict."""
-    found: dict[str, dict[str, Tensor]] = {}
+    0-d tensor) must not make its top level a second candidate beside its state_dict. Where no
+    mapping holds a matrix, those holding any tensor are the candidates (the coverage table then
+    says why none of their tensors is analysed)."""
+    holding: dict[str, dict[str, Tensor]] = {}
 
     def walk(mapping: Mapping, path: str, depth: int) -> None:
         tensors = {k: v for k, v in mapping.items() if isinstance(k, str) and is_torch_tensor(v)}
-        if any(value.is_floating_point() and value.dim() >= 2 for value in tensors.values()):
-            found[path or TOP_LEVEL] = tensors
+        if tensors:
+            holding[path or TOP_LEVEL] = tensors
         if depth < WRAPPER_DEPTH:
             for key in WRAPPER_KEYS:
                 if isinstance(mapping.get(key), Mapping):
@@ -334,7 +336,9 @@ def candidates(loaded: Any) -> dict[str, dict[str, Tensor]]:
 
     if isinstance(loaded, Mapping):
         walk(loaded, "", 0)
-    return found
+    with_matrices = {path: tensors for path, tensors in holding.items()
+                     if any(value.is_floating_point() and value.dim() >= 2 for value in tensors.values())}
+    return with_matrices or holding
 
 
 def choose(found: Mapping[str, dict], model: str, path: Path, key: str | None) -> tuple[str | None, dict]:

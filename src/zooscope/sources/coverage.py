@@ -24,6 +24,8 @@ REASONS = (
     "filtered", "over a cap", "below min_evals", "failed",
 )
 COVERAGE_COLUMNS = ("tensor", "shape", "dtype", "analysed", "layer", "reason", "detail")
+# The counts models.tsv gains (coverage_counts), kept in the fit stage's summary.json.
+COVERAGE_COUNTS = ("num_tensors", "num_tensors_analysed", "tensors_left_out")
 # Names of 1-D tensors that belong to a normalisation layer (BatchNorm's running statistics too).
 NORM_NAME = re.compile(r"(norm|(^|[._])(ln|bn|gn)[_0-9]*([._]|$)|running_(mean|var)|layer_?scale)", re.IGNORECASE)
 
@@ -121,8 +123,10 @@ def coverage_rows(records: Iterable[Mapping[str, Any]], layer_rows: Iterable[Map
 
 
 def coverage_counts(table: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """models.tsv's coverage columns: num_tensors, num_tensors_analysed, tensors_left_out."""
+    """models.tsv's coverage columns (COVERAGE_COUNTS): how many tensors, how many analysed, and
+    the others by reason ("bias: 10; norm: 21", in REASONS order)."""
     table = list(table)
     counts = Counter(row["reason"] for row in table if row["reason"])
-    return {"num_tensors": len(table), "num_tensors_analysed": sum(bool(row["analysed"]) for row in table),
-            "tensors_left_out": "; ".join(f"{reason}: {counts[reason]}" for reason in REASONS if counts[reason])}
+    values = (len(table), sum(bool(row["analysed"]) for row in table),
+              "; ".join(f"{reason}: {counts[reason]}" for reason in REASONS if counts[reason]))
+    return dict(zip(COVERAGE_COUNTS, values, strict=True))

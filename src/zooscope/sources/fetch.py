@@ -58,8 +58,9 @@ def fetch_model(
     start = time.perf_counter()
     fetched = row.source.spec.fetch(row, threads)
     if not fetched.layers.layers:
+        where = row.source.text + (f" ({row.source.path})" if row.source.path else "")
         raise FetchError(
-            f"model {row.model!r}: no analysable weight in {row.source.text} ({coverage.summary(fetched.inventory)}); "
+            f"model {row.model!r}: no analysable weight in {where}: {coverage.summary(fetched.inventory)}; "
             "docs/intake.md says which tensors are analysed"
             + ("" if row.selection == Selection() else "; loosen the layer selection (config select, zoo columns)")
         )
