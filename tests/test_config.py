@@ -90,7 +90,7 @@ def test_readme_config_table_is_generated_from_the_schema():
                              text=True, check=True).stdout
     assert table == printed == config_table(CONFIG_SCHEMA)
     rows = [line for line in table.splitlines()[2:]]
-    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 18
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 24
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 
