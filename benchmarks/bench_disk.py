@@ -30,7 +30,7 @@ def folder_bytes(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
 
-def build_folder(folder: Path, hidden: int, layers: int, vocab: int) -> None:
+def build_folder(folder: Path, hidden: int, layers: int, vocab: int, shard_mb: int) -> None:
     import torch
     import transformers
 
@@ -45,7 +45,7 @@ def build_folder(folder: Path, hidden: int, layers: int, vocab: int) -> None:
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    model.save_pretrained(folder, max_shard_size="200MB")
+    model.save_pretrained(folder, max_shard_size=f"{shard_mb}MB")
 
 
 def put_in_hf_cache(hf_home: Path, repo: str, folder: Path) -> None:
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--shard-mb", type=int, default=100, help="save_pretrained's max_shard_size")
     parser.add_argument("--limit", type=float, default=1.05)
     parser.add_argument("--keep", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     try:
         folder = root / "llama"
         if not folder.exists():
-            build_folder(folder, args.hidden, args.layers, args.vocab)
+            build_folder(folder, args.hidden, args.layers, args.vocab, args.shard_mb)
         weights = sum(file.stat().st_size for file in folder.glob("*.safetensors"))
         os.environ.update(HF_HOME=str(root / "hf"), HF_HUB_OFFLINE="1")
         if not (root / "hf").exists():
