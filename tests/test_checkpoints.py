@@ -5,7 +5,6 @@ Every file is written by its own library (torch.save, numpy.savez, a Lightning T
 expected layers are those of the same weights saved plainly with safetensors' writer (a second
 route: no wrapper, no prefix, another format), or written out by hand."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

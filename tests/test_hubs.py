@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -329,7 +330,10 @@ def test_no_two_checkpoint_tensors_are_in_memory_at_once(caches, monkeypatch, no
 
     monkeypatch.setattr(io.SafetensorsReader, "mapped", mapped)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "out", sheet_dir=caches)
-    assert len(reads) == 2 * len(GPT2_LAYERS)  # each analysed tensor: once to hash, once to write
+    stored = sum(len(load_file(shard)) for shard in folder.glob("*.safetensors"))
+    # each analysed tensor: once to hash, once to write; the rest of the state (kept so that the
+    # Jacobian stage can run the model): once, to write
+    assert len(reads) == 2 * len(GPT2_LAYERS) + (stored - len(GPT2_LAYERS))
     assert all(not still_alive for _, still_alive in reads)
 
 
@@ -619,3 +623,97 @@ def test_without_a_usable_config_the_folder_is_typed_by_name(caches, config):
     assert {l["name"] for l in layers["layers"]} == set(LLAMA_LAYERS)  # the same weights, in name order
     assert [l["name"] for l in layers["layers"]][:2] == ["lm_head", "model.embed_tokens"]
     assert not (caches / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- rebuilt for the Jacobian stage
+
+
+def rebuilt(out: Path):
+    """The fetched model run again from resources/ alone (zooscope.jacobian.rebuild)."""
+    from zooscope.jacobian.rebuild import rebuild_module
+
+    layers, meta = read_outputs(out)
+    return rebuild_module(meta, layers["layers"], out / "model.safetensors"), meta
+
+
+def same_state(network, state: dict) -> None:
+    """The rebuilt module's state is the original's (float32 widening of a bf16 original)."""
+    got = network.state_dict()
+    for key, value in state.items():
+        assert torch.equal(got[key], value.to(got[key].dtype)), key
+
+
+def test_hub_models_are_rebuilt_from_their_fetched_files_without_a_second_download(caches):
+    """torchvision, timm and hf: models are rebuilt from resources/ with the caches deleted
+    (issue 14, item 8), their state the original one, and run on a user's .npz of images."""
+    from zooscope.config import JacobianSettings
+    from zooscope.jacobian.compute import model_jacobian
+    from zooscope.jacobian.data import load_samples
+    from zooscope.zoo import data_spec
+
+    vision = put_torchvision_checkpoint(caches)
+    fetch_model(hub_row("torchvision:resnet18@IMAGENET1K_V1", model="tv"), caches / "tv", sheet_dir=caches)
+    torch.manual_seed(1)
+    timm_state = timm.create_model("resnet18", pretrained=False).state_dict()
+    (caches / "download").mkdir()
+    save_file(timm_state, caches / "download" / "model.safetensors")
+    put_in_hf_cache(caches / "hf", "timm/resnet18.a1_in1k", caches / "download")
+    fetch_model(hub_row("timm:resnet18.a1_in1k", model="tm"), caches / "tm", sheet_dir=caches)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    torch.manual_seed(2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(caches / "gpt2", max_shard_size="20KB")
+    gpt2_state = {}
+    for shard in (caches / "gpt2").glob("*.safetensors"):
+        gpt2_state.update(load_file(shard))
+    put_in_hf_cache(caches / "hf", "openai-community/gpt2", caches / "gpt2")
+    fetch_model(hub_row("hf:openai-community/gpt2", model="lm"), caches / "lm", sheet_dir=caches)
+    shutil.rmtree(caches / "torch")
+    shutil.rmtree(caches / "hf")
+
+    network, meta = rebuilt(caches / "tv")
+    assert meta["architecture"] == {"library": "torchvision", "name": "resnet18"}
+    same_state(network, vision)
+    network, meta = rebuilt(caches / "tm")
+    assert meta["architecture"] == {"library": "timm", "name": "resnet18.a1_in1k"}
+    same_state(network, timm_state)
+    network, meta = rebuilt(caches / "lm")
+    assert meta["architecture"]["class"] == "GPT2LMHeadModel"
+    same_state(network, gpt2_state)  # Conv1D weights transposed back, lm_head tied to wte again
+    assert network.lm_head.weight is network.transformer.wte.weight
+
+    rng = np.random.default_rng(0)
+    np.savez(caches / "images.npz", x=rng.random((6, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 1000, 6))
+    samples = load_samples(data_spec("images.npz", caches, samples=6))
+    network, _ = rebuilt(caches / "tv")
+    original = torchvision.models.resnet18(weights=None)
+    original.load_state_dict(vision)
+    with torch.no_grad():
+        assert torch.equal(network(samples.x), original.eval()(samples.x))
+    result = model_jacobian(network, samples.x, samples.y, JacobianSettings(batch_size=3, hessian_probes=0,
+                                                                            input_output=False), min_evals=2)
+    assert result.passes > 0 and len(result.layers) > 0
+
+
+def test_a_local_folder_is_rebuilt_like_the_hub(caches):
+    folder = tiny_llama_folder(caches)
+    original = {}
+    for shard in folder.glob("*.safetensors"):
+        original.update(load_file(shard))
+    fetch_model(hub_row("file:llama", model="local"), caches / "local", sheet_dir=caches)
+    network, meta = rebuilt(caches / "local")
+    assert type(network).__name__ == "LlamaForCausalLM" and meta["architecture"]["library"] == "transformers"
+    same_state(network, original)
+    stored = load_file(caches / "local" / "model.safetensors")
+    assert stored.keys() == original.keys()  # the whole state, once, in bf16: no more than the checkpoint
+    assert all(value.dtype == torch.bfloat16 for value in stored.values())
+
+
+def test_a_bare_weights_file_is_not_rebuilt(caches):
+    from zooscope.jacobian.rebuild import RebuildError
+
+    folder = tiny_llama_folder(caches)
+    (folder / "config.json").unlink()
+    fetch_model(hub_row("file:llama", model="bare"), caches / "bare", sheet_dir=caches)
+    with pytest.raises(RebuildError, match="a file: model cannot be run from its fetched files unless it is a model "
+                                           r"folder with a config.json .*\(this one: tensor names and ranks"):
+        rebuilt(caches / "bare")

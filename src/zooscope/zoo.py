@@ -184,7 +184,7 @@ def parse_row(row: Mapping[str, Any], sheet_dir: str | Path = ".") -> ZooRow:
         raise RowError(f"model {model!r}: {error}") from None
     return ZooRow(
         model=model, series=None if is_empty(row.get("series")) else str(row["series"]), source=source,
-        accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir),
+        accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir, source.path),
         shards=None if is_empty(row.get("shards")) else positive(row["shards"], model, "shards"),
         checkpoint_key=key, selection=selection,
     )
@@ -222,15 +222,17 @@ def parse_options(row: Mapping[str, Any], spec: SourceKind, model: Any = None) -
     return options
 
 
-def parse_data(row: Mapping[str, Any], spec: SourceKind, model: str, sheet_dir: str | Path) -> DataSpec | None:
-    """The row's data set, or None; only a kind whose models can be rebuilt may have one."""
+def parse_data(row: Mapping[str, Any], spec: SourceKind, model: str, sheet_dir: str | Path,
+               path: Path | None = None) -> DataSpec | None:
+    """The row's data set, or None; only a row whose model can be rebuilt (its kind, with its
+    resolved ``path``) may have one."""
     if is_empty(row.get("data")):
         return None
-    if not spec.rebuildable:
+    if not spec.can_rebuild(path):
         raise RowError(
             f"model {model!r}: column 'data' (the Jacobian stage) needs a model that can be run again, "
-            f"from a {', '.join(kind + ':' for kind in rebuildable())} source, not {spec.name}:; "
-            "leave the cell empty"
+            f"from a {', '.join(kind + ':' for kind in rebuildable())} source (file: only as a model folder "
+            f"with a config.json), not {row['source']}; leave the cell empty"
         )
     samples = row.get("data_samples")
     return data_spec(row["data"], sheet_dir,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.sources.base import Fetched, SourceKind
 
@@ -35,10 +35,17 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     model, path = row.model, row.source.path
     checkpoint = read_checkpoint(path, model, row.checkpoint_key)
     tree, typing = folder_tree(path, checkpoint, model)
-    if tree is not None:
+    extra_meta: dict[str, Any] = {"checkpoint": checkpoint.to_meta(), "layer_typing": typing}
+    other_tensors: Any = {}
+    if tree is not None:  # rebuildable: the whole state is stored, and how to build the module
+        from zooscope.sources.built import checkpoint_state
+        from zooscope.sources.hf import architecture_meta
+
         module, weights = tree
         layers = layers_from_module(module, weights, row.selection)
         inventory = coverage.checkpoint_inventory(weights, layers)
+        other_tensors = checkpoint_state(module, weights, layers)
+        extra_meta["architecture"] = architecture_meta(module)
     else:
         layers = layers_from_state_dict(checkpoint.tensors, row.selection)
         inventory = coverage.inventory({key: checkpoint.describe(key) for key in checkpoint.tensors}, layers)
@@ -47,9 +54,26 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
         num_params=checkpoint.num_parameters(),
         accuracy=row.accuracy,
         accuracy_source="zoo sheet" if row.accuracy is not None else None,
-        extra_meta={"checkpoint": checkpoint.to_meta(), "layer_typing": typing},
+        extra_meta=extra_meta,
         inventory=inventory,
+        other_tensors=other_tensors,
     )
+
+
+def rebuildable(path: Path | None) -> bool:
+    """A file: model can be run again when it is a model folder with a config.json (typed and
+    stored by its transformers module tree); a bare state dict has no architecture."""
+    return path is not None and (path / "config.json").is_file()
+
+
+def rebuild(meta: Mapping[str, Any]):
+    """A fetched model folder's transformers module, from meta.json (zooscope.sources.hf)."""
+    if (meta.get("architecture") or {}).get("library") != "transformers":
+        raise ValueError(f"a file: model cannot be run from its fetched files unless it is a model folder with a "
+                         f"config.json that transformers builds (this one: {meta.get('layer_typing', 'typed by name')})")
+    from zooscope.sources.hf import rebuild_transformers
+
+    return rebuild_transformers(meta)
 
 
 def folder_tree(path: Path, checkpoint: Checkpoint, model: str) -> tuple[tuple[Any, Any] | None, str]:
@@ -78,5 +102,5 @@ def folder_tree(path: Path, checkpoint: Checkpoint, model: str) -> tuple[tuple[A
 # file: rows ignore option columns: the weights are given, nothing is built or trained.
 KIND = SourceKind(
     name="file", syntax="file:PATH", example="file:weights/model.safetensors", argument=r".+",
-    fetch=fetch, ignores_options=True, local_path=True,
+    fetch=fetch, ignores_options=True, local_path=True, rebuildable=rebuildable, rebuild=rebuild,
 )

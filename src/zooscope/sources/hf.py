@@ -82,7 +82,7 @@ def load_hf(argument: str, model: str) -> HubModel:
     provenance = {"library": "transformers", "version": transformers.__version__,
                   "class": type(module).__name__, "loaded": "tensor by tensor" if weights else "whole",
                   **hf_snapshot(repo, revision or None, model)}
-    return HubModel(module=module, weights=weights, provenance=provenance)
+    return HubModel(module=module, weights=weights, provenance=provenance, architecture=architecture_meta(module))
 
 
 def hf_checkpoint(repo: str, model: str, options: dict[str, Any]) -> tuple[nn.Module, RenamedTensors] | None:
@@ -180,7 +180,8 @@ def shard_names(index: Path, model: str) -> list[str]:
 
 
 def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
-    """The checkpoint's tensors under the module tree's parameter names.
+    """The checkpoint's tensors under the module tree's state-dict names (parameters and
+    persistent buffers).
 
     A checkpoint saved from a model with a task head prefixes the base model's names with its
     ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
@@ -190,8 +191,8 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
 
     prefix = getattr(module, "base_model_prefix", "")
     aliases: dict[int, list[str]] = {}
-    for name, parameter in module.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(parameter), []).append(name)
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(name)
     names = {}
     for group in aliases.values():
         candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
@@ -199,6 +200,26 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
             names.update(dict.fromkeys(group, candidates[0]))
     # the store's tensors under the module's parameter names, still read one at a time
     return RenamedTensors(store, names)
+
+
+def architecture_meta(module: nn.Module) -> dict[str, Any]:
+    """meta.json's ``architecture`` of a transformers model: its class and whole config, what
+    rebuild_transformers needs to build it again (no download, no remote code)."""
+    import json
+
+    return {"library": "transformers", "class": type(module).__name__,
+            "config": json.loads(module.config.to_json_string(use_diff=False))}
+
+
+def rebuild_transformers(meta: Mapping[str, Any]) -> nn.Module:
+    """A fresh transformers model of meta.json's ``architecture`` (its weights to be loaded)."""
+    import transformers
+
+    architecture = meta["architecture"]
+    config = dict(architecture["config"])
+    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    cls = getattr(transformers, architecture["class"])
+    return cls._from_config(config)
 
 
 def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:
@@ -220,4 +241,5 @@ def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:
 KIND = SourceKind(
     name="hf", syntax="hf:REPO[@REVISION]", example="hf:openai-community/gpt2@main",
     argument=rf"{_NAME}(/{_NAME})?(@{_REVISION})?", fetch=fetch,
+    rebuildable=True, rebuild=rebuild_transformers,
 )

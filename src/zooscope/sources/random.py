@@ -13,6 +13,7 @@ from zooscope.sources.built import (
     arch_options,
     measured_source,
     module_parameters,
+    rebuild,
     unanalysed_state,
 )
 
@@ -54,4 +55,5 @@ KIND = SourceKind(
     options={**ARCHITECTURE_OPTION_TYPES, "seed": int},
     check=check,
     rebuildable=True,
+    rebuild=rebuild,
 )

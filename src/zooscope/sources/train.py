@@ -15,6 +15,7 @@ from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
     measured_source,
     module_parameters,
+    rebuild,
     training_setup,
     unanalysed_state,
 )
@@ -66,4 +67,5 @@ KIND = SourceKind(
     options={**ARCHITECTURE_OPTION_TYPES, **TRAINING_OPTION_TYPES},
     check=check,
     rebuildable=True,
+    rebuild=rebuild,
 )
