@@ -636,6 +636,19 @@ def rebuilt(out: Path):
     return rebuild_module(meta, layers["layers"], out / "model.safetensors"), meta
 
 
+def built_again(out: Path, kind: str):
+    """A language model's module built again from resources/ alone, as rebuild_module builds it
+    (the Jacobian stage itself refuses language models: test_a_language_model_is_refused...)."""
+    from zooscope.jacobian.rebuild import check_weights, module_state
+    from zooscope.sources.registry import KINDS
+
+    layers, meta = read_outputs(out)
+    network = KINDS[kind].rebuild(meta)
+    network.load_state_dict(module_state(network, load_file(out / "model.safetensors")), strict=False)
+    check_weights(meta["model"], network, layers["layers"])
+    return network, meta
+
+
 def same_state(network, state: dict) -> None:
     """The rebuilt module's state is the original's (float32 widening of a bf16 original)."""
     got = network.state_dict()
@@ -676,7 +689,7 @@ def test_hub_models_are_rebuilt_from_their_fetched_files_without_a_second_downlo
     network, meta = rebuilt(caches / "tm")
     assert meta["architecture"] == {"library": "timm", "name": "resnet18.a1_in1k"}
     same_state(network, timm_state)
-    network, meta = rebuilt(caches / "lm")
+    network, meta = built_again(caches / "lm", "hf")
     assert meta["architecture"]["class"] == "GPT2LMHeadModel"
     same_state(network, gpt2_state)  # Conv1D weights transposed back, lm_head tied to wte again
     assert network.lm_head.weight is network.transformer.wte.weight
@@ -700,7 +713,7 @@ def test_a_local_folder_is_rebuilt_like_the_hub(caches):
     for shard in folder.glob("*.safetensors"):
         original.update(load_file(shard))
     fetch_model(hub_row("file:llama", model="local"), caches / "local", sheet_dir=caches)
-    network, meta = rebuilt(caches / "local")
+    network, meta = built_again(caches / "local", "file")
     assert type(network).__name__ == "LlamaForCausalLM" and meta["architecture"]["library"] == "transformers"
     same_state(network, original)
     stored = load_file(caches / "local" / "model.safetensors")
@@ -717,3 +730,35 @@ def test_a_bare_weights_file_is_not_rebuilt(caches):
     with pytest.raises(RebuildError, match="a file: model cannot be run from its fetched files unless it is a model "
                                            r"folder with a config.json .*\(this one: tensor names and ranks"):
         rebuilt(caches / "bare")
+
+
+def test_a_transformers_image_classifier_runs_the_jacobian_stage(caches):
+    from zooscope.config import JacobianSettings
+    from zooscope.jacobian.compute import model_jacobian
+    from zooscope.jacobian.data import load_samples
+    from zooscope.zoo import data_spec
+
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    torch.manual_seed(0)
+    original = transformers.ResNetForImageClassification(config).eval()
+    original.save_pretrained(caches / "classifier")
+    fetch_model(hub_row("file:classifier", model="resnet"), caches / "classifier-out", sheet_dir=caches)
+    network, _ = rebuilt(caches / "classifier-out")
+    rng = np.random.default_rng(0)
+    np.savez(caches / "images.npz", x=rng.random((4, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 5, 4))
+    samples = load_samples(data_spec("images.npz", caches, samples=4))
+    with torch.no_grad():
+        assert torch.equal(network(samples.x), original(pixel_values=samples.x).logits)
+    assert [name for name, _ in network.named_parameters()] == [name for name, _ in original.named_parameters()]
+    result = model_jacobian(network, samples.x, samples.y, JacobianSettings(batch_size=2, hessian_probes=0,
+                                                                            input_output=False), min_evals=2)
+    assert result.passes > 0 and len(result.layers) > 0
+
+
+def test_a_language_model_is_refused_by_the_jacobian_stage(caches):
+    from zooscope.jacobian.rebuild import RebuildError
+
+    tiny_llama_folder(caches)
+    fetch_model(hub_row("file:llama", model="lm"), caches / "lm", sheet_dir=caches)
+    with pytest.raises(RebuildError, match="model 'lm': .*LlamaForCausalLM is not a transformers image classifier"):
+        rebuilt(caches / "lm")

@@ -65,7 +65,26 @@ def rebuild_module(meta: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
         )
     network.load_state_dict(state, strict=False)  # buffers it does not hold keep the module's own values
     check_weights(model, network, layers, parse_selection(meta.get("selection") or {}))
-    return network.eval()
+    return runnable(model, network).eval()
+
+
+def runnable(model: str, network: nn.Module) -> nn.Module:
+    """The module as the Jacobian stage calls it: float inputs in, a (samples, classes) logits
+    tensor out. A transformers model returns a ModelOutput: an image classifier
+    (``...ForImageClassification``, pixel values in) is given a forward that returns its logits,
+    keeping its parameter names; other transformers models (a language model's token inputs, a
+    base model without a head) are refused."""
+    if not type(network).__module__.startswith("transformers."):
+        return network
+    cls = type(network)
+    if not cls.__name__.endswith("ForImageClassification"):
+        raise RebuildError(
+            f"model {model!r}: the Jacobian stage runs classifiers of float inputs (images, vectors: the data "
+            f"column's x) and reads their logits; {cls.__name__} is not a transformers image classifier "
+            "(a language model's token inputs are not supported); leave its data cell empty"
+        )
+    network.__class__ = type(cls.__name__, (cls,), {"forward": lambda self, x: cls.forward(self, x).logits})
+    return network
 
 
 def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, Tensor]:
