@@ -57,6 +57,17 @@ def checkpoint_state(network: nn.Module, weights, layers: LayerList):
     return RenamedTensors(weights.store, {key: weights.names[key] for key in keys})
 
 
+def module_fields(network: nn.Module, selection) -> dict[str, Any]:
+    """What a module built here gives its Fetched: its layers (under the row's selection), the
+    rest of its state (stored for the Jacobian stage), its coverage inventory, its parameter count."""
+    from zooscope.layers import layers_from_module
+    from zooscope.sources import coverage
+
+    layers = layers_from_module(network, select=selection)
+    return {"layers": layers, "other_tensors": unanalysed_state(network, layers),
+            "inventory": coverage.module_inventory(network, layers), "num_params": module_parameters(network)}
+
+
 def rebuild(meta: Mapping[str, Any]) -> nn.Module:
     """A train:/random: model's architecture, from meta.json (its state comes from its files)."""
     from zooscope.models import architectures

@@ -12,9 +12,8 @@ from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
     arch_options,
     measured_source,
-    module_parameters,
+    module_fields,
     rebuild,
-    unanalysed_state,
 )
 
 if TYPE_CHECKING:
@@ -23,8 +22,6 @@ if TYPE_CHECKING:
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture at its seeded initialisation."""
-    from zooscope.layers import layers_from_module
-    from zooscope.sources import coverage
     from zooscope.models import architectures, digits
 
     arch, accuracy = row.source.argument, row.accuracy
@@ -33,12 +30,8 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(seed, threads):
         network = architectures.build_architecture(arch, architecture)
         measured = digits.held_out_accuracy(network) if accuracy is None else None
-    layers = layers_from_module(network, select=row.selection)
     return Fetched(
-        layers=layers,
-        other_tensors=unanalysed_state(network, layers),
-        inventory=coverage.module_inventory(network, layers),
-        num_params=module_parameters(network),
+        **module_fields(network, row.selection),
         accuracy=accuracy if accuracy is not None else measured,
         accuracy_source="zoo sheet" if accuracy is not None else measured_source(),
         extra_meta={"architecture": {"name": arch, "options": architecture}, "init_seed": seed},

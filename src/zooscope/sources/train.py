@@ -14,10 +14,9 @@ from zooscope.sources.base import Fetched, SourceKind
 from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
     measured_source,
-    module_parameters,
+    module_fields,
     rebuild,
     training_setup,
-    unanalysed_state,
 )
 
 if TYPE_CHECKING:
@@ -28,8 +27,6 @@ log = logging.getLogger(__name__)
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture and train it on digits; its accuracy is the measured test accuracy."""
-    from zooscope.layers import layers_from_module
-    from zooscope.sources import coverage
     from zooscope.models import architectures, digits
 
     model, arch = row.model, row.source.argument
@@ -42,12 +39,8 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(config.seed, threads):
         network = architectures.build_architecture(arch, architecture)
     result = digits.train(network, config, threads=threads)
-    layers = layers_from_module(network, select=row.selection)
     return Fetched(
-        layers=layers,
-        other_tensors=unanalysed_state(network, layers),
-        inventory=coverage.module_inventory(network, layers),
-        num_params=module_parameters(network),
+        **module_fields(network, row.selection),
         accuracy=result.test_accuracy,
         accuracy_source=measured_source(),
         extra_meta={
