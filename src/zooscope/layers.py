@@ -370,7 +370,7 @@ def tensor_sha256(tensor) -> str:
 
 def as_float32(tensor):
     """A float32, contiguous CPU tensor (detached) or numpy array; no copy when it already is one
-    (bf16/fp16 weights are analysed in float32)."""
+    (a layer is hashed as its float32 widening, whatever its stored dtype)."""
     if isinstance(tensor, np.ndarray):
         return np.ascontiguousarray(tensor, dtype=np.float32)
     import torch
