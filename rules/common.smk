@@ -14,9 +14,11 @@ RUN = run_config(
     config, load_schema(SCHEMAS / "config.schema.yaml"), source="config (config.yaml and --config)"
 )
 ZOO_SHEET = RUN.zoo
-# The zoo's rows, parsed and checked (zooscope.zoo.ZooRow): model id -> row.
+# The zoo's rows, parsed and checked (zooscope.zoo.ZooRow): model id -> row; config select fills
+# the layer selection that a row's own columns leave unset (zooscope.sources.selection).
 MODELS = {
-    row.model: row for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
+    row.model: row.with_selection_defaults(RUN.select)
+    for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
 SERIES = sorted({row.series for row in MODELS.values()})
 # Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources).

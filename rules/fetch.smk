@@ -5,9 +5,11 @@ rule fetch:
         weights="resources/models/{model}/model.safetensors",
         layers="resources/models/{model}/layers.json",
         meta="resources/models/{model}/meta.json",
+        tensors="resources/models/{model}/tensors.json",
     params:
-        # What the outputs depend on (zooscope.zoo.ZooRow.fetch_form): a data set or a shard
-        # count given to a model must not refetch (retrain) it.
+        # What the outputs depend on (zooscope.zoo.ZooRow.fetch_form, the layer selection with
+        # config select filled in): a data set or a shard count given to a model must not
+        # refetch (retrain) it.
         row=lambda wildcards: MODELS[wildcards.model].fetch_form(),
     conda:
         "../envs/torch.yaml"

@@ -1,9 +1,11 @@
 rule fit:
     input:
         index="results/esd/{model}/index.json",
+        tensors="resources/models/{model}/tensors.json",
     output:
         layers="results/metrics/{model}/layers.tsv",
         summary="results/metrics/{model}/summary.json",
+        coverage="results/metrics/{model}/coverage.tsv",
     params:
         fit=RUN.fit.as_dict(),
     conda:

@@ -11,6 +11,7 @@ from zooscope.config import (
     ConfigError, EsdConfig, EsdSettings, FitSettings, JacobianSettings, Threads, config_table, load_schema, run_config,
     schema_keys, validate_config,
 )
+from zooscope.sources.selection import Selection
 from zooscope.zoo import DataSpec, Source, ZooRow, read_zoo_sheet
 
 CONFIG_SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
@@ -39,6 +40,8 @@ def test_the_schema_defaults_are_the_dataclasses_defaults():
     expected = {f"{group}.{field.name}": getattr(value, field.name)
                 for group, value in objects.items() for field in dataclasses.fields(value)}
     expected.update({"esd.device": EsdConfig().device, "esd.shard_mb": EsdConfig().shard_mb})
+    expected.update({f"select.{field.name}": list(value) if isinstance(value := getattr(Selection(), field.name), tuple)
+                     else value for field in dataclasses.fields(Selection)})
     assert schema_defaults == expected
     for name, sub in schema_keys(CONFIG_SCHEMA):  # and every key is documented
         assert len(sub.get("description", "")) > 20, name
@@ -87,7 +90,7 @@ def test_readme_config_table_is_generated_from_the_schema():
                              text=True, check=True).stdout
     assert table == printed == config_table(CONFIG_SCHEMA)
     rows = [line for line in table.splitlines()[2:]]
-    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 18
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 24
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 
@@ -133,14 +136,14 @@ def test_duplicate_models_missing_columns_and_missing_sheet(tmp_path):
 
 
 def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
-    """Options against the kind's declared ones, their values, and data only on rebuildable kinds:
+    """Options against the kind's declared ones, their values, and data only on rebuildable rows:
     all found when the sheet is read (before any job), each with its row and model."""
     path = write_sheet(tmp_path, "model|series|source|accuracy|width|dropout|label_noise|data\n"
                                  "a|s|train:mlp||64|0.1||\n"
                                  "b|s|torchvision:vgg11||64|||\n"
                                  "c|s|train:resnet|||||\n"
                                  "d|s|train:mlp||||1.5|\n"
-                                 "e|s|hf:gpt2|||||digits\n"
+                                 "e|s|file:weights.pt|||||digits\n"
                                  "f|s|random:mlp||32|||digits\n")
     with pytest.raises(ConfigError) as info:
         read_zoo_sheet(path, ZOO_SCHEMA)
@@ -152,7 +155,8 @@ def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
         "  - row 4: model 'c': unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp",
         "  - row 5: model 'd': column 'label_noise' must be in [0, 1], got 1.5",
         "  - row 6: model 'e': column 'data' (the Jacobian stage) needs a model that can be run again, from a "
-        "train:, random: source, not hf:; leave the cell empty",
+        "file:, train:, random:, torchvision:, timm:, hf: source (file: only as a model folder with a config.json), "
+        "not file:weights.pt; leave the cell empty",
     ]
 
 

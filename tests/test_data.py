@@ -68,9 +68,19 @@ def test_data_columns_are_not_model_options(tmp_path):
 
 
 def test_data_on_a_source_that_cannot_be_rebuilt_is_a_sheet_error(tmp_path):
+    """A bare weights file has no architecture; a model folder with a config.json has (issue 14, item 8)."""
     row = {"model": "w", "series": "s", "source": "file:w.safetensors", "accuracy": None, "data": "digits"}
-    with pytest.raises(RowError, match=r"model 'w': column 'data' .* from a train:, random: source, not file:"):
+    with pytest.raises(RowError, match=r"model 'w': column 'data' .* from a file:, train:, random:, torchvision:, "
+                                       r"timm:, hf: source \(file: only as a model folder with a config.json\), "
+                                       r"not file:w.safetensors"):
         parse_row(row, tmp_path)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(RowError, match="not file:folder"):
+        parse_row({**row, "source": "file:folder"}, tmp_path)
+    (tmp_path / "folder" / "config.json").write_text("{}")
+    assert parse_row({**row, "source": "file:folder"}, tmp_path).data.name == "digits"
+    for source in ("torchvision:resnet18", "timm:resnet18.a1_in1k", "hf:someone/model"):
+        assert parse_row({**row, "source": source}, tmp_path).data.name == "digits"
 
 
 def test_zoo_schema_accepts_data_columns(tmp_path):

@@ -260,3 +260,34 @@ def test_conv2d_pooled_alphas_are_weightwatchers(tmp_path):
     np.testing.assert_allclose(ours["alpha"].to_numpy(float), theirs["alpha"].to_numpy(float), rtol=1e-9)
     np.testing.assert_allclose(ours["lambda_max"].to_numpy(float) / theirs["lambda_max"].to_numpy(float),
                                [9, 25], rtol=1e-9)
+
+
+@pytest.mark.parametrize("conv2d", ["slices", "stacked", "fft"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_weights_give_the_spectra_of_their_float32_widening(tmp_path, dtype, conv2d):
+    """The model cache keeps bf16/fp16 as stored (issue 14, item 3): the eigenvalues are those
+    of the same weights widened to float32 first (a second route: torch's own widening), to the
+    byte, for every layer kind and conv2d method, with the shuffled spectra too."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    weights = {"fc.weight": torch.randn(70, 60), "conv.weight": torch.randn(12, 6, 3, 3),
+               "conv1d.weight": torch.randn(9, 7, 2), "embed.weight": torch.randn(90, 55)}
+    kinds = {"fc": "Linear", "conv": "Conv2d", "conv1d": "Conv1d", "embed": "Embedding"}
+    low = {key: value.to(getattr(torch, dtype)) for key, value in weights.items()}
+    for name, tensors in (("low", low), ("wide", {key: value.float() for key, value in low.items()})):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file(tensors, folder / "model.safetensors")
+        layers = [{"name": key.removesuffix(".weight"), "tensor": key, "type": kinds[key.removesuffix(".weight")],
+                   "shape": list(value.shape), "depth": depth, "sha256": "0" * 64}
+                  for depth, (key, value) in enumerate(tensors.items())]
+        (folder / "layers.json").write_text(json.dumps({"model": "m", "layers": layers}))
+        run(folder, tmp_path / f"esd-{name}", conv2d=conv2d, randomize=True)
+    for name in kinds:
+        for suffix in (".npy", ".rand.npy"):
+            assert (tmp_path / "esd-low" / f"{name}{suffix}").read_bytes() == \
+                (tmp_path / "esd-wide" / f"{name}{suffix}").read_bytes(), (name, suffix)

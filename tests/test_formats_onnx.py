@@ -158,3 +158,25 @@ def test_a_safetensors_file_whose_header_length_looks_like_onnx_is_not_taken_for
     (tmp_path / "w.safetensors").write_bytes(bytes(data))
     assert load_file(str(tmp_path / "w.safetensors"))["fc.weight"].shape == (3, 2)  # still valid
     assert formats.detect(tmp_path / "w.safetensors") is None
+
+
+def test_the_layer_selection_applies_to_onnx_layers_and_is_recorded(tmp_path, rng):
+    """Selection (zooscope.sources.selection) on a format reader's layers: the cap sees the
+    oriented (out, in) shape, and each layer left out keeps its reason in tensors.json."""
+    import json
+
+    from zooscope.sources.fetch import fetch_model
+
+    wide = rng.standard_normal((300, 20)).astype(np.float32)  # Gemm B (in, out): the layer is 20 x 300
+    small = rng.standard_normal((20, 8)).astype(np.float32)
+    model = gemm_graph({"wide": wide, "small": small},
+                       [helper.make_node("Gemm", ["x", "wide"], ["a"]), helper.make_node("MatMul", ["a", "small"], ["y"])])
+    onnx.save(model, tmp_path / "g.onnx")
+    row = {"model": "g", "series": "s", "source": "file:g.onnx", "accuracy": ""}
+    fetch_model(row, tmp_path / "out", sheet_dir=tmp_path, select={"max_dim": 100})
+    layers = json.loads((tmp_path / "out" / "layers.json").read_text())["layers"]
+    assert [layer["name"] for layer in layers] == ["small"]
+    stored = json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]
+    records = {record["tensor"]: record for record in stored}
+    assert records["wide"]["reason"] == "over a cap" and "300 > max_dim=100" in records["wide"]["detail"]
+    assert records["small"]["reason"] == "" and records["small"]["layer"] == "small"

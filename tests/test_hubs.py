@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -253,16 +254,18 @@ BERT_LAYERS = ["embeddings.word_embeddings", "embeddings.position_embeddings", "
 
 @pytest.fixture
 def no_whole_model_loads(monkeypatch):
-    """Any AutoModel.from_pretrained (which would load every weight into the module) fails the test."""
+    """Any from_pretrained (which would load every weight into the module) fails the test."""
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded whole")
 
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
 def test_a_safetensors_checkpoint_with_a_task_head_is_converted_tensor_by_tensor(caches, no_whole_model_loads):
-    """bert-base-uncased is saved from BertForPreTraining: names start with "bert.", plus the MLM and NSP
-    heads, which AutoModel (BertModel) leaves out."""
+    """bert-base-uncased is saved from BertForPreTraining (config.architectures): its tree is that
+    class's, the MLM and NSP heads after the encoder (depth order ends with the head), the MLM
+    decoder tied to the word embeddings (one layer)."""
     torch.manual_seed(0)
     transformers.BertForPreTraining(tiny_bert_config()).save_pretrained(caches / "download", max_shard_size="20KB")
     put_in_hf_cache(caches / "hf", "google-bert/bert-base-uncased", caches / "download")
@@ -273,12 +276,13 @@ def test_a_safetensors_checkpoint_with_a_task_head_is_converted_tensor_by_tensor
 
     fetch_model(hub_row("hf:google-bert/bert-base-uncased"), caches / "out", sheet_dir=caches)
     layers, meta = read_outputs(caches / "out")
-    assert [l["name"] for l in layers["layers"]] == BERT_LAYERS
+    assert [l["name"] for l in layers["layers"]] == [f"bert.{name}" for name in BERT_LAYERS] + [
+        "cls.predictions.transform.dense", "cls.seq_relationship"]
     stored = load_file(caches / "out" / "model.safetensors")
     for layer in layers["layers"]:
-        assert torch.equal(stored[layer["tensor"]], original["bert." + layer["tensor"]])
-    assert meta["weights"]["class"] == "BertModel" and meta["weights"]["loaded"] == "tensor by tensor"
-    assert meta["num_params"] == sum(t.numel() for key, t in original.items() if key.startswith("bert."))
+        assert torch.equal(stored[layer["tensor"]], original[layer["tensor"]])
+    assert meta["weights"]["class"] == "BertForPreTraining" and meta["weights"]["loaded"] == "tensor by tensor"
+    assert meta["num_params"] == sum(t.numel() for t in original.values())
 
 
 def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypatch):
@@ -296,7 +300,10 @@ def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypa
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "whole", sheet_dir=caches)
     streamed, whole = read_outputs(caches / "streamed"), read_outputs(caches / "whole")
     assert (caches / "streamed" / "model.safetensors").read_bytes() == (caches / "whole" / "model.safetensors").read_bytes()
-    assert streamed[0] == whole[0] and [l["name"] for l in streamed[0]["layers"]] == [n for n, _, _ in GPT2_LAYERS]
+    # GPT2LMHeadModel (config.architectures): the base model under "transformer.", lm_head tied to wte
+    assert streamed[0] == whole[0] and [l["name"] for l in streamed[0]["layers"]] == [
+        f"transformer.{n}" for n, _, _ in GPT2_LAYERS]
+    assert load_file(caches / "streamed" / "model.safetensors")["transformer.wte.weight"].dtype == torch.bfloat16
     assert (streamed[1]["weights"].pop("loaded"), whole[1]["weights"].pop("loaded")) == ("tensor by tensor", "whole")
     assert streamed[1] == whole[1]
 
@@ -323,7 +330,10 @@ def test_no_two_checkpoint_tensors_are_in_memory_at_once(caches, monkeypatch, no
 
     monkeypatch.setattr(io.SafetensorsReader, "mapped", mapped)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "out", sheet_dir=caches)
-    assert len(reads) == 2 * len(GPT2_LAYERS)  # each analysed tensor: once to hash, once to write
+    stored = sum(len(load_file(shard)) for shard in folder.glob("*.safetensors"))
+    # each analysed tensor: once to hash, once to write; the rest of the state (kept so that the
+    # Jacobian stage can run the model): once, to write
+    assert len(reads) == 2 * len(GPT2_LAYERS) + (stored - len(GPT2_LAYERS))
     assert all(not still_alive for _, still_alive in reads)
 
 
@@ -341,10 +351,14 @@ def test_a_hub_index_naming_a_shard_outside_the_repo_is_refused(caches):
 
 
 def test_a_checkpoint_without_an_analysed_weight_is_loaded_whole(caches, caplog):
-    """BertForMaskedLM has no pooler: transformers initialises BertModel's pooler itself, which only
+    """A BertForMaskedLM checkpoint whose config does not name its class: the tree is AutoModel's
+    BertModel, whose pooler the checkpoint lacks; transformers initialises it itself, which only
     loading the model whole reproduces."""
     torch.manual_seed(0)
     transformers.BertForMaskedLM(tiny_bert_config()).save_pretrained(caches / "download")
+    config = json.loads((caches / "download" / "config.json").read_text())
+    assert config.pop("architectures") == ["BertForMaskedLM"]
+    (caches / "download" / "config.json").write_text(json.dumps(config))
     put_in_hf_cache(caches / "hf", "someone/bert-mlm", caches / "download")
     fetch_model(hub_row("hf:someone/bert-mlm", model="mlm"), caches / "out", sheet_dir=caches)
     layers, meta = read_outputs(caches / "out")
@@ -529,3 +543,222 @@ def test_the_language_model_and_timm_sheets():
                                           for depth in (18, 34, 50, 101, 152)]
     for series_sources in sources["timm-resnet.tsv"]:  # every tag exists in the installed timm
         assert series_sources[1].removeprefix("timm:") in timm.list_pretrained("resnet*")
+
+
+# --------------------------------------------------------------------------- local Hugging Face folders
+
+
+def tiny_llama_folder(root: Path, tie: bool = False) -> Path:
+    """A Llama-architecture causal LM saved by save_pretrained in bf16 shards (issue 14's case)."""
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=tie)
+    torch.manual_seed(0)
+    folder = root / "llama"
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    return folder
+
+
+# Its depth order by hand: the embedding, each block's attention (q, k, v, o) before its MLP
+# (gate, up, down), the head last.
+LLAMA_LAYERS = ["model.embed_tokens"] + [
+    f"model.layers.{i}.{name}" for i in range(3) for name in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+] + ["lm_head"]
+
+
+def test_a_local_hugging_face_folder_is_typed_like_the_hub(caches, no_whole_model_loads):
+    """file:FOLDER and hf:REPO fed the same save_pretrained files give the same layer list, types,
+    depth order and bytes (issue 14, item 2), kept in bf16 (item 3)."""
+    folder = tiny_llama_folder(caches)
+    assert len(list(folder.glob("*.safetensors"))) > 2
+    put_in_hf_cache(caches / "hf", "someone/tiny-llama", folder)
+    fetch_model({**hub_row("file:llama", model="local")}, caches / "local", sheet_dir=caches)
+    fetch_model(hub_row("hf:someone/tiny-llama"), caches / "hub", sheet_dir=caches)
+    (local, local_meta), (hub, hub_meta) = read_outputs(caches / "local"), read_outputs(caches / "hub")
+    assert [l["name"] for l in local["layers"]] == LLAMA_LAYERS
+    assert [l["type"] for l in local["layers"]] == ["Embedding"] + ["Linear"] * (len(LLAMA_LAYERS) - 1)
+    assert local["layers"] == hub["layers"]  # names, types, shapes, depths, hashes
+    assert (caches / "local" / "model.safetensors").read_bytes() == (caches / "hub" / "model.safetensors").read_bytes()
+    assert local_meta["layer_typing"] == "module tree of transformers LlamaForCausalLM (config.json)"
+    assert hub_meta["weights"]["class"] == "LlamaForCausalLM"
+    assert {t.dtype for t in load_file(caches / "local" / "model.safetensors").values()} == {torch.bfloat16}
+    tensors = json.loads((caches / "local" / "tensors.json").read_text())["tensors"]
+    reasons = {t["tensor"]: t["reason"] for t in tensors}
+    original = {}
+    for shard in folder.glob("*.safetensors"):
+        original.update(load_file(shard))
+    assert reasons.keys() == original.keys()
+    assert {key for key, reason in reasons.items() if reason == "norm"} == {
+        key for key in original if key.endswith("norm.weight")}
+    assert json.loads((caches / "hub" / "tensors.json").read_text())["tensors"] == tensors
+
+
+def test_a_tied_head_is_one_layer(caches):
+    folder = tiny_llama_folder(caches, tie=True)
+    fetch_model(hub_row("file:llama", model="tied"), caches / "out", sheet_dir=caches)
+    layers, _ = read_outputs(caches / "out")
+    assert [l["name"] for l in layers["layers"]] == LLAMA_LAYERS[:-1]  # lm_head is embed_tokens
+    assert "lm_head.weight" not in {key for shard in folder.glob("*.safetensors") for key in load_file(shard)}
+
+
+@pytest.mark.parametrize("config", ["none", "remote-code", "unknown-type"])
+def test_without_a_usable_config_the_folder_is_typed_by_name(caches, config):
+    folder = tiny_llama_folder(caches)
+    if config == "none":
+        (folder / "config.json").unlink()
+    else:
+        content = json.loads((folder / "config.json").read_text())
+        if config == "remote-code":
+            content.update(model_type="evil", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.Evil"})
+            (folder / "evil.py").write_text(f"open({str(caches / 'pwned')!r}, 'w').write('ran')\n")
+        else:
+            content["model_type"] = "no-such-model-type"
+        (folder / "config.json").write_text(json.dumps(content))
+    fetch_model(hub_row("file:llama", model="by-name"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert meta["layer_typing"].startswith("tensor names and ranks (")
+    assert ("no config.json" in meta["layer_typing"]) == (config == "none")
+    assert {l["name"] for l in layers["layers"]} == set(LLAMA_LAYERS)  # the same weights, in name order
+    assert [l["name"] for l in layers["layers"]][:2] == ["lm_head", "model.embed_tokens"]
+    assert not (caches / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- rebuilt for the Jacobian stage
+
+
+def rebuilt(out: Path):
+    """The fetched model run again from resources/ alone (zooscope.jacobian.rebuild)."""
+    from zooscope.jacobian.rebuild import rebuild_module
+
+    layers, meta = read_outputs(out)
+    return rebuild_module(meta, layers["layers"], out / "model.safetensors"), meta
+
+
+def built_again(out: Path, kind: str):
+    """A language model's module built again from resources/ alone, as rebuild_module builds it
+    (the Jacobian stage itself refuses language models: test_a_language_model_is_refused...)."""
+    from zooscope.jacobian.rebuild import check_weights, module_state
+    from zooscope.sources.registry import KINDS
+
+    layers, meta = read_outputs(out)
+    network = KINDS[kind].rebuild(meta)
+    network.load_state_dict(module_state(network, load_file(out / "model.safetensors")), strict=False)
+    check_weights(meta["model"], network, layers["layers"])
+    return network, meta
+
+
+def same_state(network, state: dict) -> None:
+    """The rebuilt module's state is the original's (float32 widening of a bf16 original)."""
+    got = network.state_dict()
+    for key, value in state.items():
+        assert torch.equal(got[key], value.to(got[key].dtype)), key
+
+
+def test_hub_models_are_rebuilt_from_their_fetched_files_without_a_second_download(caches):
+    """torchvision, timm and hf: models are rebuilt from resources/ with the caches deleted
+    (issue 14, item 8), their state the original one, and run on a user's .npz of images."""
+    from zooscope.config import JacobianSettings
+    from zooscope.jacobian.compute import model_jacobian
+    from zooscope.jacobian.data import load_samples
+    from zooscope.zoo import data_spec
+
+    vision = put_torchvision_checkpoint(caches)
+    fetch_model(hub_row("torchvision:resnet18@IMAGENET1K_V1", model="tv"), caches / "tv", sheet_dir=caches)
+    torch.manual_seed(1)
+    timm_state = timm.create_model("resnet18", pretrained=False).state_dict()
+    (caches / "download").mkdir()
+    save_file(timm_state, caches / "download" / "model.safetensors")
+    put_in_hf_cache(caches / "hf", "timm/resnet18.a1_in1k", caches / "download")
+    fetch_model(hub_row("timm:resnet18.a1_in1k", model="tm"), caches / "tm", sheet_dir=caches)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
+    torch.manual_seed(2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(caches / "gpt2", max_shard_size="20KB")
+    gpt2_state = {}
+    for shard in (caches / "gpt2").glob("*.safetensors"):
+        gpt2_state.update(load_file(shard))
+    put_in_hf_cache(caches / "hf", "openai-community/gpt2", caches / "gpt2")
+    fetch_model(hub_row("hf:openai-community/gpt2", model="lm"), caches / "lm", sheet_dir=caches)
+    shutil.rmtree(caches / "torch")
+    shutil.rmtree(caches / "hf")
+
+    network, meta = rebuilt(caches / "tv")
+    assert meta["architecture"] == {"library": "torchvision", "name": "resnet18"}
+    same_state(network, vision)
+    network, meta = rebuilt(caches / "tm")
+    assert meta["architecture"] == {"library": "timm", "name": "resnet18.a1_in1k"}
+    same_state(network, timm_state)
+    network, meta = built_again(caches / "lm", "hf")
+    assert meta["architecture"]["class"] == "GPT2LMHeadModel"
+    same_state(network, gpt2_state)  # Conv1D weights transposed back, lm_head tied to wte again
+    assert network.lm_head.weight is network.transformer.wte.weight
+
+    rng = np.random.default_rng(0)
+    np.savez(caches / "images.npz", x=rng.random((6, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 1000, 6))
+    samples = load_samples(data_spec("images.npz", caches, samples=6))
+    network, _ = rebuilt(caches / "tv")
+    original = torchvision.models.resnet18(weights=None)
+    original.load_state_dict(vision)
+    with torch.no_grad():
+        assert torch.equal(network(samples.x), original.eval()(samples.x))
+    result = model_jacobian(network, samples.x, samples.y, JacobianSettings(batch_size=3, hessian_probes=0,
+                                                                            input_output=False), min_evals=2)
+    assert result.passes > 0 and len(result.layers) > 0
+
+
+def test_a_local_folder_is_rebuilt_like_the_hub(caches):
+    folder = tiny_llama_folder(caches)
+    original = {}
+    for shard in folder.glob("*.safetensors"):
+        original.update(load_file(shard))
+    fetch_model(hub_row("file:llama", model="local"), caches / "local", sheet_dir=caches)
+    network, meta = built_again(caches / "local", "file")
+    assert type(network).__name__ == "LlamaForCausalLM" and meta["architecture"]["library"] == "transformers"
+    same_state(network, original)
+    stored = load_file(caches / "local" / "model.safetensors")
+    assert stored.keys() == original.keys()  # the whole state, once, in bf16: no more than the checkpoint
+    assert all(value.dtype == torch.bfloat16 for value in stored.values())
+
+
+def test_a_bare_weights_file_is_not_rebuilt(caches):
+    from zooscope.jacobian.rebuild import RebuildError
+
+    folder = tiny_llama_folder(caches)
+    (folder / "config.json").unlink()
+    fetch_model(hub_row("file:llama", model="bare"), caches / "bare", sheet_dir=caches)
+    with pytest.raises(RebuildError, match="a file: model cannot be run from its fetched files unless it is a model "
+                                           r"folder with a config.json .*\(this one: tensor names and ranks"):
+        rebuilt(caches / "bare")
+
+
+def test_a_transformers_image_classifier_runs_the_jacobian_stage(caches):
+    from zooscope.config import JacobianSettings
+    from zooscope.jacobian.compute import model_jacobian
+    from zooscope.jacobian.data import load_samples
+    from zooscope.zoo import data_spec
+
+    config = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=5)
+    torch.manual_seed(0)
+    original = transformers.ResNetForImageClassification(config).eval()
+    original.save_pretrained(caches / "classifier")
+    fetch_model(hub_row("file:classifier", model="resnet"), caches / "classifier-out", sheet_dir=caches)
+    network, _ = rebuilt(caches / "classifier-out")
+    rng = np.random.default_rng(0)
+    np.savez(caches / "images.npz", x=rng.random((4, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 5, 4))
+    samples = load_samples(data_spec("images.npz", caches, samples=4))
+    with torch.no_grad():
+        assert torch.equal(network(samples.x), original(pixel_values=samples.x).logits)
+    assert [name for name, _ in network.named_parameters()] == [name for name, _ in original.named_parameters()]
+    result = model_jacobian(network, samples.x, samples.y, JacobianSettings(batch_size=2, hessian_probes=0,
+                                                                            input_output=False), min_evals=2)
+    assert result.passes > 0 and len(result.layers) > 0
+
+
+def test_a_language_model_is_refused_by_the_jacobian_stage(caches):
+    from zooscope.jacobian.rebuild import RebuildError
+
+    tiny_llama_folder(caches)
+    fetch_model(hub_row("file:llama", model="lm"), caches / "lm", sheet_dir=caches)
+    with pytest.raises(RebuildError, match="model 'lm': .*LlamaForCausalLM is not a transformers image classifier"):
+        rebuilt(caches / "lm")

@@ -42,11 +42,15 @@ def test_writing_to_a_mapped_tensor_never_changes_the_file(tmp_path, tensors):
     assert np.array_equal(SafetensorsReader(path).get_tensor("w32"), tensors["w32"])
 
 
-def test_a_dtype_numpy_lacks_is_not_mapped_and_still_read_through_safetensors(tmp_path):
-    weight = torch.randn(4, 3).to(torch.bfloat16)
-    save_torch_file({"w": weight}, str(tmp_path / "bf16.safetensors"))
-    assert SafetensorsReader(tmp_path / "bf16.safetensors").mapped("w") is None
-    assert torch.equal(SafetensorsReader(tmp_path / "bf16.safetensors", framework="pt").get_tensor("w"), weight)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_a_dtype_numpy_lacks_is_mapped_as_ml_dtypes_and_widens_exactly(tmp_path, dtype):
+    """bf16/f8 are mapped (no torch, no copy) and widen to float32 as torch widens them."""
+    weight = torch.randn(4, 3).to(dtype)
+    save_torch_file({"w": weight}, str(tmp_path / "low.safetensors"))
+    mapped = SafetensorsReader(tmp_path / "low.safetensors").mapped("w")
+    assert mapped.dtype.itemsize == 1 + (dtype == torch.bfloat16) and mapped.shape == (4, 3)
+    assert np.array_equal(mapped.astype(np.float32), weight.float().numpy())
+    assert torch.equal(SafetensorsReader(tmp_path / "low.safetensors", framework="pt").get_tensor("w"), weight)
 
 
 def test_a_truncated_file_is_refused_before_anything_is_mapped(tmp_path, tensors):
@@ -95,16 +99,24 @@ def test_the_dtype_table_is_the_one_safetensors_writes_and_reads(tmp_path):
     dtype is stored under its name, and safetensors' numpy reader gives its numpy dtype."""
     import json
 
-    from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES
+    import ml_dtypes
+
+    from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES, numpy_dtypes
 
     tensors = {name: torch.zeros(2, dtype=getattr(torch, dtype.torch)) for name, dtype in SAFETENSORS_DTYPES.items()}
     save_torch_file(tensors, str(tmp_path / "all.safetensors"))
     raw = (tmp_path / "all.safetensors").read_bytes()
     header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
     assert {name: header[name]["dtype"] for name in tensors} == {name: name for name in tensors}
-    numpy_ones = {name: dtype for name, dtype in SAFETENSORS_DTYPES.items() if dtype.numpy is not None}
-    # BF16 and F8 have no numpy type: safetensors' numpy reader refuses them
+    # BF16 and F8 have no numpy type of numpy's own (ml_dtypes', mapped by SafetensorsReader):
+    # safetensors' numpy reader refuses them; every other one it reads as the table says
+    numpy_ones = {name: dtype for name, dtype in SAFETENSORS_DTYPES.items() if not hasattr(ml_dtypes, dtype.numpy)}
+    assert set(SAFETENSORS_DTYPES) - set(numpy_ones) == {"BF16", "F8_E4M3", "F8_E5M2"}
     save_torch_file({name: tensors[name] for name in numpy_ones}, str(tmp_path / "numpy.safetensors"))
     read = load_file(str(tmp_path / "numpy.safetensors"))
     assert {name: read[name].dtype for name in numpy_ones} == {name: np.dtype(d.numpy) for name, d in numpy_ones.items()}
     assert set(FLOAT_DTYPES) == {name for name in tensors if tensors[name].is_floating_point()}
+    mapped = SafetensorsReader(tmp_path / "all.safetensors")
+    assert {name: mapped.mapped(name).dtype for name in tensors} == numpy_dtypes()
+    assert {name: mapped.mapped(name).dtype.itemsize for name in tensors} == {
+        name: tensors[name].element_size() for name in tensors}

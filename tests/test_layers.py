@@ -42,15 +42,15 @@ def test_module_tree_types_order_and_shapes():
     ]
 
 
-def test_module_tree_tensors_are_float32_copies_with_matching_hashes():
+def test_module_tree_tensors_keep_their_dtype_and_hash_as_float32():
     torch.manual_seed(0)
     model = Mixed().to(torch.float64)
     result = layers_from_module(model)
     for layer in result.layers:
         tensor = result.tensors[layer.tensor]
-        assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+        assert tensor.dtype == torch.float64 and result.dtypes[layer.tensor] == "F64"
+        np.testing.assert_array_equal(tensor.numpy(), model.get_parameter(layer.tensor).detach().numpy())
         expected = model.get_parameter(layer.tensor).detach().float().numpy()
-        np.testing.assert_array_equal(tensor.numpy(), expected)
         assert layer.sha256 == hashlib.sha256(np.ascontiguousarray(expected).tobytes()).hexdigest()
 
 
@@ -111,11 +111,11 @@ def test_state_dict_typing_by_name_and_rank():
     ]
 
 
-def test_half_precision_weights_become_float32():
+def test_half_precision_weights_stay_half_and_hash_as_float32():
     weight = torch.randn(4, 3).to(torch.bfloat16)
     result = layers_from_state_dict({"fc.weight": weight})
-    assert result.tensors["fc.weight"].dtype == torch.float32
-    np.testing.assert_array_equal(result.tensors["fc.weight"].numpy(), weight.float().numpy())
+    assert result.tensors["fc.weight"].dtype == torch.bfloat16 and result.dtypes["fc.weight"] == "BF16"
+    assert torch.equal(result.tensors["fc.weight"], weight)
     assert result.layers[0].sha256 == hashlib.sha256(weight.float().numpy().tobytes()).hexdigest()
 
 

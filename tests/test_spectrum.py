@@ -201,3 +201,14 @@ def test_a_non_finite_entry_in_a_later_block_is_refused_with_the_count(rng):
     w[390, 3], w[5, 1] = np.inf, np.nan
     with pytest.raises(ValueError, match=r"NaN or Inf \(2 of 8000 entries\)"):
         spectrum.gram_matrix(w, block_entries=100)
+
+
+def test_the_torch_route_takes_bf16_weights_as_mapped():
+    """bf16 weights arrive as ml_dtypes arrays (the model cache's stored dtype); the torch route
+    (config esd.device, here on the CPU) widens them exactly, as the numpy route does."""
+    import ml_dtypes
+
+    weight = np.random.default_rng(0).standard_normal((40, 30)).astype(ml_dtypes.bfloat16)
+    widened = weight.astype(np.float32)
+    np.testing.assert_array_equal(spectrum.eigenvalues(weight, device="cpu"), spectrum.eigenvalues(widened, device="cpu"))
+    np.testing.assert_array_equal(spectrum.eigenvalues(weight), spectrum.eigenvalues(widened))

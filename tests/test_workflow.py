@@ -74,6 +74,14 @@ def test_run_produces_every_artifact(finished_run):
     assert list(layers["layer"]) == ["fc1", "fc2", "head"]
     assert list(layers["status"]) == ["ok", "ok", "skipped"]  # head has 10 < 50 eigenvalues
     assert (w / "results" / "esd" / "file0" / "fc1.npy").is_file()
+    coverage = pd.read_csv(w / "results" / "metrics" / "file0" / "coverage.tsv", sep="\t", keep_default_na=False)
+    assert list(coverage.columns) == ["tensor", "shape", "dtype", "analysed", "layer", "reason", "detail"]
+    assert coverage.set_index("tensor")[["shape", "dtype", "analysed", "reason"]].to_dict("index") == {
+        "fc1.bias": {"shape": "120", "dtype": "F32", "analysed": False, "reason": "bias"},
+        "fc1.weight": {"shape": "120x80", "dtype": "F32", "analysed": True, "reason": ""},
+        "fc2.weight": {"shape": "90x120", "dtype": "F32", "analysed": True, "reason": ""},
+        "head.weight": {"shape": "10x90", "dtype": "F32", "analysed": False, "reason": "below min_evals"},
+    }
     for series in ("files", "baseline", "trained"):
         assert (w / "results" / "plots" / "series" / series / "correlation_flow.png").is_file()
 
@@ -82,6 +90,8 @@ def test_models_and_regressions_tables(finished_run):
     models = pd.read_csv(finished_run / "results" / "zoo" / "models.tsv", sep="\t")
     assert list(models["model"]) == ["file0", "file1", "file2", "rand", "tiny"]
     assert list(models.loc[:2, "accuracy"]) == [70.0, 74.0, 79.0]
+    assert list(models.loc[:2, "num_tensors"]) == [4] * 3 and list(models.loc[:2, "num_tensors_analysed"]) == [2] * 3
+    assert list(models.loc[:2, "tensors_left_out"]) == ["bias: 1; below min_evals: 1"] * 3
     # the trained and the random model get a measured accuracy on the digits test split
     assert models.loc[4, "accuracy"] > models.loc[3, "accuracy"]
     regressions = pd.read_csv(finished_run / "results" / "zoo" / "regressions.tsv", sep="\t")
@@ -164,7 +174,12 @@ def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
         "missing\tfiles\tfile:weights/nope.safetensors\t80\t\t\t\n"
         "corrupt\tfiles\tfile:weights/corrupt.safetensors\t81\t\t\t\n"
         "degenerate\tfiles\tfile:weights/degenerate.safetensors\t82\t\t\t\n"
+        "nolayers\tfiles\tfile:weights/norms.pt\t83\t\t\t\n"
     ))
+    import torch
+
+    torch.save({"norm.weight": torch.ones(8), "norm.bias": torch.zeros(8), "steps": torch.tensor(3)},
+               workdir / "weights" / "norms.pt")
     (workdir / "weights" / "corrupt.safetensors").write_bytes(b"\x00" * 100)
     write_degenerate_weights(workdir / "weights" / "degenerate.safetensors")
     result = snakemake(workdir, "--cores", "2", "--keep-going", check=False)
@@ -174,8 +189,10 @@ def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
     assert "corrupt" in output and "corrupt.safetensors" in output
     for model in ("file0", "file1", "file2", "rand", "tiny"):
         assert (workdir / "results" / "metrics" / model / "summary.json").is_file()
-    for model in ("missing", "corrupt"):
+    for model in ("missing", "corrupt", "nolayers"):
         assert not (workdir / "resources" / "models" / model / "model.safetensors").exists()
+    assert "'nolayers': no analysable weight in file:weights/norms.pt" in output
+    assert "norms.pt): 3 tensors: 0 analysed; left out: 1 bias, 1 norm, 1 integer buffer" in output
     # bad layers become rows with a status and a reason; the model itself completes
     layers = pd.read_csv(workdir / "results" / "metrics" / "degenerate" / "layers.tsv", sep="\t",
                          keep_default_na=False).set_index("layer")

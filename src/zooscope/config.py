@@ -2,7 +2,8 @@
 
 config.yaml groups its keys by stage: ``esd:`` (EsdConfig: the EsdSettings that change eigenvalues,
 the device, shard_mb), ``fit:`` (FitSettings), ``jacobian:`` (JacobianSettings), ``threads:``
-(Threads), and ``zoo`` (the sheet, zooscope.zoo). It is validated against
+(Threads), ``select:`` (the layer selection, zooscope.sources.selection.Selection), and ``zoo``
+(the sheet, zooscope.zoo). It is validated against
 schemas/config.schema.yaml, whose defaults are the dataclasses' defaults here
 (tests/test_config.py checks they agree) and whose descriptions are README's config table
 (``python -m zooscope.config --table`` prints it). A key of the old flat layout gives an error
@@ -22,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from zooscope.sources.selection import Selection, parse_selection
 
 if TYPE_CHECKING:
     import jsonschema
@@ -113,6 +116,8 @@ class RunConfig:
     fit: FitSettings = FitSettings()
     jacobian: JacobianSettings = JacobianSettings()
     threads: Threads = Threads()
+    # Config group select: the layer selection of every model (zooscope.sources.selection)
+    select: Selection = Selection()
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
@@ -124,6 +129,7 @@ class RunConfig:
             fit=FitSettings(**config["fit"]),
             jacobian=JacobianSettings(**config["jacobian"]),
             threads=Threads(**config["threads"]),
+            select=parse_selection(config["select"]),
         )
 
 

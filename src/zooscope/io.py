@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import numbers
@@ -109,19 +110,22 @@ def write_npy(path: str | os.PathLike, array) -> None:
 @dataclass(frozen=True)
 class SafetensorsDtype:
     """A dtype of the safetensors format: its numpy dtype (little-endian, as the format stores
-    it; None where numpy has none: BF16 and F8, read through safetensors itself), the name of its
-    torch dtype, and whether it is floating point (only such tensors can be layers)."""
+    it; BF16 and F8, which numpy lacks, as ml_dtypes' types, so that a bf16 tensor is mapped and
+    widened like any other, without torch), the name of its torch dtype, and whether it is
+    floating point (only such tensors can be layers)."""
 
-    numpy: str | None
+    numpy: str
     torch: str
     floating: bool
 
 
 # The one table of the format's dtypes (zooscope.layers types tensors and converts from it).
+# A numpy name without a byte order ("bfloat16") is ml_dtypes' (numpy_dtype).
 SAFETENSORS_DTYPES: dict[str, SafetensorsDtype] = {
     "F64": SafetensorsDtype("<f8", "float64", True), "F32": SafetensorsDtype("<f4", "float32", True),
-    "F16": SafetensorsDtype("<f2", "float16", True), "BF16": SafetensorsDtype(None, "bfloat16", True),
-    "F8_E4M3": SafetensorsDtype(None, "float8_e4m3fn", True), "F8_E5M2": SafetensorsDtype(None, "float8_e5m2", True),
+    "F16": SafetensorsDtype("<f2", "float16", True), "BF16": SafetensorsDtype("bfloat16", "bfloat16", True),
+    "F8_E4M3": SafetensorsDtype("float8_e4m3fn", "float8_e4m3fn", True),
+    "F8_E5M2": SafetensorsDtype("float8_e5m2", "float8_e5m2", True),
     "I64": SafetensorsDtype("<i8", "int64", False), "I32": SafetensorsDtype("<i4", "int32", False),
     "I16": SafetensorsDtype("<i2", "int16", False), "I8": SafetensorsDtype("i1", "int8", False),
     "U8": SafetensorsDtype("u1", "uint8", False), "BOOL": SafetensorsDtype("?", "bool", False),
@@ -129,18 +133,35 @@ SAFETENSORS_DTYPES: dict[str, SafetensorsDtype] = {
 FLOAT_DTYPES = tuple(name for name, dtype in SAFETENSORS_DTYPES.items() if dtype.floating)
 
 
+@functools.cache
+def numpy_dtypes() -> dict:
+    """safetensors dtype name -> numpy dtype, ml_dtypes' for BF16 and F8 (imports numpy)."""
+    import ml_dtypes
+    import numpy as np
+
+    return {name: np.dtype(getattr(ml_dtypes, dtype.numpy, dtype.numpy)) for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+def safetensors_dtype(dtype) -> str:
+    """The safetensors name of a numpy dtype (ValueError for one safetensors cannot store)."""
+    for name, candidate in numpy_dtypes().items():
+        if candidate == dtype:
+            return name
+    raise ValueError(f"dtype {dtype} cannot be stored in a safetensors file")
+
+
 class SafetensorsReader:
     """Reads tensors of a safetensors file one at a time, as numpy arrays.
 
     Each tensor is an array over a private (copy-on-write) memory map of just its bytes (numpy
-    framework, a dtype numpy has): reading copies nothing and allocates no fresh memory, its
+    framework; BF16 and F8 as ml_dtypes' types): reading copies nothing and allocates no fresh memory, its
     pages come from the page cache and are unmapped when the array is released, and a write to
     it changes the process's copy, never the file. Why not one ``safe_open``
     handle for the whole model: every page read through it stays mapped, counted in the
     process's RSS, until the handle closes, so reading a 2 GiB model tensor by tensor through
     one handle peaks at 2 GiB of RSS (benchmarks/bench_memory.py). The header is checked by
-    ``safe_open`` (offsets against the file's size) before any tensor is mapped. Other dtypes
-    and ``framework="pt"`` open the file per tensor and copy the tensor out.
+    ``safe_open`` (offsets against the file's size) before any tensor is mapped.
+    ``framework="pt"`` opens the file per tensor and copies the tensor out.
     """
 
     def __init__(self, path: str | os.PathLike, framework: str = "numpy"):
@@ -171,17 +192,16 @@ class SafetensorsReader:
         return self._header
 
     def mapped(self, key: str):
-        """The tensor as a numpy array over a private memory map of its bytes; None for a dtype
-        that numpy does not have (BF16, F8) or a key that is not in the file."""
+        """The tensor as a numpy array over a private memory map of its bytes (BF16 and F8 as
+        ml_dtypes' types); None for a key that is not in the file."""
         import mmap
 
         import numpy as np
 
         entry = self.header().get(key)
-        known = SAFETENSORS_DTYPES.get(entry["dtype"]) if entry is not None else None
-        if known is None or known.numpy is None:
+        if entry is None or entry["dtype"] not in numpy_dtypes():
             return None
-        dtype = np.dtype(known.numpy)
+        dtype = numpy_dtypes()[entry["dtype"]]
         begin, end = (entry["data_start"] + offset for offset in entry["data_offsets"])
         if end == begin:
             return np.empty(entry["shape"], dtype)

@@ -26,13 +26,13 @@ import functools
 import hashlib
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsReader, safe_filename
+from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsReader, safe_filename, safetensors_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -67,14 +67,20 @@ class Layer:
 
 @dataclass(frozen=True)
 class LayerList:
-    """The layers in depth order and their float32, contiguous weights keyed by ``Layer.tensor``.
+    """The layers in depth order and their weights keyed by ``Layer.tensor``, in their stored
+    dtype (bf16 stays bf16: the model cache is no wider than the checkpoint).
 
-    ``tensors`` makes each float32 weight when asked (a Float32View): fetch writes them one at a
-    time, so a model is never held twice (a transposed or half-precision copy of every weight).
+    ``tensors`` makes each weight when asked (a LazyTensors): fetch writes them one at a time, so
+    a model is never held twice. ``tied``: tensor key -> the key of the analysed weight it is
+    tied to (left out); ``left_out``: tensor key -> (reason, detail) of a weight that the layer
+    selection dropped (zooscope.sources.selection).
     """
 
     layers: list[Layer]
     tensors: Mapping[str, Any]
+    tied: Mapping[str, str] = field(default_factory=dict)
+    left_out: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    dtypes: Mapping[str, str] = field(default_factory=dict)  # tensor key -> its stored safetensors dtype
 
 
 @functools.cache
@@ -138,23 +144,38 @@ class TensorStore(LazyTensors):
         return sum(int(np.prod(t.shape)) for t in map(self.describe, self) if t.dtype in FLOAT_DTYPES)
 
 
+class RenamedTensors(LazyTensors):
+    """The tensors of a mapping (a lazy store or a dict) under other names, read when asked:
+    ``names`` maps each name to the ``store``'s own (prefixes removed, a module's parameter names)."""
+
+    def __init__(self, store: Mapping[str, Any], names: Mapping[str, str]):
+        super().__init__({new: partial(store.__getitem__, old) for new, old in names.items()})
+        self.store, self.names = store, dict(names)
+
+    def describe(self, key: str) -> TensorInfo:
+        return tensor_info(self.store, self.names[key])
+
+
 def _read_tensor(reader: SafetensorsReader, key: str):
     """The tensor as an array over a private map of the file's bytes (no copy:
-    io.SafetensorsReader), or a torch copy read by safetensors for a dtype that numpy lacks."""
-    mapped = reader.mapped(key)
-    if mapped is None:
-        return SafetensorsReader(reader.path, framework="pt").get_tensor(key)
-    return mapped
+    io.SafetensorsReader), in its stored dtype (bf16 and f8 as ml_dtypes' types)."""
+    return reader.mapped(key)
 
 
-class Float32View(LazyTensors):
-    """Tensors as float32 contiguous CPU tensors or numpy arrays (as_float32), each made when
-    asked from its ``makers`` entry (a read from a TensorStore, a weight of a module tree, a
-    transposed or sliced view of one)."""
+def tensor_info(tensors: Mapping[str, Any], key: str) -> TensorInfo:
+    """dtype and shape of a tensor of a lazy store (from its header, nothing read) or of a mapping."""
+    describe = getattr(tensors, "describe", None)
+    return describe(key) if describe else describe_tensor(tensors[key])
 
-    def __getitem__(self, key: str):
-        return as_float32(super().__getitem__(key))
 
+def describe_tensor(value) -> TensorInfo:
+    """The safetensors dtype name and shape of a torch tensor or numpy array."""
+    if isinstance(value, TensorInfo):
+        return value
+    if isinstance(value, np.ndarray):
+        return TensorInfo(safetensors_dtype(value.dtype), tuple(value.shape))
+    names = {dtype: name for name, dtype in safetensors_dtypes().items()}
+    return TensorInfo(names.get(value.dtype, str(value.dtype).removeprefix("torch.")), tuple(value.shape))
 
 
 @dataclass(frozen=True)
@@ -176,14 +197,17 @@ class ModuleWeight:
         return value.T if self.transpose else value
 
 
-def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None) -> LayerList:
+def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None,
+                       select: Selector | None = None) -> LayerList:
     """The analysed weights of a module tree (module docstring), in registration (depth) order.
 
     With ``weights`` (parameter name -> tensor, e.g. a checkpoint read lazily from safetensors
     shards) the module tree only says what each weight is: it may live on the ``meta`` device,
     and every value is read from ``weights`` when it is hashed or written, one at a time.
+    ``select`` (see _build) leaves layers out by name, type or size.
     """
-    return _build([(item.key, item.kind, identity, make) for item, identity, make in _module_found(model, weights)])
+    return _build([(item.key, item.kind, identity, shape, make)
+                   for item, identity, shape, make in _module_found(model, weights)], select)
 
 
 @dataclass(frozen=True)
@@ -200,22 +224,22 @@ def module_layers(model: nn.Module) -> list[ModuleLayer]:
     the parameter its matrix comes from; nothing is hashed or copied (the stages that run the
     module, e.g. the Jacobian's, differentiate with respect to these)."""
     found = _module_found(model, None)
-    names = _names([(item.key, identity) for item, identity, _ in found])
-    return [ModuleLayer(name, item) for name, (item, _, _) in zip(names, found) if name is not None]
+    names = _names([(item.key, identity) for item, identity, _, _ in found])
+    return [ModuleLayer(name, item) for name, (item, *_) in zip(names, found) if name is not None]
 
 
-def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> list[tuple[ModuleWeight, object, Callable]]:
-    """(ModuleWeight, identity, maker) of every analysed weight of the tree, in depth order; a
+def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> list[tuple[ModuleWeight, object, tuple, Callable]]:
+    """(ModuleWeight, identity, shape, maker) of every analysed weight of the tree, in depth order; a
     tied weight appears once per module that holds it, with the same identity (``_build``)."""
     found = []
     for path, module in model.named_modules():  # the weights are torch tensors, or read as such
         for item, parameter in module_weights(path, module):
+            matrix = item.matrix(parameter)  # a view (of a meta tensor, with weights): its shape
             if weights is None:
-                matrix = item.matrix(parameter)
-                found.append((item, storage_key(matrix), lambda m=matrix.detach(): m))
+                found.append((item, storage_key(matrix), tuple(matrix.shape), lambda m=matrix.detach(): m))
             else:  # tied parameters are one object however they are reached
                 identity = (id(parameter), item.part, item.transpose)
-                found.append((item, identity, lambda i=item: i.matrix(weights[i.parameter])))
+                found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(weights[i.parameter])))
     return found
 
 
@@ -256,31 +280,34 @@ def is_transposed_conv1d(module: nn.Module) -> bool:
     )
 
 
-def layers_from_state_dict(state: Mapping[str, Tensor]) -> LayerList:
+def layers_from_state_dict(state: Mapping[str, Tensor], select: Selector | None = None) -> LayerList:
     """The weights of a bare state dict, typed by name and rank, in natural key order.
 
     Natural order ("layer.2" before "layer.10") stands in for depth, because safetensors files
     do not keep the order tensors were registered in; using it for every file format makes the
-    same weights give the same layer list whatever format they came in. A TensorStore is typed
-    from its headers and read one tensor at a time (its class docstring).
+    same weights give the same layer list whatever format they came in. A store with a
+    ``describe`` method (TensorStore, an .npz file's) is typed from its headers and read one
+    tensor at a time (TensorStore's docstring). ``select``: see _build.
     """
-    lazy = isinstance(state, TensorStore)
+    lazy = hasattr(state, "describe")
     found = []
     for key in sorted(state, key=natural_key):
         value = state.describe(key) if lazy else state[key]
         kind = state_dict_type(key, value)
         if kind:
-            identity = ("key", key) if lazy else storage_key(value)
-            found.append((key, kind, identity, (lambda k=key: state[k]) if lazy else (lambda v=value.detach(): v)))
-    return _build(found)
+            identity = ("key", key) if lazy or not is_torch_tensor(value) else storage_key(value)
+            maker = (lambda k=key: state[k]) if lazy else (lambda v=value: v.detach() if is_torch_tensor(v) else v)
+            found.append((key, kind, identity, describe_tensor(value).shape, maker))
+    return _build(found, select)
 
 
-def layers_from_format(weights) -> LayerList:
+def layers_from_format(weights, select: Selector | None = None) -> LayerList:
     """The layers a format reader found (zooscope.sources.formats.FormatWeights), in its depth
     order. Each is stored in model.safetensors under ``{layer name}.weight``; the reader already
-    made every stored tensor one layer at most (a reused one is recorded as tied there)."""
-    return _build([(f"{layer.name}.weight", layer.type, ("stored", layer.stored.name), layer.read)
-                   for layer in weights.layers])
+    made every stored tensor one layer at most (a reused one is recorded as tied there).
+    ``select``: see _build."""
+    return _build([(f"{layer.name}.weight", layer.type, ("stored", layer.stored.name), layer.shape, layer.read)
+                   for layer in weights.layers], select)
 
 
 def module_type(module: nn.Module) -> str | None:
@@ -300,14 +327,10 @@ def state_dict_type(key: str, value: object) -> str | None:
     biases and norms, integer tensors are buffers (counters, index tables). ``value`` is a torch
     tensor, a numpy array or a TensorInfo.
     """
-    if isinstance(value, TensorInfo):
-        floating, rank = value.dtype in FLOAT_DTYPES, len(value.shape)
-    elif isinstance(value, np.ndarray):
-        floating, rank = value.dtype.kind == "f", value.ndim
-    elif is_torch_tensor(value):
-        floating, rank = value.is_floating_point(), value.dim()
-    else:
+    if not isinstance(value, (TensorInfo, np.ndarray)) and not is_torch_tensor(value):
         return None
+    info = describe_tensor(value)
+    floating, rank = info.dtype in FLOAT_DTYPES, len(info.shape)
     if not (floating and key.endswith("weight")):
         return None
     kind = RANK_TYPES.get(rank)
@@ -356,12 +379,21 @@ def tensor_sha256(tensor) -> str:
 
 def as_float32(tensor):
     """A float32, contiguous CPU tensor (detached) or numpy array; no copy when it already is one
-    (bf16/fp16 weights are analysed in float32)."""
+    (a layer is hashed as its float32 widening, whatever its stored dtype)."""
     if isinstance(tensor, np.ndarray):
         return np.ascontiguousarray(tensor, dtype=np.float32)
     import torch
 
     return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def stored_bytes(tensor) -> memoryview:
+    """The C-contiguous bytes of a torch tensor or numpy array in its own dtype."""
+    if isinstance(tensor, np.ndarray):
+        return memoryview(np.ascontiguousarray(tensor).reshape(-1).view(np.uint8))
+    import torch
+
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
 def float32_bytes(tensor) -> memoryview:
@@ -380,25 +412,45 @@ def natural_key(text: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
-def _build(found: list[tuple[str, str, object, Callable[[], Tensor]]]) -> LayerList:
-    """Drop repeated (tied) tensors, name the rest uniquely and hash their float32 bytes.
+# select(name, type, shape) -> None to analyse the layer, or (reason, detail) to leave it out.
+Selector = Callable[[str, str, tuple], "tuple[str, str] | None"]
 
-    ``found`` holds (tensor key, type, identity, maker) in depth order (:func:`_names`). Each
-    float32 copy is made, hashed and let go; the list's tensors are made again when written
-    (Float32View), so no two weights are in memory at once beyond what the makers hold (a module
-    tree, or nothing for a TensorStore).
+
+def _build(found: list[tuple[str, str, object, tuple, Callable[[], Tensor]]],
+           select: Selector | None = None) -> LayerList:
+    """Drop repeated (tied) tensors and those ``select`` leaves out, name the rest uniquely and
+    hash their float32 bytes.
+
+    ``found`` holds (tensor key, type, identity, shape, maker) in depth order (:func:`_names`:
+    names are given before the selection, so a layer's name does not depend on it). Each
+    float32 copy is made, hashed and let go; the list's tensors are made again when written, in
+    their stored dtype, so no two weights are in memory at once beyond what the makers hold (a
+    module tree, or nothing for a TensorStore). A layer left out is not read at all. Depths count
+    the analysed layers.
     """
     layers: list[Layer] = []
     makers: dict[str, Callable[[], Tensor]] = {}
-    names = _names([(key, identity) for key, _, identity, _ in found])
-    for name, (key, kind, _, make) in zip(names, found):
+    tied: dict[str, str] = {}
+    left_out: dict[str, tuple[str, str]] = {}
+    dtypes: dict[str, str] = {}
+    first: dict[object, str] = {}
+    names = _names([(key, identity) for key, _, identity, _, _ in found])
+    for name, (key, kind, identity, shape, make) in zip(names, found):
         if name is None:
+            tied[key] = first[identity]
             continue
-        value = as_float32(make())
+        first[identity] = key
+        dropped = select(name, kind, tuple(shape)) if select else None
+        if dropped:
+            left_out[key] = dropped
+            continue
+        stored = make()
+        dtypes[key] = describe_tensor(stored).dtype
+        value = as_float32(stored)
         layers.append(Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value)))
         makers[key] = make
-        del value
-    return LayerList(layers, Float32View(makers))
+        del value, stored
+    return LayerList(layers, LazyTensors(makers), tied, left_out, dtypes)
 
 
 def _names(found: list[tuple[str, object]]) -> list[str | None]:

@@ -6,8 +6,8 @@ all present (the scheduler resets them), so on a cluster every esd/fit job is su
 estimate of its own model. Where the file does not exist yet (a dry run before the fetch) the
 stage's ``DEFAULTS`` are returned; a dry run therefore shows those.
 
-Memory, esd: a job holds one weight tensor at a time (``safe_open``): the float32 tensor as read
-(4 bytes per element), its float64 copy (8), the M x M Gram matrix (at most 8 per element, M <= N)
+Memory, esd: a job holds one weight tensor at a time (``safe_open``): the tensor as read (at most
+4 bytes per element: float32; a bf16 model cache holds 2), its float64 copy (8), the M x M Gram matrix (at most 8 per element, M <= N)
 and LAPACK's eigvalsh workspace (about as much): ``ESD_BYTES_PER_ELEMENT`` = 32 bytes per element
 of the largest tensor, that is 8 times its float32 size. Memory, fit: the eigenvalues of one matrix
 and about a dozen per-candidate arrays of the same length (the KS grid is evaluated in fixed-size

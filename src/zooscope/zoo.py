@@ -22,11 +22,16 @@ from zooscope import config
 from zooscope.config import ConfigError
 from zooscope.sources.base import SourceKind
 from zooscope.sources.registry import KINDS, option_types, rebuildable, source_pattern
+from zooscope.sources.selection import SELECTION_COLUMNS, Selection, parse_selection
 
 # The columns every sheet has; the Jacobian stage's (data, data_samples) and the esd stage's
 # (shards). Any other column is an option of the row's source kind.
 REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
 WORKFLOW_COLUMNS = ("data", "data_samples", "shards")
+# How a model's weights are taken in (docs/intake.md): which wrapper of a PyTorch checkpoint
+# (file: sources) and which layers are analysed (every source). Not options of a kind.
+CHECKPOINT_KEY = "checkpoint_key"
+INTAKE_COLUMNS = (CHECKPOINT_KEY, *SELECTION_COLUMNS)
 # The built-in data set of the Jacobian stage (zooscope.jacobian.data): the demo's digits test split.
 DIGITS = "digits"
 # Samples of a data set used when data_samples is empty.
@@ -91,6 +96,8 @@ class ZooRow:
     options: Mapping[str, int | float] = field(default_factory=dict)
     data: DataSpec | None = None
     shards: int | None = None  # the column; the count the workflow uses: zooscope.resources.model_shards
+    checkpoint_key: str | None = None  # file: only (zooscope.sources.checkpoints)
+    selection: Selection = Selection()  # the row's own cells; config select fills the rest at fetch
 
     def as_dict(self) -> dict[str, Any]:
         """The plain (JSON) form, for a rule's params; :meth:`from_dict` rebuilds the row."""
@@ -98,6 +105,8 @@ class ZooRow:
             "model": self.model, "series": self.series, "accuracy": self.accuracy, "options": dict(self.options),
             "source": self.source.as_dict(), "data": None if self.data is None else self.data.as_dict(),
             "shards": self.shards,
+            "checkpoint_key": self.checkpoint_key,
+            "selection": self.selection.to_meta(),
         }
 
     def fetch_form(self) -> dict[str, Any]:
@@ -112,7 +121,18 @@ class ZooRow:
             model=plain["model"], series=plain.get("series"), source=Source.from_dict(plain["source"]),
             accuracy=plain.get("accuracy"), options=dict(plain.get("options") or {}),
             data=None if data is None else DataSpec.from_dict(data), shards=plain.get("shards"),
+            checkpoint_key=plain.get("checkpoint_key"),
+            selection=parse_selection(plain.get("selection") or {}),
         )
+
+    def with_selection_defaults(self, defaults: Selection | Mapping[str, Any]) -> ZooRow:
+        """The row with config ``select`` filling the selection keys its cells leave unset."""
+        if not isinstance(defaults, Selection):
+            try:
+                defaults = parse_selection(defaults)
+            except ValueError as error:
+                raise RowError(f"config select: {error}") from None
+        return replace(self, selection=self.selection.with_defaults(defaults))
 
 
 # ----------------------------------------------------------------------------- one row
@@ -154,10 +174,19 @@ def parse_row(row: Mapping[str, Any], sheet_dir: str | Path = ".") -> ZooRow:
             spec.check(argument, options)
         except ValueError as error:
             raise RowError(f"model {model!r}: {error}") from None
+    key = None if is_empty(row.get(CHECKPOINT_KEY)) else str(row[CHECKPOINT_KEY]).strip()
+    if key is not None and kind != "file":
+        raise RowError(f"model {model!r}: column {CHECKPOINT_KEY!r} applies to file: sources only; "
+                       "leave the cell empty")
+    try:
+        selection = parse_selection(row)
+    except ValueError as error:
+        raise RowError(f"model {model!r}: {error}") from None
     return ZooRow(
         model=model, series=None if is_empty(row.get("series")) else str(row["series"]), source=source,
-        accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir),
+        accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir, source.path),
         shards=None if is_empty(row.get("shards")) else positive(row["shards"], model, "shards"),
+        checkpoint_key=key, selection=selection,
     )
 
 
@@ -180,7 +209,7 @@ def parse_options(row: Mapping[str, Any], spec: SourceKind, model: Any = None) -
         return options
     types = option_types()
     for column, value in row.items():
-        if column in REQUIRED_COLUMNS or column in WORKFLOW_COLUMNS or is_empty(value):
+        if column in (*REQUIRED_COLUMNS, *WORKFLOW_COLUMNS, *INTAKE_COLUMNS) or is_empty(value):
             continue
         if column not in types:
             raise RowError(
@@ -193,15 +222,17 @@ def parse_options(row: Mapping[str, Any], spec: SourceKind, model: Any = None) -
     return options
 
 
-def parse_data(row: Mapping[str, Any], spec: SourceKind, model: str, sheet_dir: str | Path) -> DataSpec | None:
-    """The row's data set, or None; only a kind whose models can be rebuilt may have one."""
+def parse_data(row: Mapping[str, Any], spec: SourceKind, model: str, sheet_dir: str | Path,
+               path: Path | None = None) -> DataSpec | None:
+    """The row's data set, or None; only a row whose model can be rebuilt (its kind, with its
+    resolved ``path``) may have one."""
     if is_empty(row.get("data")):
         return None
-    if not spec.rebuildable:
+    if not spec.can_rebuild(path):
         raise RowError(
             f"model {model!r}: column 'data' (the Jacobian stage) needs a model that can be run again, "
-            f"from a {', '.join(kind + ':' for kind in rebuildable())} source, not {spec.name}:; "
-            "leave the cell empty"
+            f"from a {', '.join(kind + ':' for kind in rebuildable())} source (file: only as a model folder "
+            f"with a config.json), not {row['source']}; leave the cell empty"
         )
     samples = row.get("data_samples")
     return data_spec(row["data"], sheet_dir,

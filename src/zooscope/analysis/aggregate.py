@@ -4,11 +4,12 @@ from __future__ import annotations
 import pandas as pd
 
 from zooscope.analysis.metrics import SUMMARY_METRICS
+from zooscope.sources.coverage import COVERAGE_COUNTS
 
 # Columns of models.tsv that describe a model rather than measure it.
 MODEL_INFO_COLUMNS = (
     "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
-    "num_fitted", "num_skipped", "num_failed",
+    "num_fitted", "num_skipped", "num_failed", *COVERAGE_COUNTS,
 )
 MODEL_COLUMNS = (*MODEL_INFO_COLUMNS, *SUMMARY_METRICS)
 # The one list of columns that are not metrics, in models.tsv or in a table a user supplies (which
@@ -40,6 +41,7 @@ def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
             "accuracy_source": meta.get("accuracy_source") or "",
             "num_params": meta.get("num_params"),
             **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed")},
+            **(summary.get("coverage") or {}),
             **summary["metrics"],
         })
     frame = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))

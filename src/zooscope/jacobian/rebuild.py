@@ -1,21 +1,23 @@
 """A fetched model as a runnable ``nn.Module``, for the stages that need a forward pass (Jacobian).
 
-For ``train:``/``random:`` sources fetch stores the module's whole state in model.safetensors:
-the analysed weights (what layers.json lists) followed by the rest (biases, norms, buffers). The
-module is rebuilt from meta.json's architecture and loaded from that file, without retraining;
-every analysed weight is then checked against the sha256 layers.json records, so the module is
-the fetched one bit for bit, or an error says so.
+For a rebuildable source (``train:``, ``random:``, ``torchvision:``, ``timm:``, ``hf:``, and
+``file:`` model folders with a config.json) fetch stores the module's whole state in
+model.safetensors: the analysed weights (what layers.json lists, in their stored dtype) followed by
+the rest (biases, norms, buffers, weights the selection left out), a tied weight once. The module is
+built again by its kind's ``rebuild`` from meta.json's ``architecture`` (no download, no retraining,
+no remote code), loaded from that file, and every analysed weight is checked against the sha256
+layers.json records, so the module is the fetched one bit for bit (as float32), or an error says so.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
-from zooscope.models import architectures
-from zooscope.layers import layers_from_module
+from zooscope.layers import layers_from_module, module_weights
 from zooscope.sources.registry import KINDS, rebuildable
+from zooscope.sources.selection import parse_selection
 from zooscope.zoo import parse_source
 
 
@@ -25,38 +27,93 @@ class RebuildError(ValueError):
 
 def rebuild_module(meta: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
                    weights: str | Path) -> nn.Module:
-    """The fetched ``train:``/``random:`` model of ``meta`` (meta.json) with its state from
-    ``weights`` (model.safetensors), verified against ``layers`` (layers.json's ``layers``), in
-    eval mode."""
+    """The fetched model of ``meta`` (meta.json) with its state from ``weights``
+    (model.safetensors), verified against ``layers`` (layers.json's ``layers``), in eval mode."""
     from safetensors.torch import load_file
 
     model = meta["model"]
     kind, _ = parse_source(meta["source"], model)
-    if not KINDS[kind].rebuildable:
+    spec = KINDS[kind]
+    refetch = f"delete resources/models/{model} and rerun to refetch it"
+    if spec.rebuild is None:
         raise RebuildError(
-            f"model {model!r}: a {kind}: model cannot be run from its fetched files (model.safetensors "
-            "holds only the analysed weights, no biases or norms); the Jacobian stage supports "
-            f"{', '.join(k + ':' for k in rebuildable())} models"
+            f"model {model!r}: a {kind}: model cannot be run from its fetched files; the Jacobian stage "
+            f"supports {', '.join(k + ':' for k in rebuildable())} models"
         )
+    try:
+        network = spec.rebuild(meta)
+    except KeyError as error:
+        raise RebuildError(f"model {model!r}: its meta.json has no {error} to build it from (fetched by an older "
+                           f"zooscope?); {refetch}") from None
+    except Exception as error:  # the library cannot build it (unknown name, a config it rejects)
+        raise RebuildError(f"model {model!r}: cannot build it again: {error}") from None
     architecture = meta["architecture"]
-    network = architectures.build_architecture(architecture["name"], architecture["options"])
-    state = load_file(str(weights))
-    missing, unexpected = (sorted(network.state_dict().keys() - state.keys()),
-                           sorted(state.keys() - network.state_dict().keys()))
+    state = module_state(network, load_file(str(weights)))
+    expected = network.state_dict(keep_vars=True)
+    aliases: dict[int, set[str]] = {}
+    for key, tensor in expected.items():
+        aliases.setdefault(id(tensor), set()).add(key)
+    parameters = {id(parameter) for parameter in network.parameters()}
+    missing = sorted(key for key, tensor in expected.items()
+                     if id(tensor) in parameters and not aliases[id(tensor)] & state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise RebuildError(
-            f"model {model!r}: {weights} does not hold the whole state of a {architecture['name']} "
-            f"(missing {', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'}); "
-            f"it was fetched by an older zooscope: delete resources/models/{model} and rerun to refetch it"
+            f"model {model!r}: {weights} does not hold the whole state of its "
+            f"{architecture.get('name') or architecture.get('class')} "
+            f"(missing {', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'}); {refetch}"
         )
-    network.load_state_dict(state)
-    check_weights(model, network, layers)
-    return network.eval()
+    network.load_state_dict(state, strict=False)  # buffers it does not hold keep the module's own values
+    check_weights(model, network, layers, parse_selection(meta.get("selection") or {}))
+    return runnable(model, network).eval()
 
 
-def check_weights(model: str, network: nn.Module, layers: Sequence[Mapping[str, Any]]) -> None:
-    """Raise RebuildError unless the module's analysed weights hash as layers.json records."""
-    rebuilt = {layer.tensor: layer.sha256 for layer in layers_from_module(network).layers}
+def runnable(model: str, network: nn.Module) -> nn.Module:
+    """The module as the Jacobian stage calls it: float inputs in, a (samples, classes) logits
+    tensor out. A transformers model returns a ModelOutput: an image classifier
+    (``...ForImageClassification``, pixel values in) is given a forward that returns its logits,
+    keeping its parameter names; other transformers models (a language model's token inputs, a
+    base model without a head) are refused."""
+    if not type(network).__module__.startswith("transformers."):
+        return network
+    cls = type(network)
+    if not cls.__name__.endswith("ForImageClassification"):
+        raise RebuildError(
+            f"model {model!r}: the Jacobian stage runs classifiers of float inputs (images, vectors: the data "
+            f"column's x) and reads their logits; {cls.__name__} is not a transformers image classifier "
+            "(a language model's token inputs are not supported); leave its data cell empty"
+        )
+    network.__class__ = type(cls.__name__, (cls,), {"forward": lambda self, x: cls.forward(self, x).logits})
+    return network
+
+
+def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The module's state dict from model.safetensors: an analysed weight is stored as its matrix
+    (zooscope.layers.ModuleWeight), so a transposed one (transformers' Conv1D) is transposed back
+    and a MultiheadAttention's q/k/v parts are joined into its in_proj_weight again."""
+    state = dict(stored)
+    parts: dict[str, dict[int, Tensor]] = {}
+    for path, child in network.named_modules():
+        for item, _ in module_weights(path, child):
+            if item.key not in state or item.key == item.parameter and not item.transpose:
+                continue
+            matrix = state.pop(item.key)
+            if item.part is not None:
+                parts.setdefault(item.parameter, {})[item.part] = matrix
+            else:
+                state[item.parameter] = matrix.T.contiguous()
+    import torch
+
+    for parameter, pieces in parts.items():
+        if parameter not in state and len(pieces) == 3:
+            state[parameter] = torch.cat([pieces[i] for i in range(3)])
+    return state
+
+
+def check_weights(model: str, network: nn.Module, layers: Sequence[Mapping[str, Any]], select=None) -> None:
+    """Raise RebuildError unless the module's analysed weights (under the fetch's layer
+    selection) hash as layers.json records."""
+    rebuilt = {layer.tensor: layer.sha256 for layer in layers_from_module(network, select=select).layers}
     recorded = {layer["tensor"]: layer["sha256"] for layer in layers}
     if rebuilt != recorded:
         differ = sorted(k for k in recorded.keys() | rebuilt.keys() if recorded.get(k) != rebuilt.get(k))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
@@ -35,7 +36,10 @@ class SourceKind:
     kind takes, with their types; ``ignores_options`` makes the row's option columns irrelevant
     (no error, no options). ``check`` validates the argument with the typed options when the
     sheet is parsed (no torch). ``rebuildable``: a fetched model can be run again as a module, so
-    the data-dependent Jacobian stage can take it (a row's ``data`` column). ``local_path``: the
+    the data-dependent Jacobian stage can take it (a row's ``data`` column): True, or a check of
+    the row's resolved path (file: is rebuildable only as a model folder with a config.json).
+    ``rebuild``: a fresh module of a fetched model's architecture, from its meta.json (its weights
+    are then loaded from model.safetensors: zooscope.jacobian.rebuild). ``local_path``: the
     argument is a path, resolved against the sheet's folder once, when the row is parsed.
     """
 
@@ -47,11 +51,16 @@ class SourceKind:
     options: Mapping[str, type] = field(default_factory=dict)
     ignores_options: bool = False
     check: RowCheck | None = None
-    rebuildable: bool = False
+    rebuildable: bool | Callable[[Path | None], bool] = False
     local_path: bool = False
+    rebuild: Callable[[Mapping[str, Any]], Any] | None = None
 
     def matches(self, argument: str) -> bool:
         return re.fullmatch(self.argument, argument) is not None
+
+    def can_rebuild(self, path: Path | None = None) -> bool:
+        """Whether a row of this kind (with this resolved path) can be run again as a module."""
+        return self.rebuildable(path) if callable(self.rebuildable) else self.rebuildable
 
 
 @dataclass
@@ -63,9 +72,12 @@ class Fetched:
     accuracy: float | None
     accuracy_source: str | None
     extra_meta: dict[str, Any] = field(default_factory=dict)
-    # The rest of a train:/random: module's state (biases, norms, buffers), stored after the
-    # analysed weights so that the Jacobian stage runs the fetched model instead of retraining it.
-    other_tensors: dict[str, Tensor] = field(default_factory=dict)
+    # The rest of a rebuildable model's state (biases, norms, buffers), stored after the analysed
+    # weights so that the Jacobian stage runs the fetched model instead of fetching or training it
+    # again; a torch dict, or a lazy store of a checkpoint's tensors.
+    other_tensors: Mapping[str, Tensor] = field(default_factory=dict)
+    # Every tensor of the checkpoint or module state, and what became of it (sources.coverage).
+    inventory: list[dict[str, Any]] = field(default_factory=list)
 
 
 CONVERT_HINT = (

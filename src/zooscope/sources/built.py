@@ -41,9 +41,38 @@ def training_setup(arch: str, options: Mapping[str, Any]) -> tuple[dict[str, int
 
 
 def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]:
-    """The entries of the module's state dict that are not analysed weights (biases, norms, buffers)."""
-    analysed = {layer.tensor for layer in layers.layers}
-    return {key: value for key, value in network.state_dict().items() if key not in analysed}
+    """The entries of the module's state dict that are not analysed weights (biases, norms,
+    buffers, weights the selection left out); a weight tied to an analysed one is not stored twice."""
+    stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
+    return {key: value for key, value in network.state_dict().items() if key not in stored}
+
+
+def checkpoint_state(network: nn.Module, weights, layers: LayerList):
+    """unanalysed_state of a module tree whose weights are a checkpoint read lazily
+    (zooscope.layers.RenamedTensors under the tree's names): still read one at a time."""
+    from zooscope.layers import RenamedTensors
+
+    stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
+    keys = [key for key in network.state_dict(keep_vars=True) if key not in stored and key in weights]
+    return RenamedTensors(weights.store, {key: weights.names[key] for key in keys})
+
+
+def module_fields(network: nn.Module, selection) -> dict[str, Any]:
+    """What a module built here gives its Fetched: its layers (under the row's selection), the
+    rest of its state (stored for the Jacobian stage), its coverage inventory, its parameter count."""
+    from zooscope.layers import layers_from_module
+    from zooscope.sources import coverage
+
+    layers = layers_from_module(network, select=selection)
+    return {"layers": layers, "other_tensors": unanalysed_state(network, layers),
+            "inventory": coverage.module_inventory(network, layers), "num_params": module_parameters(network)}
+
+
+def rebuild(meta: Mapping[str, Any]) -> nn.Module:
+    """A train:/random: model's architecture, from meta.json (its state comes from its files)."""
+    from zooscope.models import architectures
+
+    return architectures.build_architecture(meta["architecture"]["name"], meta["architecture"]["options"])
 
 
 def module_parameters(network: nn.Module) -> int:

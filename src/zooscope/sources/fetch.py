@@ -1,11 +1,13 @@
 """The ``fetch`` stage: turn one zoo-sheet row into the workflow's common model form.
 
-Whatever a model's source kind (zooscope.sources.registry), ``fetch_model`` writes the same three
-files into ``resources/models/{model}/``: ``model.safetensors`` (the analysed weights, float32,
-then, for a rebuildable kind, the rest of the module's state), ``layers.json`` and ``meta.json``,
-so the later stages need no model library. This is the only stage that imports one (torch), and
-only where a kind needs it: a safetensors ``file:`` source is typed from its header and copied
-through numpy, so its fetch job spends no start-up on torch.
+Whatever a model's source kind (zooscope.sources.registry), ``fetch_model`` writes the same four
+files into ``resources/models/{model}/``: ``model.safetensors`` (the analysed weights in their
+stored dtype, then, for a rebuildable kind, the rest of the module's state), ``layers.json``,
+``meta.json`` and ``tensors.json`` (every tensor of the checkpoint and what became of it:
+zooscope.sources.coverage), so the later stages need no model library. This is the only stage
+that imports one (torch), and only where a kind needs it: a safetensors or .npz ``file:`` source
+without a config.json is typed from its headers and copied through numpy, so its fetch job spends
+no start-up on torch.
 """
 from __future__ import annotations
 
@@ -19,8 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import atomic_path, write_json
-from zooscope.layers import LayerList, float32_bytes, safetensors_dtypes
-from zooscope.sources.base import Fetched
+from zooscope.layers import LayerList, stored_bytes, tensor_info
+from zooscope.sources import coverage
+from zooscope.sources.base import Fetched, FetchError
+from zooscope.sources.selection import Selection
 from zooscope.zoo import ZooRow, parse_row
 
 if TYPE_CHECKING:
@@ -28,24 +32,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("model.safetensors", "layers.json", "meta.json")
+OUTPUT_FILES = ("model.safetensors", "layers.json", "meta.json", "tensors.json")
+# Bytes per element of each safetensors dtype.
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+               "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 def fetch_model(
     row: ZooRow | Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike = ".",
-    threads: int = 1,
+    threads: int = 1, select: Selection | Mapping[str, Any] | None = None,
 ) -> None:
-    """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json.
+    """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json, tensors.json.
 
     ``row`` is a ZooRow, or a sheet row as read (``model``, ``series``, ``source``, ``accuracy``
-    and option columns), parsed here with relative paths resolved against ``sheet_dir``. Every
-    file is written atomically and deterministically (no timings: reruns give identical bytes).
+    and option columns), parsed here with relative paths resolved against ``sheet_dir``.
+    ``select``: config ``select``, the defaults of the row's layer selection (its own cells win:
+    zooscope.sources.selection). Every file is written atomically and deterministically (no
+    timings: reruns give identical bytes). A model left with no analysable weight is a FetchError
+    that shows what its tensors were (coverage.summary), and nothing is written.
     """
     if not isinstance(row, ZooRow):
         row = parse_row(row, sheet_dir)
+    if select:
+        row = row.with_selection_defaults(select)
     start = time.perf_counter()
     fetched = row.source.spec.fetch(row, threads)
-    write_model(out_dir, model_meta(row, fetched), fetched.layers, fetched.other_tensors)
+    if not fetched.layers.layers:
+        where = row.source.text + (f" ({row.source.path})" if row.source.path else "")
+        raise FetchError(
+            f"model {row.model!r}: no analysable weight in {where}: {coverage.summary(fetched.inventory)}; "
+            "docs/intake.md says which tensors are analysed"
+            + ("" if row.selection == Selection() else "; loosen the layer selection (config select, zoo columns)")
+        )
+    meta = model_meta(row, fetched)
+    if row.selection != Selection():
+        meta["selection"] = row.selection.to_meta()
+    write_model(out_dir, meta, fetched.layers, fetched.other_tensors, fetched.inventory)
     log.info(
         "fetched %s (%s) in %.1f s: %d layers, %d parameters, accuracy %s",
         row.model, row.source.text, time.perf_counter() - start, len(fetched.layers.layers),
@@ -69,9 +91,9 @@ def model_meta(row: ZooRow, fetched: Fetched) -> dict[str, Any]:
 
 def write_model(
     out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList,
-    other_tensors: Mapping[str, Tensor] | None = None,
+    other_tensors: Mapping[str, Tensor] | None = None, inventory: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the three fetch outputs atomically; meta.json last, with the weights' sha256."""
+    """Write the fetch outputs atomically; meta.json last, with the weights' sha256."""
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "model.safetensors") as tmp:
         digest = write_safetensors(tmp, layers, other_tensors or {})
@@ -79,25 +101,28 @@ def write_model(
         out_dir / "layers.json",
         {"model": meta["model"], "layers": [layer.to_json() for layer in layers.layers]},
     )
+    write_json(out_dir / "tensors.json", {"model": meta["model"], "tensors": inventory or []})
     write_json(out_dir / "meta.json", {**meta, "sha256": digest})
 
 
 def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str, Tensor] | None = None) -> str:
-    """Write the layers' float32 weights as a safetensors file, one tensor at a time; its sha256.
+    """Write the layers' weights as a safetensors file, one tensor at a time; its sha256.
 
-    ``other_tensors`` (a module's biases, norms and buffers) follow in name order, in their own
-    dtype. Streaming (header, then each tensor's bytes in depth order) instead of serialising the
-    whole file in memory keeps fetch's memory at the model plus one tensor, whatever the model's
-    size. The header is computed from the tensor list, so the bytes are deterministic.
+    Every tensor keeps its stored dtype: a bf16 checkpoint's model cache is bf16, no wider copy of
+    a large model (the esd stage widens block by block). ``other_tensors`` (a module's or a
+    checkpoint's biases, norms and buffers) follow in name order. Streaming (header, then each
+    tensor's bytes in depth order) instead of serialising the whole file in memory keeps fetch's
+    memory at the model plus one tensor, whatever the model's size. The header is computed from
+    the tensor list, so the bytes are deterministic.
     """
     # (name, safetensors dtype, shape, bytes, its bytes when asked): weights first, in depth order
-    entries = [(layer.tensor, "F32", list(layer.shape), 4 * math.prod(layer.shape),
-                lambda key=layer.tensor: float32_bytes(layers.tensors[key])) for layer in layers.layers]
-    if other_tensors:  # a module's state: torch tensors
-        dtype_names = {dtype: name for name, dtype in safetensors_dtypes().items()}
-        entries += [(name, dtype_names[value.dtype], list(value.shape), value.element_size() * value.numel(),
-                     lambda value=value: _torch_bytes(value))
-                    for name, value in sorted(other_tensors.items())]
+    entries = [(layer.tensor, layers.dtypes[layer.tensor], list(layer.shape),
+                DTYPE_SIZES[layers.dtypes[layer.tensor]] * math.prod(layer.shape),
+                lambda key=layer.tensor: stored_bytes(layers.tensors[key])) for layer in layers.layers]
+    for name in sorted(other_tensors or {}):  # read one at a time, when written
+        info = tensor_info(other_tensors, name)
+        entries.append((name, info.dtype, list(info.shape), DTYPE_SIZES[info.dtype] * math.prod(info.shape),
+                        lambda name=name: stored_bytes(other_tensors[name])))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, dtype, shape, size, _ in entries:
@@ -117,8 +142,3 @@ def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str,
             del data
     return digest.hexdigest()
 
-
-def _torch_bytes(tensor: Tensor) -> memoryview:
-    import torch
-
-    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")

@@ -1,236 +1,133 @@
-"""``file:PATH``: a weights file or model folder on disk, typed by tensor name and rank.
+"""``file:PATH``: a weights file or model folder on disk (docs/intake.md).
 
-Read without ever running code from it: safetensors (typed from its header, copied through numpy,
-so its fetch job spends no start-up on torch), or PyTorch files through
-``torch.load(..., weights_only=True)`` only; a pickle that needs more is refused. PATH is
-relative to the zoo sheet's folder (resolved once, when the sheet is parsed: zooscope.zoo).
-As every kind module, it imports at its top only what its declaration needs (the Snakefile
-imports the registry, numpy included would cost every job); the rest where it is used.
+The file's format is told by its content (zooscope.sources.checkpoints: safetensors, PyTorch
+files under any name, NumPy .npz), read without ever running code from it. A model folder with a
+``config.json`` that transformers builds (no remote code) is typed by its module tree, exactly as
+the ``hf:`` source types the same files (zooscope.sources.hf.tree_over_checkpoint); anything else
+by tensor name and rank (zooscope.layers.layers_from_state_dict); meta.json's ``layer_typing``
+says which. PATH is relative to the zoo sheet's folder (resolved once, when the sheet is parsed:
+zooscope.zoo). As every kind module, it imports at its top only what its declaration needs (the
+Snakefile imports the registry); the rest where it is used.
 """
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from zooscope.io import SafetensorsReader, read_json
-from zooscope.sources.base import CONVERT_HINT, Fetched, FetchError, SourceKind
+from zooscope.sources.base import Fetched, SourceKind
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
+    from zooscope.sources.checkpoints import Checkpoint
     from zooscope.zoo import ZooRow
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-# Keys under which training scripts commonly nest the state dict in a checkpoint.
-CHECKPOINT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
-# Where a model directory keeps its weights, most preferred first: (format, index, single file).
-DIRECTORY_LAYOUTS = (
-    ("safetensors", "model.safetensors.index.json", "model.safetensors"),
-    ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
-)
+BY_NAME = "tensor names and ranks"
 
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
-    """Read a weights file or model directory; layers are typed by tensor name and rank, or,
-    for an ONNX, GGUF or Keras file (recognised by its content), by its format's reader."""
-    from zooscope.layers import TensorStore, layers_from_state_dict, num_parameters
-    from zooscope.sources import formats
+    """Read a weights file or model folder; type its layers by module tree or by name, or, for
+    an ONNX, GGUF or Keras file (recognised by its content), by its format's reader."""
+    from zooscope.layers import layers_from_module, layers_from_state_dict
+    from zooscope.sources import coverage, formats
+    from zooscope.sources.checkpoints import read_checkpoint
 
     model, path = row.model, row.source.path
     if (stored_format := formats.detect(path)) is not None:
         return fetch_format(row, stored_format)
-    state, file_format = load_state_dict(path, model)
-    layers = layers_from_state_dict(state)
-    if not layers.layers:
-        log.warning("model %s: no analysable weight tensors in %s", model, path)
+    checkpoint = read_checkpoint(path, model, row.checkpoint_key)
+    tree, typing = folder_tree(path, checkpoint, model)
+    extra_meta: dict[str, Any] = {"checkpoint": checkpoint.to_meta(), "layer_typing": typing}
+    other_tensors: Any = {}
+    if tree is not None:  # rebuildable: the whole state is stored, and how to build the module
+        from zooscope.sources.built import checkpoint_state
+        from zooscope.sources.hf import architecture_meta
+
+        module, weights = tree
+        layers = layers_from_module(module, weights, row.selection)
+        inventory = coverage.checkpoint_inventory(weights, layers)
+        other_tensors = checkpoint_state(module, weights, layers)
+        extra_meta["architecture"] = architecture_meta(module)
+    else:
+        layers = layers_from_state_dict(checkpoint.tensors, row.selection)
+        inventory = coverage.inventory({key: checkpoint.describe(key) for key in checkpoint.tensors}, layers)
     return Fetched(
         layers=layers,
-        num_params=state.num_parameters() if isinstance(state, TensorStore) else num_parameters(state.values()),
+        num_params=checkpoint.num_parameters(),
         accuracy=row.accuracy,
         accuracy_source="zoo sheet" if row.accuracy is not None else None,
-        extra_meta={"file_format": file_format},
+        extra_meta=extra_meta,
+        inventory=inventory,
+        other_tensors=other_tensors,
     )
 
 
 def fetch_format(row: ZooRow, file_format: str) -> Fetched:
-    """An ONNX, GGUF or Keras file through its reader (zooscope.sources.formats); meta.json gets
-    every stored tensor's dtype (quantisation) and what became of it."""
+    """An ONNX, GGUF or Keras file through its reader (zooscope.sources.formats), under the row's
+    layer selection; meta.json gets every stored tensor's dtype (quantisation) and what became of
+    it, the coverage table every stored tensor."""
     from zooscope.layers import layers_from_format
     from zooscope.sources import formats
 
     weights = formats.read_format(file_format, row.source.path, row.model)
-    layers = layers_from_format(weights)
-    if not layers.layers:
-        log.warning("model %s: no analysable weight tensors in %s", row.model, row.source.path)
+    layers = layers_from_format(weights, row.selection)
+    inventory = weights.inventory()
+    for record in inventory:  # a layer the selection left out: its reason instead of "analysed"
+        dropped = layers.left_out.get(f"{record['layer']}.weight") if record["layer"] else None
+        if dropped:
+            record.update(layer="", reason=dropped[0], detail=dropped[1])
     return Fetched(
         layers=layers,
         num_params=weights.num_parameters(),
         accuracy=row.accuracy,
         accuracy_source="zoo sheet" if row.accuracy is not None else None,
         extra_meta=weights.to_meta(),
+        inventory=inventory,
     )
 
 
-def load_state_dict(path: Path, model: str) -> tuple[Mapping[str, Tensor], str]:
-    """All tensors of a weights file or model directory, and its format ("safetensors"/"torch").
-
-    safetensors come as a TensorStore that reads one tensor at a time (bounded memory: a model
-    is never whole in memory); a pickle cannot be read in part, so torch files are read whole.
-    """
-    from zooscope.layers import TensorStore
-
-    if not path.exists():
-        raise FetchError(f"model {model!r}: weights file not found: {path}")
-    file_format, files = checkpoint_files(path, model)
-    read = safetensors_tensors if file_format == "safetensors" else read_torch
-    contents: dict[str, Any] = {}
-    for file in files:
-        part = read(file, model)
-        clash = sorted(contents.keys() & part.keys())
-        if clash:
-            raise FetchError(f"model {model!r}: tensor {clash[0]!r} appears in more than one shard ({file})")
-        contents.update(part)
-    if file_format == "safetensors":
-        return TensorStore(contents), file_format
-    return contents, file_format
+def rebuildable(path: Path | None) -> bool:
+    """A file: model can be run again when it is a model folder with a config.json (typed and
+    stored by its transformers module tree); a bare state dict has no architecture."""
+    return path is not None and (path / "config.json").is_file()
 
 
-def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
-    """The format and files holding a model's weights: a file, an index, or a model directory.
+def rebuild(meta: Mapping[str, Any]):
+    """A fetched model folder's transformers module, from meta.json (zooscope.sources.hf)."""
+    if (meta.get("architecture") or {}).get("library") != "transformers":
+        raise ValueError(f"a file: model cannot be run from its fetched files unless it is a model folder with a "
+                         f"config.json that transformers builds (this one: {meta.get('layer_typing', 'typed by name')})")
+    from zooscope.sources.hf import rebuild_transformers
 
-    In a directory safetensors wins over pytorch_model.bin (no pickle at all), an index over
-    a single file; a directory of bare ``*.safetensors`` shards is read in name order.
-    """
-    if path.is_dir():
-        for file_format, index, single in DIRECTORY_LAYOUTS:
-            if (path / index).is_file():
-                return file_format, shard_files(path / index, model)
-            if (path / single).is_file():
-                return file_format, [path / single]
-        shards = sorted(path.glob("*.safetensors"))
-        if shards:
-            return "safetensors", shards
-        looked_for = ", ".join(name for _, index, single in DIRECTORY_LAYOUTS for name in (index, single))
-        raise FetchError(
-            f"model {model!r}: no weights in directory {path}; looked for {looked_for}, *.safetensors"
-        )
-    name = path.name
-    if name.endswith(".index.json"):
-        return ("safetensors" if ".safetensors" in name else "torch"), shard_files(path, model)
-    if path.suffix == ".safetensors":
-        return "safetensors", [path]
-    if path.suffix in TORCH_SUFFIXES:
-        return "torch", [path]
-    raise FetchError(
-        f"model {model!r}: unsupported weights file {path}; expected .safetensors, "
-        f"{', '.join(TORCH_SUFFIXES)}, an *.index.json, a model directory, or an ONNX, GGUF or Keras "
-        "file (recognised by content: this one is none of them, or is damaged)"
-    )
+    return rebuild_transformers(meta)
 
 
-def shard_index_names(index: Path, model: str) -> list[str]:
-    """The shard names an ``*.index.json`` lists in its weight_map, sorted, each once: the one
-    reader of shard indexes (folders here, Hugging Face repos in zooscope.sources.hf)."""
-    try:
-        weight_map = read_json(index)["weight_map"]
-        return sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise FetchError(f"model {model!r}: cannot read shard index {index}: {error!r}") from None
+def folder_tree(path: Path, checkpoint: Checkpoint, model: str) -> tuple[tuple[Any, Any] | None, str]:
+    """((module tree, its weights), how typed) for a model folder whose config.json transformers
+    builds without remote code and whose checkpoint holds that tree's weights; else (None, why
+    the layers are typed by name)."""
+    if not (path / "config.json").is_file():
+        return None, f"{BY_NAME} (no config.json)"
+    import transformers
 
-
-def shard_files(index: Path, model: str) -> list[Path]:
-    """The shard files an ``*.index.json`` names in its weight_map, each inside its folder."""
-    names = shard_index_names(index, model)
-    # Containment is checked on the names, not on resolved links: a Hugging Face cache snapshot
-    # links every file to ../../blobs, and that is no escape.
-    folder = Path(os.path.abspath(index.parent))
-    shards = [Path(os.path.normpath(folder / name)) for name in names]
-    for shard in shards:
-        if not shard.is_relative_to(folder):
-            raise FetchError(f"model {model!r}: shard index {index} points outside its folder: {shard}")
-        if not shard.is_file():
-            raise FetchError(f"model {model!r}: shard {shard} listed in {index} is missing")
-    return shards
-
-
-def safetensors_tensors(path: Path, model: str) -> dict[str, SafetensorsReader]:
-    """Every tensor of a safetensors file -> the file's reader, from its header alone; a truncated
-    or foreign file is a FetchError (safetensors checks the header against the file's size)."""
-    from safetensors import SafetensorError
-
-    reader = SafetensorsReader(path)
-    try:
-        return dict.fromkeys(reader.header(), reader)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise FetchError(f"model {model!r}: cannot read safetensors file {path}: {error}") from None
-
-
-def read_torch(path: Path, model: str) -> dict[str, Tensor]:
-    """The state dict in a PyTorch file, loaded with ``weights_only=True`` and nothing else.
-
-    A file the weights-only unpickler rejects (a pickled nn.Module, arbitrary objects, a
-    malicious pickle) would need its pickled code run to load: it is refused, never retried.
-    """
-    import torch
+    from zooscope.sources.hf import tree_over_checkpoint
+    from zooscope.sources.hubs import first_line
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise FetchError(
-            f"model {model!r}: refusing to load {path}: {refusal_reason(error)}; "
-            f"zooscope never runs pickled code: {CONVERT_HINT}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as error:
-        raise FetchError(
-            f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
-    state = unwrap_checkpoint(loaded)
-    if not state:
-        raise FetchError(f"model {model!r}: no tensors found in {path}; expected a state dict")
-    return state
-
-
-def refusal_reason(error: pickle.UnpicklingError) -> str:
-    """A one-line why from the weights-only unpickler's long message."""
-    detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
-    first = detail[0].strip() if detail else ""
-    if first.startswith("Unsupported global"):
-        name = first.split(" was not")[0].removeprefix("Unsupported global:").strip().removeprefix("GLOBAL ")
-        return f"loading it would run pickled code (it references {name})"
-    return (
-        "it is not a tensors-only PyTorch file: loading it would need the full pickle machinery "
-        f"(weights-only unpickler: {first or type(error).__name__}), or it is corrupt"
-    )
-
-
-def unwrap_checkpoint(loaded: Any) -> dict[str, Tensor]:
-    """The tensors of a state dict, looking inside {"state_dict": ...}/{"model": ...} wrappers.
-
-    Non-tensor entries (epoch counters, hyper-parameters) are dropped.
-    """
-    from zooscope.layers import is_torch_tensor
-
-    while isinstance(loaded, Mapping):
-        inner = next(
-            (loaded[key] for key in CHECKPOINT_WRAPPER_KEYS if isinstance(loaded.get(key), Mapping)),
-            None,
-        )
-        if inner is None:
-            break
-        loaded = inner
-    if not isinstance(loaded, Mapping):
-        return {}
-    return {key: value for key, value in loaded.items() if isinstance(key, str) and is_torch_tensor(value)}
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except Exception as error:  # unknown model type, remote code, invalid JSON: all mean "no tree"
+        log.warning("model %s: %s is not usable (%s); typing layers by name", model, path / "config.json",
+                    first_line(error))
+        return None, f"{BY_NAME} (config.json not usable: {first_line(error)})"
+    tree = tree_over_checkpoint(config, checkpoint.tensors, model)
+    if tree is None:
+        return None, f"{BY_NAME} (the checkpoint lacks weights of the model config.json describes)"
+    return tree, f"module tree of transformers {type(tree[0]).__name__} (config.json)"
 
 
 # file: rows ignore option columns: the weights are given, nothing is built or trained.
 KIND = SourceKind(
     name="file", syntax="file:PATH", example="file:weights/model.safetensors", argument=r".+",
-    fetch=fetch, ignores_options=True, local_path=True,
+    fetch=fetch, ignores_options=True, local_path=True, rebuildable=rebuildable, rebuild=rebuild,
 )

@@ -1,23 +1,23 @@
-"""``hf:REPO[@REVISION]``: a Hugging Face model through transformers' ``AutoModel``, never running
-remote code. A repo with safetensors is not loaded at all: its tree is built on the meta device and
-its weights are read from the checkpoint one at a time (hf_checkpoint), for models of any size.
-Loaded safely and cached as zooscope.sources.hubs describes.
+"""``hf:REPO[@REVISION]``: a Hugging Face model through transformers, never running remote code:
+the class the checkpoint was saved from (``config.architectures``, where transformers has it, the
+head included), else ``AutoModel``'s base model (hf_classes). A repo with safetensors is not loaded
+at all: its tree is built on the meta device and its weights are read from the checkpoint one at a
+time (hf_checkpoint), for models of any size. A local model folder (``file:``) is typed by the
+same tree (tree_over_checkpoint). Loaded safely and cached as zooscope.sources.hubs describes.
 """
 from __future__ import annotations
 
 import logging
 import re
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.sources.base import Fetched, FetchError, SourceKind
-from zooscope.sources.file import shard_files, shard_index_names
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import nn
 
-    from zooscope.layers import LazyTensors, TensorStore
+    from zooscope.layers import RenamedTensors, TensorStore
     from zooscope.sources.hubs import HubModel
     from zooscope.zoo import ZooRow
 
@@ -44,13 +44,14 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
 
 
 def load_hf(argument: str, model: str) -> HubModel:
-    """``hf:REPO[@REVISION]`` through transformers' ``AutoModel``, never running remote code.
+    """``hf:REPO[@REVISION]`` (module docstring).
 
     Where the repo has safetensors (a single file, or shards with an index) the weights are not
     loaded at all: the module tree is built from the config on the ``meta`` device, only to type
     the layers, and fetch converts the checkpoint tensor by tensor (hf_checkpoint), so an LLM is
-    never held in memory, let alone twice. Otherwise ``AutoModel.from_pretrained`` loads it whole
-    (``pytorch_model.bin`` through ``torch.load(weights_only=True)``, forced here as well).
+    never held in memory, let alone twice. Otherwise the class's ``from_pretrained`` loads it whole,
+    in its stored dtype (``pytorch_model.bin`` through ``torch.load(weights_only=True)``, forced
+    here as well).
     """
     import transformers
 
@@ -70,45 +71,75 @@ def load_hf(argument: str, model: str) -> HubModel:
     if streamed is not None:
         module, weights = streamed
     else:
+        log.warning("model %s: loading %s whole", model, source)
         weights = None
-        module = guarded_load(model, source, hf_cache_hint(repo),
-                              lambda: transformers.AutoModel.from_pretrained(repo, **options), context=unreachable)
+
+        def load_whole() -> nn.Module:
+            config = transformers.AutoConfig.from_pretrained(repo, **options)
+            return hf_classes(config)[0].from_pretrained(repo, dtype="auto", **options)
+
+        module = guarded_load(model, source, hf_cache_hint(repo), load_whole, context=unreachable)
     provenance = {"library": "transformers", "version": transformers.__version__,
                   "class": type(module).__name__, "loaded": "tensor by tensor" if weights else "whole",
                   **hf_snapshot(repo, revision or None, model)}
-    return HubModel(module=module, weights=weights, provenance=provenance)
+    return HubModel(module=module, weights=weights, provenance=provenance, architecture=architecture_meta(module))
 
 
-def hf_checkpoint(repo: str, model: str, options: dict[str, Any]) -> tuple[nn.Module, Mapping[str, Tensor]] | None:
-    """The AutoModel tree on the meta device and its weights read lazily from the repo's safetensors.
-
-    None (load the model whole instead) when the repo has no safetensors, or when an analysed
-    weight of the tree is not in the checkpoint under its name (transformers would initialise it
-    randomly or convert keys this does not know).
-    """
-    import torch
+def hf_checkpoint(repo: str, model: str, options: dict[str, Any]) -> tuple[nn.Module, RenamedTensors] | None:
+    """The module tree on the meta device and its weights read lazily from the repo's safetensors
+    (tree_over_checkpoint); None (load the model whole instead) when the repo has no safetensors
+    or no tree's analysed weights are all in the checkpoint."""
     import transformers
 
-    from zooscope.layers import module_weights
-    from zooscope.sources.file import load_state_dict
+    from zooscope.sources.checkpoints import read_checkpoint
 
     checkpoint = hf_safetensors_checkpoint(repo, model, options)
     if checkpoint is None:
         return None
     config = transformers.AutoConfig.from_pretrained(repo, **options)
-    with torch.device("meta"):
-        module = transformers.AutoModel.from_config(config, trust_remote_code=False)
-    store, _ = load_state_dict(checkpoint, model)  # a TensorStore: headers only, nothing read yet
-    weights = checkpoint_names(module, store)
-    missing = [
-        item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
-        if item.parameter not in weights
-    ]
-    if missing:
-        log.warning("model %s: %d analysed weights of %s are not in the checkpoint under their names "
-                    "(first: %s); loading the model whole", model, len(missing), type(module).__name__, missing[0])
-        return None
-    return module, weights
+    store = read_checkpoint(checkpoint, model).tensors  # a TensorStore: headers only, nothing read yet
+    return tree_over_checkpoint(config, store, model)
+
+
+def hf_classes(config) -> list:
+    """The transformers classes to build a model of ``config`` with, in order of preference: the
+    class it was saved from (``config.architectures[0]``, only as a class of transformers itself:
+    no remote code), then ``AutoModel`` (the base model, without a task head)."""
+    import transformers
+
+    names = (getattr(config, "architectures", None) or [])[:1]
+    found = [getattr(transformers, name, None) for name in names if isinstance(name, str)]
+    return [cls for cls in found if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)] + [
+        transformers.AutoModel]
+
+
+def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[nn.Module, RenamedTensors] | None:
+    """A transformers module tree of ``config`` on the meta device (no weights, no remote code)
+    and the checkpoint's tensors under its parameter names: for the hub and for local folders.
+
+    The tree is the first of hf_classes whose analysed weights are all in the checkpoint (under
+    their names, or their base model's prefixed names); depth is its module order (embeddings
+    first, each block's attention before its MLP, the head last). None if no class fits:
+    transformers would initialise the missing weights randomly or convert keys this does not know.
+    """
+    import torch
+
+    from zooscope.layers import module_weights
+
+    for cls in hf_classes(config):
+        with torch.device("meta"):
+            module = cls.from_config(config, trust_remote_code=False) if cls.__name__ == "AutoModel" \
+                else cls._from_config(config)
+        weights = checkpoint_names(module, store)
+        missing = [
+            item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
+            if item.parameter not in weights
+        ]
+        if not missing:
+            return module, weights
+        log.warning("model %s: %d analysed weights of %s are not in the checkpoint under their names (first: %s)",
+                    model, len(missing), type(module).__name__, missing[0])
+    return None
 
 
 def hf_safetensors_checkpoint(repo: str, model: str, options: dict[str, Any]) -> Path | None:
@@ -139,6 +170,8 @@ def hf_safetensors_checkpoint(repo: str, model: str, options: dict[str, Any]) ->
 def shard_names(index: Path, model: str) -> list[str]:
     """The shard file names an index names, which must be plain names in the repo's top folder:
     they are downloaded before shard_files can check them."""
+    from zooscope.sources.checkpoints import shard_index_names
+
     names = shard_index_names(index, model)
     for name in names:
         if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
@@ -146,32 +179,54 @@ def shard_names(index: Path, model: str) -> list[str]:
     return names
 
 
-def checkpoint_names(module: nn.Module, store: TensorStore) -> LazyTensors:
-    """The checkpoint's tensors under the module tree's parameter names.
+def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
+    """The checkpoint's tensors under the module tree's state-dict names (parameters and
+    persistent buffers).
 
     A checkpoint saved from a model with a task head prefixes the base model's names with its
     ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
     parameter is saved under one of its names, which then serves all of them.
     """
-    from zooscope.layers import LazyTensors
+    from zooscope.layers import RenamedTensors
 
     prefix = getattr(module, "base_model_prefix", "")
     aliases: dict[int, list[str]] = {}
-    for name, parameter in module.named_parameters(remove_duplicate=False):
-        aliases.setdefault(id(parameter), []).append(name)
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(name)
     names = {}
     for group in aliases.values():
         candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
         if candidates:
             names.update(dict.fromkeys(group, candidates[0]))
     # the store's tensors under the module's parameter names, still read one at a time
-    return LazyTensors({name: partial(store.__getitem__, key) for name, key in names.items()})
+    return RenamedTensors(store, names)
+
+
+def architecture_meta(module: nn.Module) -> dict[str, Any]:
+    """meta.json's ``architecture`` of a transformers model: its class and whole config, what
+    rebuild_transformers needs to build it again (no download, no remote code)."""
+    import json
+
+    return {"library": "transformers", "class": type(module).__name__,
+            "config": json.loads(module.config.to_json_string(use_diff=False))}
+
+
+def rebuild_transformers(meta: Mapping[str, Any]) -> nn.Module:
+    """A fresh transformers model of meta.json's ``architecture`` (its weights to be loaded)."""
+    import transformers
+
+    architecture = meta["architecture"]
+    config = dict(architecture["config"])
+    config = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
+    cls = getattr(transformers, architecture["class"])
+    return cls._from_config(config)
 
 
 def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:
     """The repo, resolved commit and weights files (with sha256) of a snapshot in the HF cache."""
     from huggingface_hub import try_to_load_from_cache
 
+    from zooscope.sources.checkpoints import shard_files
     from zooscope.sources.hubs import file_records, hf_cache_dir
 
     for name in HF_WEIGHT_FILES:
@@ -186,4 +241,5 @@ def hf_snapshot(repo: str, revision: str | None, model: str) -> dict[str, Any]:
 KIND = SourceKind(
     name="hf", syntax="hf:REPO[@REVISION]", example="hf:openai-community/gpt2@main",
     argument=rf"{_NAME}(/{_NAME})?(@{_REVISION})?", fetch=fetch,
+    rebuildable=True, rebuild=rebuild_transformers,
 )

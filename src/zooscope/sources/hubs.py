@@ -35,9 +35,10 @@ import torch
 from torch import Tensor, nn
 
 from zooscope.layers import layers_from_module
+from zooscope.sources import coverage
 from zooscope.sources.base import CONVERT_HINT, Fetched, FetchError
-from zooscope.sources.built import module_parameters
-from zooscope.sources.file import refusal_reason
+from zooscope.sources.built import checkpoint_state, module_parameters, unanalysed_state
+from zooscope.sources.checkpoints import refusal_reason
 
 if TYPE_CHECKING:
     from zooscope.zoo import ZooRow
@@ -66,6 +67,8 @@ class HubModel:
     accuracy: float | None = None
     accuracy_source: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # meta.json's architecture: what the kind's rebuild needs to build the module again
+    architecture: dict[str, Any] = field(default_factory=dict)
 
 
 def fetch_hub(row: ZooRow, load: Callable[[str, str], HubModel], threads: int) -> Fetched:
@@ -80,16 +83,22 @@ def fetch_hub(row: ZooRow, load: Callable[[str, str], HubModel], threads: int) -
     with digits.deterministic_torch(0, threads):
         with weights_only_torch_load(), hub_environment():
             loaded = load(row.source.argument, model)
-        layers = layers_from_module(loaded.module, loaded.weights)
+        layers = layers_from_module(loaded.module, loaded.weights, row.selection)
     if accuracy is None and loaded.accuracy is None:
         log.warning("model %s: no accuracy in the zoo sheet and none reported by %s:%s", model,
                     row.source.kind, row.source.argument)
     return Fetched(
         layers=layers,
+        # the whole state, so that the Jacobian stage runs the model without a second download
+        other_tensors=unanalysed_state(loaded.module, layers) if loaded.weights is None
+        else checkpoint_state(loaded.module, loaded.weights, layers),
         num_params=module_parameters(loaded.module),
         accuracy=accuracy if accuracy is not None else loaded.accuracy,
         accuracy_source="zoo sheet" if accuracy is not None else loaded.accuracy_source,
-        extra_meta={"weights": loaded.provenance},
+        extra_meta={"weights": loaded.provenance, "architecture": loaded.architecture},
+        # a module loaded whole: its state; one read lazily: the checkpoint, under its own names
+        inventory=coverage.module_inventory(loaded.module, layers) if loaded.weights is None
+        else coverage.checkpoint_inventory(loaded.weights, layers),
     )
 
 

@@ -12,8 +12,8 @@ from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
     arch_options,
     measured_source,
-    module_parameters,
-    unanalysed_state,
+    module_fields,
+    rebuild,
 )
 
 if TYPE_CHECKING:
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture at its seeded initialisation."""
-    from zooscope.layers import layers_from_module
     from zooscope.models import architectures, digits
 
     arch, accuracy = row.source.argument, row.accuracy
@@ -31,11 +30,8 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(seed, threads):
         network = architectures.build_architecture(arch, architecture)
         measured = digits.held_out_accuracy(network) if accuracy is None else None
-    layers = layers_from_module(network)
     return Fetched(
-        layers=layers,
-        other_tensors=unanalysed_state(network, layers),
-        num_params=module_parameters(network),
+        **module_fields(network, row.selection),
         accuracy=accuracy if accuracy is not None else measured,
         accuracy_source="zoo sheet" if accuracy is not None else measured_source(),
         extra_meta={"architecture": {"name": arch, "options": architecture}, "init_seed": seed},
@@ -52,4 +48,5 @@ KIND = SourceKind(
     options={**ARCHITECTURE_OPTION_TYPES, "seed": int},
     check=check,
     rebuildable=True,
+    rebuild=rebuild,
 )

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from zooscope.sources.base import Fetched, FetchError, SourceKind
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from zooscope.sources.hubs import HubModel
     from zooscope.zoo import ZooRow
 
@@ -45,7 +47,14 @@ def load_timm(argument: str, model: str) -> HubModel:
     elif cfg.get("url"):
         provenance["url"] = cfg["url"]
         provenance["files"] = file_records([Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg["url"])])
-    return HubModel(module=module, provenance=provenance)
+    return HubModel(module=module, provenance=provenance, architecture={"library": "timm", "name": argument})
+
+
+def rebuild(meta) -> nn.Module:
+    """The architecture of a fetched timm model, without downloading weights (they come from its files)."""
+    import timm
+
+    return timm.create_model(meta["architecture"]["name"], pretrained=False)
 
 
 def check_timm_name(name: str, model: str) -> None:
@@ -68,5 +77,5 @@ def check_timm_name(name: str, model: str) -> None:
 
 KIND = SourceKind(
     name="timm", syntax="timm:NAME", example="timm:resnet50.a1_in1k",
-    argument=r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?", fetch=fetch,
+    argument=r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?", fetch=fetch, rebuildable=True, rebuild=rebuild,
 )

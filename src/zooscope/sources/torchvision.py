@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from zooscope.sources.base import Fetched, FetchError, SourceKind
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from zooscope.sources.hubs import HubModel
     from zooscope.zoo import ZooRow
 
@@ -49,7 +51,15 @@ def load_torchvision(argument: str, model: str) -> HubModel:
             "url": weights.url,
             "files": file_records([checkpoint]),
         },
+        architecture={"library": "torchvision", "name": name},
     )
+
+
+def rebuild(meta) -> nn.Module:
+    """The architecture of a fetched torchvision model, without weights (they come from its files)."""
+    import torchvision
+
+    return torchvision.models.get_model(meta["architecture"]["name"], weights=None)
 
 
 def torchvision_weights(name: str, weights_name: str, model: str):
@@ -75,5 +85,5 @@ def torchvision_weights(name: str, weights_name: str, model: str):
 
 KIND = SourceKind(
     name="torchvision", syntax="torchvision:NAME[@WEIGHTS]", example="torchvision:resnet50@IMAGENET1K_V1",
-    argument=r"[a-z][a-z0-9_]*(@[A-Z][A-Z0-9_]*)?", fetch=fetch,
+    argument=r"[a-z][a-z0-9_]*(@[A-Z][A-Z0-9_]*)?", fetch=fetch, rebuildable=True, rebuild=rebuild,
 )

@@ -14,9 +14,9 @@ from zooscope.sources.base import Fetched, SourceKind
 from zooscope.sources.built import (
     ARCHITECTURE_OPTION_TYPES,
     measured_source,
-    module_parameters,
+    module_fields,
+    rebuild,
     training_setup,
-    unanalysed_state,
 )
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 def fetch(row: ZooRow, threads: int) -> Fetched:
     """Build the architecture and train it on digits; its accuracy is the measured test accuracy."""
-    from zooscope.layers import layers_from_module
     from zooscope.models import architectures, digits
 
     model, arch = row.model, row.source.argument
@@ -40,11 +39,8 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
     with digits.deterministic_torch(config.seed, threads):
         network = architectures.build_architecture(arch, architecture)
     result = digits.train(network, config, threads=threads)
-    layers = layers_from_module(network)
     return Fetched(
-        layers=layers,
-        other_tensors=unanalysed_state(network, layers),
-        num_params=module_parameters(network),
+        **module_fields(network, row.selection),
         accuracy=result.test_accuracy,
         accuracy_source=measured_source(),
         extra_meta={
@@ -64,4 +60,5 @@ KIND = SourceKind(
     options={**ARCHITECTURE_OPTION_TYPES, **TRAINING_OPTION_TYPES},
     check=check,
     rebuildable=True,
+    rebuild=rebuild,
 )

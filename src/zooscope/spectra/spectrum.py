@@ -4,7 +4,8 @@ A layer gives one matrix (Linear, Embedding, Conv1d with kernel 1) or several (t
 Conv1d/Conv2d kernel). Each matrix W is oriented N x M with N >= M and its eigenvalues are those of
 X = W^T W, computed from the M x M Gram matrix in float64: as exact as an SVD for the spectrum's top
 and the norms, and cheaper (one GEMM plus a symmetric eigensolver). On a GPU (config ``device``)
-the same route runs in torch on the device, also in float64.
+the same route runs in torch on the device, also in float64. Weights come in their stored dtype
+(float32, float16, or bfloat16/float8 as ml_dtypes' numpy types) and are widened block by block.
 
 A Conv2d weight (out, in, kh, kw) is analysed one of four ways (config ``conv2d``):
 ``slices`` (kh*kw matrices out x in, the paper's choice), ``pooled`` (the same scaled slices, their
@@ -184,8 +185,12 @@ def _torch_eigenvalues(matrix, *, normalize: str, device: str) -> np.ndarray:
     import torch
 
     # The weights travel in their own precision (float32: half the bytes of float64) and are
-    # widened on the device, where the Gram matrix is accumulated in float64.
-    w = torch.as_tensor(np.ascontiguousarray(matrix)).to(device).to(torch.float64)
+    # widened on the device, where the Gram matrix is accumulated in float64. bf16/f8 (ml_dtypes'
+    # types, which torch does not take from numpy) travel as float32: an exact widening.
+    matrix = np.ascontiguousarray(matrix)
+    if matrix.dtype.kind != "f":
+        matrix = matrix.astype(np.float32)
+    w = torch.as_tensor(matrix).to(device).to(torch.float64)
     finite = torch.isfinite(w)
     if not bool(finite.all()):
         bad = int(w.numel() - finite.sum().item())

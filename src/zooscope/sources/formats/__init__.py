@@ -75,6 +75,7 @@ class FormatLayer:
     name: str
     type: str
     stored: StoredTensor
+    shape: tuple[int, ...]  # in PyTorch layout, as read() returns it (the layer selection's caps use it)
     read: Callable[[], np.ndarray] = field(repr=False, compare=False)
 
 

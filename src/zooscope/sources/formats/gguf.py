@@ -72,7 +72,7 @@ def read_gguf(path: Path, model: str) -> FormatWeights:
         _check_dequantisable(stored, path, model)
         kind = "Embedding" if tensor.name.startswith("token_embd.") else "Linear"
         heads_of = _rotary_heads(tensor.name, arch, heads)
-        layers.append(FormatLayer(name, kind, stored,
+        layers.append(FormatLayer(name, kind, stored, stored.shape,
                                   lambda t=tensor, s=stored.shape, h=heads_of: _dequantised(t, s, h)))
     meta = {"architecture": arch or None, "names": "hugging face" if hf_names else "llama.cpp",
             "gguf_version": _field(reader, "GGUF.version")}

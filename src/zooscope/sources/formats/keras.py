@@ -99,7 +99,8 @@ def read_keras(path: Path, model: str) -> FormatWeights:
         for variable in variables:
             if variable is kernel:
                 kind, axes, _ = CLASSES[class_name]
-                layers.append(FormatLayer(name, kind, variable.stored,
+                shape = tuple(variable.stored.shape[axis] for axis in axes)
+                layers.append(FormatLayer(name, kind, variable.stored, shape,
                                           lambda d=variable.dataset, a=axes: as_float32(np.transpose(d[()], a))))
             else:
                 skipped.append(NotAnalysed(variable.stored, _reason(class_name, variable, kernel), name))

@@ -71,7 +71,9 @@ def read_onnx(path: Path, model: str) -> FormatWeights:
             layer = _layer_name(name, node, position)
             owner[name] = layer
             skipped.pop(name, None)
-            layers.append(FormatLayer(layer, kind, stored[name],
+            # the oriented shape from a zero-stride view: nothing is read or allocated
+            shape = orient(np.broadcast_to(np.float32(0), stored[name].shape)).shape
+            layers.append(FormatLayer(layer, kind, stored[name], tuple(shape),
                                       lambda t=initializers[name], o=orient: as_float32(o(_array(t, folder)))))
     for name in initializers:
         if name not in owner and name not in skipped:

@@ -1,0 +1,222 @@
+"""Third-party checkpoints (issue 14, item 1): formats told by content, the wrapper rule, the
+prefixes of DataParallel, torch.compile and Lightning, .npz files, and their bad-input errors.
+
+Every file is written by its own library (torch.save, numpy.savez, a Lightning Trainer); the
+expected layers are those of the same weights saved plainly with safetensors' writer (a second
+route: no wrapper, no prefix, another format), or written out by hand."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from zooscope.sources.base import FetchError
+from zooscope.sources.fetch import fetch_model
+
+
+def cifar_resnet_block() -> nn.Module:
+    """A small CIFAR-ResNet-like network: conv stem, a block of two convs, batch norms, a head."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )
+
+
+# The analysed layers of cifar_resnet_block, by hand: the two convs and the head.
+EXPECTED = [("0", "Conv2d", [8, 3, 3, 3]), ("3", "Conv2d", [8, 8, 3, 3]), ("8", "Linear", [10, 8])]
+
+
+def row(path, model="m", **extra):
+    return {"model": model, "series": "s", "source": f"file:{path}", "accuracy": None, **extra}
+
+
+def fetched(tmp_path, path, name="out", **extra):
+    out = tmp_path / name
+    fetch_model(row(path, **extra), out, sheet_dir=tmp_path)
+    return (json.loads((out / "layers.json").read_text())["layers"], json.loads((out / "meta.json").read_text()),
+            load_file(out / "model.safetensors"))
+
+
+def plain_reference(tmp_path, state):
+    """The same weights saved plainly as safetensors and fetched: the second route."""
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "plain.safetensors")
+    return fetched(tmp_path, "plain.safetensors", name="plain-out")
+
+
+def same_layers(got, reference):
+    assert [(l["name"], l["tensor"], l["type"], l["shape"], l["sha256"]) for l in got[0]] == \
+        [(l["name"], l["tensor"], l["type"], l["shape"], l["sha256"]) for l in reference[0]]
+    assert got[2].keys() == reference[2].keys()
+    assert all(torch.equal(got[2][key], reference[2][key]) for key in got[2])
+
+
+def test_dataparallel_state_dict_in_a_th_file_with_best_prec1(tmp_path):
+    """The CIFAR ResNet series' format: {"state_dict": DataParallel's state, "best_prec1": ...} as .th."""
+    network = cifar_resnet_block()
+    parallel = nn.DataParallel(network)
+    assert all(key.startswith("module.") for key in parallel.state_dict())
+    torch.save({"state_dict": parallel.state_dict(), "best_prec1": 91.25}, tmp_path / "resnet20-12fca82f.th")
+    got = fetched(tmp_path, "resnet20-12fca82f.th")
+    assert [(l["name"], l["type"], l["shape"]) for l in got[0]] == EXPECTED
+    assert got[1]["checkpoint"] == {"format": "torch", "files": ["resnet20-12fca82f.th"], "key": "state_dict",
+                                    "prefixes_removed": ["module."]}
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+
+
+def test_imagenet_example_model_best_pth_tar(tmp_path):
+    """pytorch/examples' ImageNet script saves epoch, arch, state_dict, best_acc1 (a 0-d tensor) and
+    the optimizer's state: the state dict is the one candidate."""
+    network = cifar_resnet_block()
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
+    network(torch.randn(2, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    torch.save({"epoch": 90, "arch": "resnet", "state_dict": network.state_dict(), "best_acc1": torch.tensor(69.76),
+                "optimizer": optimizer.state_dict(), "scheduler": {"last_epoch": 90}}, tmp_path / "model_best.pth.tar")
+    got = fetched(tmp_path, "model_best.pth.tar")
+    assert got[1]["checkpoint"]["key"] == "state_dict" and got[1]["checkpoint"]["prefixes_removed"] == []
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+
+
+def test_a_real_lightning_checkpoint(tmp_path):
+    """A checkpoint written by lightning's Trainer: the LightningModule holds the network as
+    ``self.model``, so every key starts with "model."; removed because the file is Lightning's."""
+    import lightning
+
+    network = cifar_resnet_block()
+
+    class Module(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = network
+
+        def training_step(self, batch, index):
+            x, y = batch
+            return nn.functional.cross_entropy(self.model(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.TensorDataset(torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,)))
+    trainer = lightning.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                enable_model_summary=False, accelerator="cpu", devices=1,
+                                default_root_dir=tmp_path / "lightning")
+    trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(tmp_path / "epoch=0-step=1.ckpt")
+    got = fetched(tmp_path, "epoch=0-step=1.ckpt")
+    assert got[1]["checkpoint"]["key"] == "state_dict" and got[1]["checkpoint"]["prefixes_removed"] == ["model."]
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+
+
+def test_model_prefix_is_kept_outside_lightning_checkpoints(tmp_path):
+    """A plain state dict of a module whose one child is named model keeps its names."""
+    wrapper = nn.Module()
+    wrapper.model = cifar_resnet_block()
+    torch.save(wrapper.state_dict(), tmp_path / "weights")  # no suffix at all
+    got = fetched(tmp_path, "weights")
+    assert [l["name"] for l in got[0]] == [f"model.{name}" for name, _, _ in EXPECTED]
+    assert got[1]["checkpoint"]["prefixes_removed"] == [] and got[1]["checkpoint"]["key"] == "/"
+
+
+def ema_checkpoint(tmp_path) -> tuple[nn.Module, dict]:
+    """{"model": ..., "ema": ...} with a real EMA (torch.optim.swa_utils.AveragedModel: its state is
+    "module."-prefixed, beside its n_averaged counter)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    network = cifar_resnet_block()
+    ema = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    ema.update_parameters(network)  # the first update copies the weights
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(1.0)
+    ema.update_parameters(network)  # the second averages them with the trained ones
+    assert "n_averaged" in ema.state_dict()
+    torch.save({"model": network.state_dict(), "ema": ema.state_dict(), "epoch": 3}, tmp_path / "last.pt")
+    return network, ema.module.state_dict()
+
+
+def test_several_candidates_are_an_error_listing_them(tmp_path):
+    ema_checkpoint(tmp_path)
+    with pytest.raises(FetchError) as error:
+        fetched(tmp_path, "last.pt")
+    message = str(error.value)
+    assert "model 'm'" in message and str(tmp_path / "last.pt") in message
+    assert "model (" in message and "ema (" in message and "checkpoint_key" in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key", ["model", "ema"])
+def test_checkpoint_key_names_the_candidate(tmp_path, key):
+    network, ema_state = ema_checkpoint(tmp_path)
+    got = fetched(tmp_path, "last.pt", checkpoint_key=key)
+    state = network.state_dict() if key == "model" else ema_state
+    assert got[1]["checkpoint"]["key"] == key
+    assert got[1]["checkpoint"]["prefixes_removed"] == ([] if key == "model" else ["module."])
+    same_layers(got, plain_reference(tmp_path, state))
+    if key == "ema":  # the averaged weights, not the trained ones
+        assert not torch.equal(got[2]["0.weight"], network.state_dict()["0.weight"])
+
+
+def test_torch_compile_and_dataparallel_prefixes(tmp_path):
+    network = cifar_resnet_block()
+    compiled = torch.compile(network)
+    assert all(key.startswith("_orig_mod.") for key in compiled.state_dict())
+    torch.save({"model_state_dict": nn.DataParallel(compiled).state_dict()}, tmp_path / "compiled.pth")
+    got = fetched(tmp_path, "compiled.pth")
+    assert got[1]["checkpoint"]["prefixes_removed"] == ["module.", "_orig_mod."]
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+
+
+@pytest.mark.parametrize("name", ["weights.npz", "weights.bin"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_numpy_savez(tmp_path, name, compressed):
+    network = cifar_resnet_block()
+    arrays = {key: value.numpy() for key, value in network.state_dict().items()}
+    with open(tmp_path / name, "wb") as handle:  # numpy.savez adds .npz to a name without it
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+    got = fetched(tmp_path, name)
+    assert got[1]["checkpoint"]["format"] == "npz"
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+    assert got[1]["num_params"] == sum(v.numel() for v in network.state_dict().values() if v.is_floating_point())
+
+
+def test_legacy_torch_format_without_a_suffix(tmp_path):
+    network = cifar_resnet_block()
+    torch.save({"net": network.state_dict(), "acc": 93.0}, tmp_path / "ckpt", _use_new_zipfile_serialization=False)
+    got = fetched(tmp_path, "ckpt")
+    assert got[1]["checkpoint"]["key"] == "net"
+    same_layers(got, plain_reference(tmp_path, network.state_dict()))
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"epoch": 3, "best_prec1": 91.0}, "no tensors found"),
+    ({"state_dict": {"steps": torch.tensor(3), "scale": torch.ones(4)}, "epoch": 3},
+     r"no analysable weight in file:w.th \(.*\): 2 tensors: 0 analysed; left out: 1 1-D, 1 integer buffer;"),
+])
+def test_a_checkpoint_without_weights(tmp_path, content, words):
+    torch.save(content, tmp_path / "w.th")
+    with pytest.raises(FetchError, match=words) as error:
+        fetched(tmp_path, "w.th")
+    assert "model 'm'" in str(error.value) and str(tmp_path / "w.th") in str(error.value)
+
+
+def test_a_checkpoint_key_that_is_not_a_candidate(tmp_path):
+    torch.save({"state_dict": cifar_resnet_block().state_dict()}, tmp_path / "w.th")
+    with pytest.raises(FetchError, match=r"checkpoint_key 'ema' is not among .*: state_dict \(\d+ tensors\)"):
+        fetched(tmp_path, "w.th", checkpoint_key="ema")
+
+
+def test_a_checkpoint_key_for_a_file_without_wrappers(tmp_path):
+    save_file(cifar_resnet_block().state_dict(), tmp_path / "w.safetensors")
+    with pytest.raises(FetchError, match="has no wrappers; leave the column empty"):
+        fetched(tmp_path, "w.safetensors", checkpoint_key="state_dict")
+
+
+def test_checkpoint_key_is_refused_on_other_sources():
+    from zooscope.zoo import RowError, parse_row
+
+    with pytest.raises(RowError, match="applies to file: sources only"):
+        parse_row({"model": "m", "series": "s", "source": "train:mlp", "accuracy": None, "checkpoint_key": "ema"})
