@@ -11,10 +11,7 @@ from zooscope.analysis.metrics import LAYER_COLUMNS, layer_rows, summarize
 # job of its own costs a process start-up and a scheduling hop per model (issue 5's benchmark).
 with job(snakemake, name="fit"):
     index = io.read_json(snakemake.input.index)
-    rows = layer_rows(
-        index,
-        partial(load_layer_eigenvalues, Path(snakemake.input.index).parent),
-        FitSettings(**snakemake.params.fit),
-    )
+    fit = FitSettings(**snakemake.params.fit)
+    rows = layer_rows(index, partial(load_layer_eigenvalues, Path(snakemake.input.index).parent), fit)
     io.write_rows_tsv(snakemake.output.layers, LAYER_COLUMNS, rows)
-    io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows))
+    io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows, level=fit.level))
