@@ -74,7 +74,7 @@ def norm_metrics(values: np.ndarray) -> dict:
 
 
 def warning_for(alpha: float) -> str:
-    """WeightWatcher's warning from the point estimate alone (design.md): see :func:`verdict_for`."""
+    """WeightWatcher's warning from the point estimate alone (docs/method.md): see :func:`verdict_for`."""
     if alpha < OVER_TRAINED_BELOW:
         return "over-trained"
     if alpha > UNDER_TRAINED_ABOVE:

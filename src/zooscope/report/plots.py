@@ -392,10 +392,11 @@ def plot_metric_vs_accuracy(
     level: float = FitSettings.level,
 ) -> Path:
     """Write :func:`metric_vs_accuracy_figure` to ``path``."""
-    return _save(metric_vs_accuracy_figure(models, regression_row, series=series, metric=metric), path)
+    return _save(metric_vs_accuracy_figure(models, regression_row, series=series, metric=metric, level=level), path)
 
 
-def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: str, metric: str):
+def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: str, metric: str,
+                              level: float = 0.95):
     """Scatter of accuracy against one metric for the models of one series.
 
     Each point is labelled with its model name. The OLS line from ``regression_row`` (a row of
