@@ -123,19 +123,23 @@ def test_summary_as_markdown_and_html(zoo):
     assert "<title>t &lt;x&gt;</title>" in page
 
 
-def test_the_band_edges_and_the_caption_agree_with_the_layer_warning():
-    """The audit's counts, the layer warning column and the report caption use one alpha band:
-    alpha = 2 and alpha = 6 are well-trained, just outside them is not."""
+def test_the_band_edges_and_the_caption_agree_with_the_layer_verdict():
+    """The layer warning and verdict, the audit's counts and the report caption use one alpha band:
+    alpha = 2 and alpha = 6 are well-trained, just outside them is not; an interval touching a
+    bound from inside is decided, one crossing it is not."""
     from pathlib import Path
 
-    from zooscope.analysis.metrics import OVER_TRAINED_BELOW as over, UNDER_TRAINED_ABOVE as under, warning_for
+    from zooscope.analysis.metrics import OVER_TRAINED_BELOW as over, UNDER_TRAINED_ABOVE as under
+    from zooscope.analysis.metrics import verdict_for, warning_for
 
     alphas = [1.999, 2.0, 6.0, 6.001]
-    audit = audit_table({"m": "s"}, {"m": layers(alphas, [1.0] * 4)}).iloc[0]
-    warnings = [warning_for(alpha) for alpha in alphas]
-    assert warnings == ["over-trained", "", "", "under-trained"]
-    assert [audit["num_over_trained"], audit["num_well_trained"], audit["num_under_trained"]] == [
-        warnings.count("over-trained"), warnings.count(""), warnings.count("under-trained")]
+    assert [warning_for(alpha) for alpha in alphas] == ["over-trained", "", "", "under-trained"]
+    verdicts = [verdict_for(alpha) for alpha in alphas]
+    assert verdicts == ["over-trained", "well-trained", "well-trained", "under-trained"]
+    assert [verdict_for(3.0, 2.0, 6.0), verdict_for(2.0, 1.999, 3.0), verdict_for(6.0, 5.0, 6.001)] == [
+        "well-trained", "uncertain", "uncertain"]
+    audit = audit_table({"m": "s"}, {"m": layers(alphas, [1.0] * 4, verdicts=verdicts)}).iloc[0]
+    assert [audit["num_over_trained"], audit["num_well_trained"], audit["num_under_trained"]] == [1, 2, 1]
     caption = (Path(__file__).resolve().parents[1] / "report" / "audit.rst").read_text()
-    assert (f"well-trained ({over:g} <= alpha <= {under:g}),\nunder-trained (alpha > {under:g}) or "
-            f"over-trained (alpha < {over:g})") in caption  # the caption is static text: kept in step here
+    assert (f"(the whole bootstrap interval of alpha within [{over:g}, {under:g}], above {under:g}, below "
+            f"{over:g}), uncertain (the interval\nstraddles {over:g} or {under:g})") in caption  # static text: kept in step
