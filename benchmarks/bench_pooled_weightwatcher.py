@@ -43,7 +43,7 @@ def build(seed: int) -> torch.nn.Module:
 def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
     """(seconds of esd + fit, layers table) of the model fetched as a file: row, conv2d: pooled."""
     from zooscope.analysis.metrics import fit_layers
-    from zooscope.config import EsdSettings
+    from zooscope.config import EsdSettings, FitSettings
     from zooscope.sources.fetch import fetch_model
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 
@@ -56,7 +56,8 @@ def run_zooscope(workdir: Path, model: torch.nn.Module, threads: int):
     start = time.perf_counter()
     index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", workdir / "esd",
                               EsdSettings(conv2d="pooled", randomize=False), threads=threads)
-    layers = fit_layers(index, partial(load_layer_eigenvalues, workdir / "esd"))
+    # point estimates, as WeightWatcher's (no bootstrap or goodness of fit)
+    layers = fit_layers(index, partial(load_layer_eigenvalues, workdir / "esd"), FitSettings().without_uncertainty())
     return time.perf_counter() - start, layers
 
 

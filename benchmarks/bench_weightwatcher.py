@@ -123,7 +123,7 @@ def run_zooscope(workdir: Path, cores: int) -> float:
 
 def zooscope_library(workdir: Path, model: str, threads: int, device: str = "cpu"):
     """zooscope's esd and fit of a fetched model, in process: (seconds, layers table)."""
-    from zooscope.config import EsdSettings
+    from zooscope.config import EsdSettings, FitSettings
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
     from zooscope.analysis.metrics import fit_layers
 
@@ -132,7 +132,8 @@ def zooscope_library(workdir: Path, model: str, threads: int, device: str = "cpu
         start = time.perf_counter()
         index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", out,
                                   EsdSettings(randomize=False), device=device, threads=threads)
-        layers = fit_layers(index, partial(load_layer_eigenvalues, out))
+        # point estimates, as WeightWatcher's (no bootstrap or goodness of fit)
+        layers = fit_layers(index, partial(load_layer_eigenvalues, out), FitSettings().without_uncertainty())
         return time.perf_counter() - start, layers
 
 

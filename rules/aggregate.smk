@@ -10,6 +10,8 @@ rule aggregate:
         regressions=report(
             "results/zoo/regressions.tsv", caption="../report/regressions.rst", category="Zoo", subcategory="tables"
         ),
+    params:
+        fit=RUN.fit.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:

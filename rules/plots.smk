@@ -37,6 +37,7 @@ rule plot_series:
         ),
     params:
         models=series_models,
+        fit=RUN.fit.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:

@@ -36,6 +36,7 @@ rule discrimination:
 rule audit:
     input:
         discrimination="results/zoo/discrimination.tsv",
+        models="results/zoo/models.tsv",
         metas=expand("resources/models/{model}/meta.json", model=MODELS),
         layers=expand("results/metrics/{model}/layers.tsv", model=MODELS),
     output:
@@ -65,6 +66,7 @@ rule audit:
     params:
         models=list(MODELS),
         series=[row.series for row in MODELS.values()],
+        fit=RUN.fit.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:

@@ -1,7 +1,8 @@
 from zooscope import io
+from zooscope.config import FitSettings
 from zooscope.analysis.aggregate import join_jacobian, models_table
 from zooscope.jobs import job
-from zooscope.analysis.metrics import SUMMARY_METRICS
+from zooscope.analysis.metrics import RELIABLE_METRICS, SUMMARY_METRICS
 from zooscope.analysis.regression import regress
 
 with job(snakemake, name="aggregate"):
@@ -11,4 +12,5 @@ with job(snakemake, name="aggregate"):
     jacobian = [io.read_json(path) for path in getattr(snakemake.input, "jacobian", [])]
     models, jacobian_metrics = join_jacobian(models, jacobian)
     io.write_tsv(snakemake.output.models, models)
-    io.write_tsv(snakemake.output.regressions, regress(models, [*SUMMARY_METRICS, *jacobian_metrics]))
+    io.write_tsv(snakemake.output.regressions, regress(models, [*SUMMARY_METRICS, *RELIABLE_METRICS, *jacobian_metrics],
+                                                        level=FitSettings(**snakemake.params.fit).level))

@@ -1,6 +1,7 @@
 import pandas as pd
 
 from zooscope import io
+from zooscope.config import FitSettings
 from zooscope.report.audit_card import audit_table, card_blocks, summary_blocks, to_html, to_markdown
 from zooscope.analysis.discrimination import noise_levels
 from zooscope.jobs import job
@@ -12,12 +13,15 @@ with job(snakemake, name="audit"):
     layers = {model: read_layers_table(path) for model, path in zip(models, snakemake.input.layers, strict=True)}
     noise = noise_levels(io.read_json(path) for path in snakemake.input.metas)
     discrimination = pd.read_csv(snakemake.input.discrimination, sep="\t")
-    audit = audit_table(series_of, layers)
+    table = pd.read_csv(snakemake.input.models, sep="\t", dtype={"model": str}).set_index("model")
+    intervals = {model: (table.loc[model, "alpha_lo"], table.loc[model, "alpha_hi"]) for model in models}
+    level = FitSettings(**snakemake.params.fit).level
+    audit = audit_table(series_of, layers, intervals)
     io.write_tsv(snakemake.output.table, audit)
-    summary = summary_blocks(audit, discrimination)
+    summary = summary_blocks(audit, discrimination, level=level)
     io.write_text(snakemake.output.summary_md, to_markdown(summary))
     io.write_text(snakemake.output.summary_html, to_html(summary, title="zooscope: zoo summary"))
     for model, card_md, card_html in zip(models, snakemake.output.cards, snakemake.output.card_pages, strict=True):
-        blocks = card_blocks(model, audit, discrimination, noise.get(model))
+        blocks = card_blocks(model, audit, discrimination, noise.get(model), level=level)
         io.write_text(card_md, to_markdown(blocks))
         io.write_text(card_html, to_html(blocks, title=f"zooscope: audit card of {model}"))

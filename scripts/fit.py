@@ -12,14 +12,11 @@ from zooscope.sources.coverage import COVERAGE_COLUMNS, coverage_counts, coverag
 # job of its own costs a process start-up and a scheduling hop per model (issue 5's benchmark).
 with job(snakemake, name="fit"):
     index = io.read_json(snakemake.input.index)
-    rows = layer_rows(
-        index,
-        partial(load_layer_eigenvalues, Path(snakemake.input.index).parent),
-        FitSettings(**snakemake.params.fit),
-    )
+    fit = FitSettings(**snakemake.params.fit)
+    rows = layer_rows(index, partial(load_layer_eigenvalues, Path(snakemake.input.index).parent), fit)
     io.write_rows_tsv(snakemake.output.layers, LAYER_COLUMNS, rows)
     # every tensor of the checkpoint, with what the fit adds (below min_evals, failed)
     coverage = coverage_rows(io.read_json(snakemake.input.tensors)["tensors"], rows)
     io.write_rows_tsv(snakemake.output.coverage, COVERAGE_COLUMNS, coverage)
     io.write_json(snakemake.output.summary,
-                  {**summarize(snakemake.wildcards.model, rows), "coverage": coverage_counts(coverage)})
+                  {**summarize(snakemake.wildcards.model, rows, level=fit.level), "coverage": coverage_counts(coverage)})

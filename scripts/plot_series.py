@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from zooscope.config import FitSettings
 from zooscope.jobs import job
 from zooscope.analysis.metrics import read_layers_table
 from zooscope.report.plots import plot_series
@@ -16,4 +17,5 @@ with job(snakemake, name="plot_series"):
         models=pd.read_csv(snakemake.input.models, sep="\t"),
         regressions=pd.read_csv(snakemake.input.regressions, sep="\t"),
         out_dir=Path(snakemake.output[0]),
+        level=FitSettings(**snakemake.params.fit).level,
     )

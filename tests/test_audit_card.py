@@ -9,11 +9,17 @@ from zooscope.report.audit_card import (
 from zooscope.analysis.discrimination import discrimination
 
 
-def layers(alpha, log_spectral_norm, traps=None, skipped=0):
+def point_verdict(alpha):
+    # the verdict of a point estimate without interval or p-value (docs/statistics.md)
+    return "over-trained" if alpha < 2 else "under-trained" if alpha > 6 else "well-trained"
+
+
+def layers(alpha, log_spectral_norm, traps=None, skipped=0, verdicts=None):
     n = len(alpha)
     frame = pd.DataFrame({
         "layer": [f"l{i}" for i in range(n)], "status": ["ok"] * n, "alpha": alpha,
         "log_spectral_norm": log_spectral_norm, "num_traps": traps or [0] * n,
+        "verdict": verdicts or [point_verdict(a) for a in alpha],
     })
     extra = pd.DataFrame({"layer": [f"s{i}" for i in range(skipped)], "status": ["skipped"] * skipped})
     return pd.concat([frame, extra], ignore_index=True)
@@ -27,9 +33,29 @@ def zoo():
         # two matrices with a spectral norm a decade below the series and alpha 7 > the median 3
         "bad": layers([7.0, 7.0, 1.5, 4.0], [0.0, 0.0, 0.0, 1.0], traps=[0, 2, 0, 1]),
         # the same pattern against itself: a series of one model is never flagged
-        "solo": layers([5.0, 5.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0]),
+        # verdicts decided by intervals: one straddles a bound, one rejects the power law
+        "solo": layers([5.0, 5.0, 1.0, 1.0], [0.0, 0.0, 2.0, 2.0],
+                       verdicts=["well-trained", "uncertain", "no power law", "over-trained"]),
     }
     return series_of, by_model
+
+
+def test_verdict_counts_reliable_mean_and_interval(zoo):
+    series_of, by_model = zoo
+    audit = audit_table(series_of, by_model, {"solo": (1.5, 4.5)}).set_index("model")
+    assert audit.loc["solo", ["num_well_trained", "num_over_trained", "num_under_trained", "num_uncertain",
+                              "num_no_power_law", "num_reliable"]].tolist() == [1, 1, 0, 1, 1, 2]
+    assert audit.loc["solo", "alpha_reliable"] == pytest.approx((5.0 + 1.0) / 2)  # the 1st and 4th matrix
+    assert audit.loc["solo", "alpha"] == pytest.approx(3.0)
+    assert (audit.loc["solo", "alpha_lo"], audit.loc["solo", "alpha_hi"]) == (1.5, 4.5)
+    assert pd.isna(audit.loc["good", "alpha_lo"])
+    text = to_markdown(card_blocks("solo", audit.reset_index(), discrimination(
+        pd.DataFrame({"model": ["solo"], "series": ["alone"], "alpha": [3.0]}), {}), level=0.9))
+    assert "well-trained 1, under-trained 0, over-trained 1, uncertain 1, no power law 1." in text
+    assert "So 2 verdicts of 4 are reliable" in text
+    assert "90% bootstrap interval" in text and "straddles a bound" in text
+    assert "3.00 (90% interval 1.50 to 4.50); over its 2 reliable matrixs" not in text
+    assert "3.00 (90% interval 1.50 to 4.50); over its 2 reliable matrices it is 3.00" in text
 
 
 def test_audit_table_counts_and_scale_collapse(zoo):
@@ -55,12 +81,12 @@ def test_card_says_it_in_words(zoo):
     text = to_markdown(card_blocks("bad", audit, table, noise=1.0))
     assert text.startswith("# Audit card: bad\n")
     assert "trained with 100% of its labels shuffled." in text
-    assert "well-trained (2 <= alpha <= 6) 1, under-trained (alpha > 6) 2, over-trained (alpha < 2) 1." in text
+    assert "well-trained 1, under-trained 2, over-trained 1, uncertain 0, no power law 0." in text
     assert "With correlation traps: 2 (" in text and "3 eigenvalues above" in text
     assert "Scale collapse: 2 of its 4 matrices" in text
     assert "ranks 2 of 2 by mean alpha" in text
     assert "rank its models exactly by noise level (|Kendall tau| = 1): `alpha` (tau = +1.00, grows with noise)" in text
-    assert "| bad | 4 | 1 | 2 | 1 | 2 | 2 | yes | 4.88 |" in text
+    assert "| bad | 4 | 1 | 2 | 1 | 0 | 0 | 2 | 2 | yes | 4.88 | - | 4.88 |" in text
     solo = to_markdown(card_blocks("solo", audit, table))
     assert "only model of series `alone`" in solo and "No scale collapse" in solo
     assert "good-versus-bad" not in solo
@@ -87,6 +113,9 @@ def test_summary_as_markdown_and_html(zoo):
     text = to_markdown(blocks)
     assert "no metric was tested on a good-versus-bad ladder" in text
     assert "Models flagged: `bad`." in text
+    # 12 fitted matrices, 2 of solo's unreliable
+    assert "Over the zoo, 10 of its 12 fitted matrices have a reliable verdict (well-trained 6, over-trained 2, " \
+           "under-trained 2); 1 are uncertain and 1 have no power-law tail." in text
     page = to_html(blocks, title="t <x>")
     parser = _Tags()
     parser.feed(page)
@@ -94,19 +123,23 @@ def test_summary_as_markdown_and_html(zoo):
     assert "<title>t &lt;x&gt;</title>" in page
 
 
-def test_the_band_edges_and_the_caption_agree_with_the_layer_warning():
-    """The audit's counts, the layer warning column and the report caption use one alpha band:
-    alpha = 2 and alpha = 6 are well-trained, just outside them is not."""
+def test_the_band_edges_and_the_caption_agree_with_the_layer_verdict():
+    """The layer warning and verdict, the audit's counts and the report caption use one alpha band:
+    alpha = 2 and alpha = 6 are well-trained, just outside them is not; an interval touching a
+    bound from inside is decided, one crossing it is not."""
     from pathlib import Path
 
-    from zooscope.analysis.metrics import OVER_TRAINED_BELOW as over, UNDER_TRAINED_ABOVE as under, warning_for
+    from zooscope.analysis.metrics import OVER_TRAINED_BELOW as over, UNDER_TRAINED_ABOVE as under
+    from zooscope.analysis.metrics import verdict_for, warning_for
 
     alphas = [1.999, 2.0, 6.0, 6.001]
-    audit = audit_table({"m": "s"}, {"m": layers(alphas, [1.0] * 4)}).iloc[0]
-    warnings = [warning_for(alpha) for alpha in alphas]
-    assert warnings == ["over-trained", "", "", "under-trained"]
-    assert [audit["num_over_trained"], audit["num_well_trained"], audit["num_under_trained"]] == [
-        warnings.count("over-trained"), warnings.count(""), warnings.count("under-trained")]
+    assert [warning_for(alpha) for alpha in alphas] == ["over-trained", "", "", "under-trained"]
+    verdicts = [verdict_for(alpha) for alpha in alphas]
+    assert verdicts == ["over-trained", "well-trained", "well-trained", "under-trained"]
+    assert [verdict_for(3.0, 2.0, 6.0), verdict_for(2.0, 1.999, 3.0), verdict_for(6.0, 5.0, 6.001)] == [
+        "well-trained", "uncertain", "uncertain"]
+    audit = audit_table({"m": "s"}, {"m": layers(alphas, [1.0] * 4, verdicts=verdicts)}).iloc[0]
+    assert [audit["num_over_trained"], audit["num_well_trained"], audit["num_under_trained"]] == [1, 2, 1]
     caption = (Path(__file__).resolve().parents[1] / "report" / "audit.rst").read_text()
-    assert (f"well-trained ({over:g} <= alpha <= {under:g}),\nunder-trained (alpha > {under:g}) or "
-            f"over-trained (alpha < {over:g})") in caption  # the caption is static text: kept in step here
+    assert (f"(the whole bootstrap interval of alpha within [{over:g}, {under:g}], above {under:g}, below "
+            f"{over:g}), uncertain (the interval\nstraddles {over:g} or {under:g})") in caption  # static text: kept in step

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from zooscope.analysis.regression import REGRESSION_COLUMNS
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # A published-style table: torchvision top-1 accuracies, made-up metric values.
@@ -77,8 +79,9 @@ def test_regress_published_table(tmp_path):
     assert len(lines) == 1 and "9 regressions" in lines[0]
 
     reg = pd.read_csv(out / "regressions.tsv", sep="\t")
-    assert list(reg.columns) == ["series", "metric", "n", "slope", "intercept", "r2", "rmse",
-                                 "pearson_r", "spearman_rho", "kendall_tau"]
+    assert list(reg.columns)[:10] == ["series", "metric", "n", "slope", "intercept", "r2", "rmse",
+                                      "pearson_r", "spearman_rho", "kendall_tau"]
+    assert list(reg.columns) == list(REGRESSION_COLUMNS)  # and the uncertainty columns (docs/statistics.md)
     # Series sorted; metrics in table order; num_layers is bookkeeping, not a metric.
     assert list(zip(reg["series"], reg["metric"])) == [
         (s, m) for s in ["ResNet", "VGG", "VGG-BN"]

@@ -28,7 +28,8 @@ def test_shipped_config_is_valid_and_defaults_are_filled():
     shipped = run_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
     assert shipped.zoo == Path("zoos/demo.tsv")
     defaults = run_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)
-    assert defaults.fit == FitSettings(floor=1e-5, kind="pl", min_evals=50)
+    assert defaults.fit == FitSettings(floor=1e-5, kind="pl", min_evals=50, bootstrap=100, level=0.95, gof=100,
+                                       alternatives=True, fingers=None)
     assert defaults.esd == EsdConfig(EsdSettings("slices", "none", None, True), device="cpu", shard_mb=None)
     assert defaults.jacobian.memory_budget == 1024 * 2**20
 
@@ -47,6 +48,17 @@ def test_the_schema_defaults_are_the_dataclasses_defaults():
         assert len(sub.get("description", "")) > 20, name
 
 
+def test_fit_settings_from_the_command_line_and_without_uncertainty():
+    # --config 'fit={fingers: clip_xmax, bootstrap: 0, level: 0.9}' reaches Snakemake's config as text
+    fit = run_config({"zoo": "z.tsv", "fit": {"fingers": "clip_xmax", "bootstrap": "0", "level": "0.9"}},
+                     CONFIG_SCHEMA).fit
+    assert (fit.fingers, fit.bootstrap, fit.level, fit.gof, fit.alternatives) == ("clip_xmax", 0, 0.9, 100, True)
+    point = fit.without_uncertainty()
+    assert (point.bootstrap, point.gof, point.alternatives) == (0, 0, False)
+    assert (point.fingers, point.level, point.kind, point.min_evals) == ("clip_xmax", 0.9, "pl", 50)
+    assert FitSettings(**fit.as_dict()) == fit  # the rules' plain form rebuilds it
+
+
 def test_bad_config_names_the_source_and_each_field():
     with pytest.raises(ConfigError) as info:
         validate_config({"zoo": "z.tsv", "esd": {"conv2d": "blocks"}, "fit": {"min_evals": 0}, "typo": 1},
@@ -58,6 +70,9 @@ def test_bad_config_names_the_source_and_each_field():
     assert "'typo' was unexpected" in message
     with pytest.raises(ConfigError, match="'zoo' is a required property"):
         validate_config({}, CONFIG_SCHEMA)
+    with pytest.raises(ConfigError, match="field 'fit.fingers'") as info:
+        validate_config({"zoo": "z.tsv", "fit": {"fingers": "thumbs", "level": 1.5}}, CONFIG_SCHEMA)
+    assert "field 'fit.level'" in str(info.value)
 
 
 @pytest.mark.parametrize("key, group", [("min_evals", "fit"), ("device", "esd"), ("shard_mb", "esd"),
@@ -90,7 +105,7 @@ def test_readme_config_table_is_generated_from_the_schema():
                              text=True, check=True).stdout
     assert table == printed == config_table(CONFIG_SCHEMA)
     rows = [line for line in table.splitlines()[2:]]
-    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 24
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 29
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 

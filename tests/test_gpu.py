@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import write_model_dir
-from zooscope.config import EsdSettings
+from zooscope.config import EsdSettings, FitSettings
 from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 from zooscope.analysis.metrics import fit_layers
 from zooscope.spectra.spectrum import eigenvalues, resolve_device
@@ -68,7 +68,10 @@ def test_cuda_esd_stage_matches_the_cpu_and_is_deterministic(tmp_path):
             again = load_layer_eigenvalues(runs["cuda-again"][1], cuda_record, randomized=randomized)
             assert again.tobytes() == cuda_values.tobytes()  # the same device gives the same bytes
     # and the fits on top agree: the same tails, alphas to rounding
-    cpu_layers = fit_layers(cpu_index, lambda r, randomized=False: load_layer_eigenvalues(cpu_dir, r, randomized=randomized))
-    cuda_layers = fit_layers(cuda_index, lambda r, randomized=False: load_layer_eigenvalues(cuda_dir, r, randomized=randomized))
+    point = FitSettings().without_uncertainty()
+    cpu_layers = fit_layers(cpu_index, lambda r, randomized=False: load_layer_eigenvalues(cpu_dir, r, randomized=randomized),
+                            point)
+    cuda_layers = fit_layers(cuda_index, lambda r, randomized=False: load_layer_eigenvalues(cuda_dir, r, randomized=randomized),
+                             point)
     assert list(cpu_layers["num_pl_spikes"]) == list(cuda_layers["num_pl_spikes"])
     np.testing.assert_allclose(cuda_layers["alpha"].to_numpy(float), cpu_layers["alpha"].to_numpy(float), rtol=1e-8)

@@ -11,6 +11,7 @@ import math
 import matplotlib.colors
 import matplotlib.image
 import numpy as np
+from scipy import stats
 import pandas as pd
 import pytest
 
@@ -199,7 +200,7 @@ def test_plot_metric_vs_accuracy(tmp_path, figures):
     row = reg[reg["metric"] == "alpha"].iloc[0]
     assert_png(plot_metric_vs_accuracy(zoo, row, tmp_path / "alpha.png", series="VGG", metric="alpha"))
     (ax,) = kept(metric_vs_accuracy_figure(zoo, row, series="VGG", metric="alpha"), figures).axes
-    (points,) = ax.collections
+    points, band = ax.collections
     np.testing.assert_allclose(points.get_offsets(), zoo[["alpha", "accuracy"]].to_numpy())
     assert [t.get_text() for t in ax.texts] == list(zoo["model"])
     # the line is the least-squares fit of the points, computed here with numpy
@@ -209,7 +210,16 @@ def test_plot_metric_vs_accuracy(tmp_path, figures):
     xs, ys = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
     np.testing.assert_allclose(ys, intercept + slope * xs, rtol=1e-9)
     assert xs[0] < zoo["alpha"].min() and xs[-1] > zoo["alpha"].max()  # over the range of the metric
-    assert ax.get_title() == f"VGG: accuracy vs alpha\nR^2 = {r2:.3f}, Kendall tau = {row['kendall_tau']:.3f}"
+    assert ax.get_title() == (f"VGG: accuracy vs alpha\nR^2 = {r2:.3f}, Kendall tau = {row['kendall_tau']:.3f} "
+                              f"[{row['kendall_tau_lo']:.2f}, {row['kendall_tau_hi']:.2f}]")
+    # the band is the 95 % confidence band of the line: t quantile times the closed-form standard error
+    x, y, n = zoo["alpha"].to_numpy(), zoo["accuracy"].to_numpy(), len(zoo)
+    s = np.sqrt(np.sum((y - intercept - slope * x) ** 2) / (n - 2))
+    half = stats.t.ppf(0.975, n - 2) * s * np.sqrt(1 / n + (xs - x.mean()) ** 2 / np.sum((x - x.mean()) ** 2))
+    vertices = band.get_paths()[0].vertices
+    for xi, hi, lo in zip(xs, intercept + slope * xs + half, intercept + slope * xs - half):
+        at = vertices[np.isclose(vertices[:, 0], xi)][:, 1]
+        assert np.isclose(at, hi).any() and np.isclose(at, lo).any()
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("alpha", "reported accuracy")
 
     row = reg[reg["metric"] == "log_norm"].iloc[0]
@@ -259,14 +269,15 @@ def test_plot_esd_with_package_fit(tmp_path, figures):
 def model_with_esds(tmp_path, matrices):
     from conftest import write_model_dir
     from zooscope.analysis.metrics import fit_layers
-    from zooscope.config import EsdSettings
+    from zooscope.config import EsdSettings, FitSettings
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 
     model_dir = write_model_dir(tmp_path / "model", matrices)
     esd_dir = tmp_path / "esd"
     index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", esd_dir,
                               EsdSettings(randomize=True))
-    layers = fit_layers(index, lambda r, randomized=False: load_layer_eigenvalues(esd_dir, r, randomized=randomized))
+    layers = fit_layers(index, lambda r, randomized=False: load_layer_eigenvalues(esd_dir, r, randomized=randomized),
+                        FitSettings().without_uncertainty())
     return index, layers, esd_dir
 
 

@@ -278,3 +278,83 @@ def test_numeric_looking_series_stays_text(tmp_path):
                     "d\tNA\t72\t2\n")
     out = regress(read_models_table(path), ["m"])
     assert list(out["series"]) == ["1"]
+
+
+# -- uncertainty of the regressions (docs/statistics.md, "Regressions") ------------------------
+
+from zooscope.analysis.regression import kendall_tau_b, ols_band, regress_one  # noqa: E402
+
+
+def test_vectorised_kendall_tau_b_equals_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(50, 12)).astype(float)  # many ties
+    y = rng.integers(0, 4, size=(50, 12)).astype(float)
+    expected = [stats.kendalltau(a, b).statistic for a, b in zip(x, y)]
+    np.testing.assert_allclose(kendall_tau_b(x, y), expected, rtol=1e-12)
+    assert math.isnan(kendall_tau_b(np.ones(5), np.arange(5.0))[0])
+
+
+def test_slope_interval_is_the_t_interval():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(2, 5, 9)
+    y = 70 - 4 * x + rng.normal(0, 1.5, 9)
+    row = regress_one(x, y, level=0.9)
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (intercept + slope * x)
+    se = math.sqrt(np.sum(residuals**2) / (9 - 2) / np.sum((x - x.mean()) ** 2))
+    half = stats.t.ppf(0.95, 9 - 2) * se
+    assert (row["slope_lo"], row["slope_hi"]) == pytest.approx((slope - half, slope + half), rel=1e-9)
+
+
+def test_leave_one_out_ranges_and_the_most_influential_model():
+    rng = np.random.default_rng(2)
+    x = np.linspace(2.0, 5.0, 8)
+    y = 80 - 3 * x + rng.normal(0, 0.3, 8)
+    y[-1] += 6.0  # model h is far off the line at the end of the range: the most influential
+    names = list("abcdefgh")
+    row = regress_one(x, y, names)
+    slopes = [np.polyfit(np.delete(x, i), np.delete(y, i), 1)[0] for i in range(8)]
+    taus = [stats.kendalltau(np.delete(x, i), np.delete(y, i)).statistic for i in range(8)]
+    assert (row["loo_slope_min"], row["loo_slope_max"]) == pytest.approx((min(slopes), max(slopes)), rel=1e-9)
+    assert (row["loo_kendall_tau_min"], row["loo_kendall_tau_max"]) == pytest.approx((min(taus), max(taus)))
+    assert row["most_influential"] == "h"
+    design = np.column_stack([np.ones(8), x])
+    leverage = np.diag(design @ np.linalg.inv(design.T @ design) @ design.T)
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (intercept + slope * x)
+    mse = np.sum(residuals**2) / (8 - 2)
+    cooks = residuals**2 / (2 * mse) * leverage / (1 - leverage) ** 2  # Cook's distance, closed form
+    assert row["max_cooks_d"] == pytest.approx(cooks.max(), rel=1e-9)
+
+
+def test_bootstrap_intervals_contain_the_estimates_and_narrow_with_more_models():
+    widths = []
+    for n in (8, 80):
+        rng = np.random.default_rng(n)
+        x = rng.uniform(0, 1, n)
+        y = x + rng.normal(0, 0.3, n)
+        row = regress_one(x, y)
+        assert row["r2_lo"] <= row["r2"] <= row["r2_hi"]
+        assert row["kendall_tau_lo"] <= row["kendall_tau"] <= row["kendall_tau_hi"]
+        widths.append(row["kendall_tau_hi"] - row["kendall_tau_lo"])
+    assert widths[1] < widths[0] / 2  # ~ 1/sqrt(n): 10x the models, about a third of the width
+
+
+def test_regress_carries_model_names_and_few_models_give_no_intervals():
+    out = regress(random_zoo(), ["alpha"]).set_index("series")
+    assert out.loc["VGG", "most_influential"].startswith("vgg")
+    small = regress(random_zoo().groupby("series").head(2), ["alpha"])
+    assert small["slope_lo"].isna().all() and (small["most_influential"] == "").all()
+
+
+def test_ols_band_is_statsmodels_confidence_band_of_the_mean():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    y = np.array([1.2, 1.9, 3.2, 3.8, 5.1])
+    grid = np.array([0.0, 3.0, 6.0])
+    lo, hi = ols_band(x, y, grid, level=0.95)
+    slope, intercept = np.polyfit(x, y, 1)
+    s = math.sqrt(np.sum((y - intercept - slope * x) ** 2) / 3)
+    half = stats.t.ppf(0.975, 3) * s * np.sqrt(1 / 5 + (grid - 3.0) ** 2 / 10.0)  # closed form
+    np.testing.assert_allclose(lo, intercept + slope * grid - half, rtol=1e-9)
+    np.testing.assert_allclose(hi, intercept + slope * grid + half, rtol=1e-9)
+    assert np.isnan(ols_band(x[:2], y[:2], grid)[0]).all()

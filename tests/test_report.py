@@ -59,11 +59,14 @@ def test_discrimination_table_by_hand(run):
     assert set(table["series"]) == {"noise"}  # the baseline has no noise level
     assert {"alpha", "log_norm", "rand_distance", "num_traps"} <= set(table["metric"])
     for row in table.itertuples():
-        values = [models.loc[model, row.metric] for model in NOISE]
+        # models without the metric (e.g. alpha_reliable of a model with no reliable matrix) are left out
+        present = {model: models.loc[model, row.metric] for model in NOISE if pd.notna(models.loc[model, row.metric])}
+        values = list(present.values())
+        assert row.n == len(values), row.metric
         if len(set(values)) < 2:
             assert pd.isna(row.kendall_tau)
             continue
-        tau = kendall_tau_b(list(NOISE.values()), values)
+        tau = kendall_tau_b([NOISE[model] for model in present], values)
         assert row.kendall_tau == pytest.approx(tau), row.metric
         assert row.separates == (abs(tau) > 1 - 1e-12)
 
@@ -79,14 +82,21 @@ def test_audit_cards_and_summary_say_it_in_words(run):
         card = (run / "results" / "audit" / f"{model}.md").read_text()
         counts = audit.loc[model]
         assert card.startswith(f"# Audit card: {model}\n")
-        assert (f"well-trained (2 <= alpha <= 6) {counts.num_well_trained}, "
-                f"under-trained (alpha > 6) {counts.num_under_trained}, "
-                f"over-trained (alpha < 2) {counts.num_over_trained}.") in card
-        assert counts.num_well_trained + counts.num_under_trained + counts.num_over_trained == counts.num_matrices
+        assert (f"well-trained {counts.num_well_trained}, under-trained {counts.num_under_trained}, "
+                f"over-trained {counts.num_over_trained}, uncertain {counts.num_uncertain}, "
+                f"no power law {counts.num_no_power_law}.") in card
+        assert counts.num_well_trained + counts.num_under_trained + counts.num_over_trained + counts.num_uncertain \
+            + counts.num_no_power_law == counts.num_matrices
+        assert counts.num_reliable == counts.num_matrices - counts.num_uncertain - counts.num_no_power_law
+        assert "straddles a bound" in card
         assert ("good-versus-bad" in card) == (model in NOISE)
     # each model's matrices are the fitted rows of its layers.tsv
     layers = pd.read_csv(run / "results" / "metrics" / "n0" / "layers.tsv", sep="\t")
     assert audit.loc["n0", "num_matrices"] == (layers["status"] == "ok").sum()
+    # the verdict counts are those of the layers' verdict column
+    for verdict, column in (("uncertain", "num_uncertain"), ("no power law", "num_no_power_law")):
+        assert audit.loc["n0", column] == (layers["verdict"] == verdict).sum()
+    assert "have a reliable verdict" in summary
 
 
 def test_lint_is_clean(run):

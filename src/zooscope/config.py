@@ -68,12 +68,30 @@ class EsdConfig:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """Config group ``fit:``: the power-law fit of the fit stage. ``min_evals`` is a fit's too: a
-    matrix (or, in the Jacobian stage, a spectrum) with fewer eigenvalues is not fitted."""
+    """Config group ``fit:``: the power-law fit of the fit stage and its uncertainty. ``min_evals``
+    is a fit's too: a matrix (or, in the Jacobian stage, a spectrum) with fewer eigenvalues is not
+    fitted.
+
+    The uncertainty (docs/statistics.md): ``bootstrap`` resamples of the interval of alpha and xmin
+    (0: none), ``level`` of every interval (the bootstrap's, the model means', the regressions'
+    and the figures' bands), ``gof`` synthetic samples of the power law's goodness-of-fit p-value
+    (0: none), ``alternatives``: the likelihood-ratio tests against the exponential, log-normal and
+    etpl; ``fingers``: WeightWatcher's fix_fingers remedy (None, ``xmin_peak`` or ``clip_xmax``).
+    """
 
     floor: float = 1.0e-5
     kind: str = "pl"
     min_evals: int = 50
+    bootstrap: int = 100
+    level: float = 0.95
+    gof: int = 100
+    alternatives: bool = True
+    fingers: str | None = None
+
+    def without_uncertainty(self) -> FitSettings:
+        """The same fit, point estimates only: no bootstrap, goodness of fit or likelihood ratios
+        (the Jacobian stage's spectra, whose columns have none)."""
+        return dataclasses.replace(self, bootstrap=0, gof=0, alternatives=False)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import pandas as pd
 
-from zooscope.analysis.metrics import SUMMARY_METRICS
+from zooscope.analysis.metrics import INTERVAL_COLUMNS, RELIABLE_METRICS, SUMMARY_METRICS
 from zooscope.sources.coverage import COVERAGE_COUNTS
 
 # Columns of models.tsv that describe a model rather than measure it.
 MODEL_INFO_COLUMNS = (
     "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
-    "num_fitted", "num_skipped", "num_failed", *COVERAGE_COUNTS,
+    "num_fitted", "num_skipped", "num_failed", "num_reliable", *COVERAGE_COUNTS,
 )
-MODEL_COLUMNS = (*MODEL_INFO_COLUMNS, *SUMMARY_METRICS)
+# The per-model metric columns: the means over fitted rows, over reliable rows, and the intervals.
+MODEL_METRICS = (*SUMMARY_METRICS, *RELIABLE_METRICS, *INTERVAL_COLUMNS)
+MODEL_COLUMNS = (*MODEL_INFO_COLUMNS, *MODEL_METRICS)
 # The one list of columns that are not metrics, in models.tsv or in a table a user supplies (which
 # may say num_parameters): never taken as metrics when none are named (regressions, discrimination),
-# though a bookkeeping count can still be regressed on by name.
-NOT_METRICS = (*MODEL_INFO_COLUMNS, "num_parameters")
+# though a bookkeeping count can still be regressed on by name. The intervals of the model means
+# (docs/statistics.md) describe a metric's uncertainty; they are no metric of their own.
+NOT_METRICS = (*MODEL_INFO_COLUMNS, "num_parameters", *INTERVAL_COLUMNS)
 
 
 def metric_columns(models: pd.DataFrame) -> list[str]:
@@ -40,13 +43,13 @@ def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
             "accuracy": meta.get("accuracy"),
             "accuracy_source": meta.get("accuracy_source") or "",
             "num_params": meta.get("num_params"),
-            **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed")},
+            **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed", "num_reliable")},
             **(summary.get("coverage") or {}),
             **summary["metrics"],
         })
     frame = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
     frame["accuracy"] = frame["accuracy"].astype(float)
-    for column in SUMMARY_METRICS:
+    for column in MODEL_METRICS:
         frame[column] = frame[column].astype(float)
     return frame
 

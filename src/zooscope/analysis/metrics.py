@@ -5,13 +5,18 @@ Every reported log is base 10. A matrix that cannot be fitted still gets a row, 
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
 from zooscope.config import FitSettings
-from zooscope.fits.powerlaw import fit_power_law
+from zooscope.fits.bootstrap import bootstrap_fit, percentile_interval
+from zooscope.fits.fingers import FINGERS, clip_fingers, peak_xmin_range
+from zooscope.fits.goodness import ALTERNATIVES, REJECT_BELOW, compare_alternatives, power_law_p_value
+from zooscope.fits.powerlaw import PowerLawFit, fit_sorted, sorted_above_floor
 from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur
 from zooscope.fits.truncated import (
     FIT_KINDS, TailFit, fit_exp_truncated_power_law, fit_truncated_power_law, power_law_loglik,
@@ -20,26 +25,39 @@ from zooscope.fits.truncated import (
 if TYPE_CHECKING:
     import pandas as pd
 
-# Columns of results/metrics/{model}/layers.tsv, in order.
+# Columns of results/metrics/{model}/layers.tsv, in order (docs/statistics.md has the uncertainty ones).
 LAYER_COLUMNS = (
-    "layer", "slice", "type", "depth", "N", "M", "num_evals", "lambda_max", "alpha", "xmin",
-    "xmax", "D", "sigma", "num_pl_spikes", "log_norm", "log_spectral_norm", "alpha_weighted",
-    "log_alpha_norm", "stable_rank", "fit_kind", "truncation", "loglik", "mp_bulk_edge", "mp_softrank",
-    "num_spikes", "rand_distance", "num_traps", "warning", "status", "reason",
+    "layer", "slice", "type", "depth", "N", "M", "num_evals", "lambda_max", "alpha", "alpha_lo", "alpha_hi",
+    "xmin", "xmin_lo", "xmin_hi", "xmax", "D", "sigma", "num_pl_spikes", "num_fingers_clipped", "pl_p_value",
+    *(f"lr_{name}{suffix}" for name in ALTERNATIVES for suffix in ("", "_p")),
+    "log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm", "stable_rank", "fit_kind", "truncation",
+    "loglik", "mp_bulk_edge", "mp_softrank", "num_spikes", "rand_distance", "num_traps", "warning", "verdict",
+    "status", "reason",
 )
 # Per-layer quantities averaged into the model summary (over rows with status "ok").
 SUMMARY_METRICS = (
     "alpha", "alpha_weighted", "log_alpha_norm", "log_norm", "log_spectral_norm", "stable_rank",
     "D", "sigma", "num_pl_spikes", "lambda_max", "mp_softrank", "num_spikes", "rand_distance", "num_traps",
 )
+# The metrics that depend on the fitted alpha: the summary also gives their mean over the reliable
+# rows only (``{metric}_reliable``) and a bootstrap interval of their model mean (``_lo``, ``_hi``).
+FIT_METRICS = ("alpha", "alpha_weighted", "log_alpha_norm")
+RELIABLE_METRICS = tuple(f"{metric}_reliable" for metric in FIT_METRICS)
+INTERVAL_COLUMNS = tuple(f"{metric}{end}" for metric in FIT_METRICS for end in ("_lo", "_hi"))
 # Integer columns (nullable: empty where a row has no fit) and text columns (empty, never missing).
-INTEGER_COLUMNS = ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_spikes", "num_traps")
-TEXT_COLUMNS = ("slice", "fit_kind", "warning", "reason")
+INTEGER_COLUMNS = ("depth", "N", "M", "num_evals", "num_pl_spikes", "num_fingers_clipped", "num_spikes", "num_traps")
+TEXT_COLUMNS = ("slice", "fit_kind", "warning", "verdict", "reason")
 # The alpha band of a well-trained layer (docs/method.md, "Per matrix"): alpha below 2 is
-# over-trained, above 6 under-trained. The one definition: the warning column, the audit's counts
-# and words, and the lines of the correlation-flow figure all read these.
+# over-trained, above 6 under-trained. The one definition: the warning and verdict columns, the
+# audit's words, and the lines of the correlation-flow figure all read these.
 OVER_TRAINED_BELOW = 2.0
 UNDER_TRAINED_ABOVE = 6.0
+#: The verdicts of a fitted row (docs/statistics.md, "Verdicts"); unfitted rows have none ("").
+VERDICTS = ("well-trained", "over-trained", "under-trained", "uncertain", "no power law")
+#: The verdicts of reliable rows: decided by the whole interval, with the power law not rejected.
+RELIABLE_VERDICTS = VERDICTS[:3]
+# A row's bootstrap replicates travel under this key from layer_rows to summarize (not a column).
+REPLICATES = "replicates"
 
 
 def norm_metrics(values: np.ndarray) -> dict:
@@ -56,6 +74,7 @@ def norm_metrics(values: np.ndarray) -> dict:
 
 
 def warning_for(alpha: float) -> str:
+    """WeightWatcher's warning from the point estimate alone (docs/method.md): see :func:`verdict_for`."""
     if alpha < OVER_TRAINED_BELOW:
         return "over-trained"
     if alpha > UNDER_TRAINED_ABOVE:
@@ -63,25 +82,132 @@ def warning_for(alpha: float) -> str:
     return ""
 
 
-def fit_tail(values: np.ndarray, *, kind: str = FitSettings.kind, floor: float = FitSettings.floor) -> TailFit:
+def verdict_for(alpha: float, alpha_lo: float = math.nan, alpha_hi: float = math.nan,
+                pl_p_value: float = math.nan, *, kind: str = "pl") -> str:
+    """The verdict of a fitted row (docs/statistics.md, "Verdicts").
+
+    ``no power law`` when the power law's p-value rejects it (below 0.1, fit kind pl only: tpl and
+    etpl are other models); else ``over-trained`` / ``under-trained`` when the whole interval
+    [alpha_lo, alpha_hi] is below 2 / above 6, ``well-trained`` when it lies within [2, 6], and
+    ``uncertain`` when it straddles a bound. Without an interval (no bootstrap) the point alpha
+    stands for it.
+    """
+    if kind == "pl" and pl_p_value < REJECT_BELOW:
+        return "no power law"
+    lo, hi = (alpha_lo, alpha_hi) if math.isfinite(alpha_lo) and math.isfinite(alpha_hi) else (alpha, alpha)
+    if hi < OVER_TRAINED_BELOW:
+        return "over-trained"
+    if lo > UNDER_TRAINED_ABOVE:
+        return "under-trained"
+    if lo >= OVER_TRAINED_BELOW and hi <= UNDER_TRAINED_ABOVE:
+        return "well-trained"
+    return "uncertain"
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """A tail fit with what its uncertainty needs: the pure power-law fit (goodness of fit and
+    the likelihood ratios test it), the values it saw (sorted, above the floor, fingers clipped)
+    and its candidate xmins."""
+
+    fit: TailFit
+    power_law: PowerLawFit
+    values: np.ndarray
+    xmin_range: tuple[float, float] | None
+    num_clipped: int
+
+
+def _analyse_tail(values: np.ndarray, kind: str, floor: float, fingers: str | None) -> _Tail:
+    _check_kind(kind)
+    _check_fingers(fingers)
+    x = sorted_above_floor(values, floor)
+    xmin_range = peak_xmin_range(x, floor=floor) if fingers == "xmin_peak" else None
+    if fingers == "clip_xmax":
+        clipped = clip_fingers(x)
+        x, pl, num_clipped = clipped.values, clipped.fit, clipped.num_clipped
+    else:
+        pl, num_clipped = fit_sorted(x, xmin_range), 0
+    if kind == "etpl":
+        fit = fit_exp_truncated_power_law(x, floor=floor)
+    elif kind == "tpl":
+        fit = fit_truncated_power_law(x, xmin=pl.xmin)
+    else:
+        fit = TailFit(kind="pl", alpha=pl.alpha, xmin=pl.xmin, xmax=pl.xmax, D=pl.D, sigma=pl.sigma,
+                      num_pl_spikes=pl.num_pl_spikes, truncation=math.nan,
+                      loglik=power_law_loglik(x[x >= pl.xmin], pl.alpha, pl.xmin))
+    return _Tail(fit=fit, power_law=pl, values=x, xmin_range=xmin_range, num_clipped=num_clipped)
+
+
+def fit_tail(values: np.ndarray, *, kind: str = FitSettings.kind, floor: float = FitSettings.floor,
+             fingers: str | None = FitSettings.fingers) -> TailFit:
     """The tail fit of config ``fit.kind``: ``pl`` (pure power law, Clauset et al.), ``tpl``
     (truncated at lambda_max, on the pure fit's tail) or ``etpl`` (exponentially truncated, from
-    the ESD peak); see zooscope.fits.truncated."""
-    _check_kind(kind)
-    if kind == "etpl":
-        return fit_exp_truncated_power_law(values, floor=floor)
-    fit = fit_power_law(values, floor=floor)
-    if kind == "tpl":
-        return fit_truncated_power_law(values, xmin=fit.xmin)
-    tail = values[values >= fit.xmin]
-    return TailFit(kind="pl", alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma,
-                   num_pl_spikes=fit.num_pl_spikes, truncation=math.nan,
-                   loglik=power_law_loglik(tail, fit.alpha, fit.xmin))
+    the ESD peak); see zooscope.fits.truncated. ``fingers`` (config ``fit.fingers``): None,
+    ``xmin_peak`` or ``clip_xmax`` (zooscope.fits.fingers)."""
+    return _analyse_tail(np.asarray(values, dtype=np.float64), kind, floor, fingers).fit
 
 
 def _check_kind(kind: str) -> None:
     if kind not in FIT_KINDS:
         raise ValueError(f"unknown fit kind {kind!r}; valid: {', '.join(FIT_KINDS)} (config fit.kind)")
+
+
+def _check_fingers(fingers: str | None) -> None:
+    if fingers is not None and fingers not in FINGERS:
+        raise ValueError(f"unknown fit.fingers {fingers!r}; valid: null, {', '.join(FINGERS)} (config fit.fingers)")
+
+
+def _refit(tail: _Tail):
+    """What a bootstrap resample refits: the same procedure as the point estimate (None: etpl,
+    whose refits cost a numerical optimisation each, gets no interval)."""
+    def pl(x):
+        fit = fit_sorted(x, tail.xmin_range)
+        return fit.alpha, fit.xmin
+
+    def tpl(x):
+        xmin = fit_sorted(x, tail.xmin_range).xmin
+        return fit_truncated_power_law(x, xmin=xmin).alpha, xmin
+
+    return {"pl": pl, "tpl": tpl}.get(tail.fit.kind)
+
+
+def _uncertainty_columns(tail: _Tail, values: np.ndarray, fit: FitSettings, seed) -> dict:
+    """The interval, goodness-of-fit and likelihood-ratio columns of one fitted row (as much as
+    ``fit``'s bootstrap, gof and alternatives ask for), and the bootstrap replicates of its fit
+    metrics (under REPLICATES) for the model's intervals.
+
+    ``seed``: entropy of numpy's SeedSequence; the bootstrap and the p-value draw from two
+    independent streams spawned from it.
+    """
+    row: dict = {}
+    boot_seed, gof_seed = np.random.SeedSequence(seed).spawn(2)
+    refit = _refit(tail)
+    if fit.bootstrap and refit is not None:
+        ci = bootstrap_fit(tail.values, resamples=fit.bootstrap, level=fit.level, seed=boot_seed, refit=refit)
+        row.update(alpha_lo=ci.alpha_lo, alpha_hi=ci.alpha_hi, xmin_lo=ci.xmin_lo, xmin_hi=ci.xmin_hi)
+        row[REPLICATES] = {metric: fit_metric_values(values, ci.alphas)[metric] for metric in FIT_METRICS}
+    if fit.gof:
+        row["pl_p_value"] = power_law_p_value(tail.values, tail.power_law, resamples=fit.gof, seed=gof_seed,
+                                              xmin_range=tail.xmin_range).p_value
+    if fit.alternatives:
+        for name, test in compare_alternatives(tail.values, tail.power_law).items():
+            row[f"lr_{name}"], row[f"lr_{name}_p"] = test.R, test.p
+    return row
+
+
+def fit_metric_values(values: np.ndarray, alpha):
+    """alpha_weighted and log_alpha_norm of a spectrum for alpha (a float or an array of them).
+
+    log10 sum lambda^alpha is computed as log10(lambda_max^alpha * sum (lambda/lambda_max)^alpha),
+    so that large alphas cannot overflow.
+    """
+    lambda_max = float(values[-1])
+    ratios = values[values > 0] / lambda_max
+    alphas = np.asarray(alpha, dtype=np.float64)
+    log_lmax = math.log10(lambda_max)
+    sums = np.sum(ratios[None, :] ** alphas.reshape(-1, 1), axis=1).reshape(alphas.shape)
+    out = {"alpha": alphas, "alpha_weighted": alphas * log_lmax, "log_alpha_norm": alphas * log_lmax + np.log10(sums)}
+    return {key: float(value) for key, value in out.items()} if alphas.ndim == 0 else out
 
 
 def random_matrix_metrics(values: np.ndarray, shape: tuple[int, int], randomized: np.ndarray | None = None) -> dict:
@@ -96,48 +222,52 @@ def random_matrix_metrics(values: np.ndarray, shape: tuple[int, int], randomized
     return row
 
 
-def spectrum_metrics(values: np.ndarray, *, min_evals: int = FitSettings.min_evals,
-                     floor: float = FitSettings.floor, kind: str = FitSettings.kind,
-                     shape: tuple[int, int] | None = None, randomized: np.ndarray | None = None) -> dict:
+def spectrum_metrics(values: np.ndarray, fit: FitSettings = FitSettings(), *, shape: tuple[int, int] | None = None,
+                     randomized: np.ndarray | None = None, seed=None) -> dict:
     """All metrics of one matrix's eigenvalues (ascending), with ``status`` and ``reason``.
 
-    ``shape`` (N, M) of the matrix adds the MP columns, ``randomized`` (the ESD of the
-    shuffled matrix) the randomization check; fitted rows only. An unknown ``kind`` is an
-    error of the caller, not a failed row.
+    ``fit``: config ``fit:``, the tail fit and its uncertainty (docs/statistics.md;
+    ``fit.without_uncertainty()`` for the point estimates alone). ``shape`` (N, M) of the matrix
+    adds the MP columns, ``randomized`` (the ESD of the shuffled matrix) the randomization check;
+    fitted rows only. ``seed`` seeds the uncertainty's draws (None: a hash of the eigenvalues). An
+    unknown ``fit.kind`` or ``fit.fingers`` is an error of the caller, not a failed row.
     """
-    _check_kind(kind)
+    _check_kind(fit.kind)
+    _check_fingers(fit.fingers)
     values = np.asarray(values, dtype=np.float64)
-    row: dict = {"num_evals": int(values.size), "status": "ok", "reason": "", "warning": ""}
+    row: dict = {"num_evals": int(values.size), "status": "ok", "reason": "", "warning": "", "verdict": ""}
     if values.size == 0 or not values[-1] > 0:
         row.update(status="failed", reason="degenerate spectrum: all eigenvalues are zero")
         return row
     row.update(norm_metrics(values))
-    if values.size < min_evals:
-        row.update(status="skipped", reason=f"{values.size} eigenvalues < min_evals={min_evals}")
+    if values.size < fit.min_evals:
+        row.update(status="skipped", reason=f"{values.size} eigenvalues < min_evals={fit.min_evals}")
         return row
     try:
-        fit = fit_tail(values, kind=kind, floor=floor)
+        tail = _analyse_tail(values, fit.kind, fit.floor, fit.fingers)
     except ValueError as error:
         row.update(status="failed", reason=str(error))
         return row
-    positive = values[values > 0]
+    tail_fit = tail.fit
     row.update(
-        alpha=fit.alpha,
-        xmin=fit.xmin,
-        xmax=fit.xmax,
-        D=fit.D,
-        sigma=fit.sigma,
-        num_pl_spikes=fit.num_pl_spikes,
-        fit_kind=fit.kind,
-        truncation=fit.truncation,
-        loglik=fit.loglik,
-        alpha_weighted=fit.alpha * math.log10(fit.xmax),
-        # log10 sum lambda^alpha, computed as log10(lambda_max^alpha * sum (lambda/lambda_max)^alpha)
-        # so that large alphas cannot overflow.
-        log_alpha_norm=fit.alpha * math.log10(row["lambda_max"])
-        + math.log10(float(np.sum((positive / row["lambda_max"]) ** fit.alpha))),
-        warning=warning_for(fit.alpha),
+        alpha=tail_fit.alpha,
+        xmin=tail_fit.xmin,
+        xmax=tail_fit.xmax,
+        D=tail_fit.D,
+        sigma=tail_fit.sigma,
+        num_pl_spikes=tail_fit.num_pl_spikes,
+        num_fingers_clipped=tail.num_clipped,
+        fit_kind=tail_fit.kind,
+        truncation=tail_fit.truncation,
+        loglik=tail_fit.loglik,
+        **{key: value for key, value in fit_metric_values(values, tail_fit.alpha).items() if key != "alpha"},
+        warning=warning_for(tail_fit.alpha),
     )
+    if seed is None:
+        seed = int.from_bytes(hashlib.sha256(values.tobytes()).digest()[:16], "big")
+    row.update(_uncertainty_columns(tail, values, fit, seed))
+    row["verdict"] = verdict_for(tail_fit.alpha, row.get("alpha_lo", math.nan), row.get("alpha_hi", math.nan),
+                                 row.get("pl_p_value", math.nan), kind=tail_fit.kind)
     if shape is not None:
         row.update(random_matrix_metrics(values, shape, randomized))
     return row
@@ -145,12 +275,15 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = FitSettings.min_eva
 
 def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) -> list[dict]:
     """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
-    key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column.
+    key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column; a row
+    with bootstrap replicates also carries them under REPLICATES (for :func:`summarize`).
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
-    ``fit``: config ``fit:``. Plain dicts, not a DataFrame: the fit job then needs no pandas (a
-    third of its start-up).
+    ``fit``: config ``fit:``. The uncertainty's draws of each matrix are seeded by its record's
+    ``key`` (the layer's weights hash with the spectrum settings) and its slice number, so reruns
+    are byte-identical. Plain dicts, not a DataFrame: the fit job then needs no pandas (a third of
+    its start-up).
     """
     rows = []
     for record in index["layers"]:
@@ -161,12 +294,13 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
             continue
         values = load_eigenvalues(record)
         randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
-        for label, row_values, row_rand in zip(record["slices"], values, randomized, strict=True):
+        for number, (label, row_values, row_rand) in enumerate(zip(record["slices"], values, randomized, strict=True)):
+            seed = [int(record["key"], 16), number] if record.get("key") else None
             rows.append({**base, "slice": label,
-                         **spectrum_metrics(row_values, min_evals=fit.min_evals, floor=fit.floor, kind=fit.kind,
-                                            shape=(record["N"], record["M"]), randomized=row_rand)})
-    return [{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS}
-            for row in rows]
+                         **spectrum_metrics(row_values, fit, shape=(record["N"], record["M"]), randomized=row_rand,
+                                            seed=seed)})
+    return [{**{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS},
+             **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
 
 
 def layers_frame(rows: list[dict]) -> "pd.DataFrame":
@@ -184,19 +318,34 @@ def fit_layers(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
     return layers_frame(layer_rows(index, load_eigenvalues, fit))
 
 
-def summarize(model: str, rows: Iterable[Mapping]) -> dict:
+def _mean(rows: list[Mapping], metric: str) -> float | None:
+    present = [float(row[metric]) for row in rows if not _missing(row[metric])]
+    return math.fsum(present) / len(present) if present else math.nan
+
+
+def summarize(model: str, rows: Iterable[Mapping], *, level: float = FitSettings.level) -> dict:
     """The per-model summary: the plain mean of each metric over the rows that were fitted.
 
     ``rows``: the layer rows (:func:`layer_rows`). A metric missing (None or NaN) from some fitted
     rows is averaged over the others; NaN if it is missing from all. Sums are exact (math.fsum),
-    so the mean does not depend on the order of the rows.
+    so the mean does not depend on the order of the rows. The FIT_METRICS are also averaged over
+    the reliable rows only (verdict in RELIABLE_VERDICTS: ``{metric}_reliable``), and their
+    means get a percentile interval at ``level`` (``{metric}_lo``, ``_hi``): replicate r of the
+    model mean is the mean of every fitted row's bootstrap replicate r (the rows' draws are
+    independent); NaN unless every fitted row has replicates.
     """
     rows = list(rows)
     fitted = [row for row in rows if row["status"] == "ok"]
-    means = {}
-    for metric in SUMMARY_METRICS:
-        present = [float(row[metric]) for row in fitted if not _missing(row[metric])]
-        means[metric] = (math.fsum(present) / len(present) if present else math.nan) if fitted else None
+    reliable = [row for row in fitted if row.get("verdict") in RELIABLE_VERDICTS]
+    means = {metric: _mean(fitted, metric) if fitted else None for metric in SUMMARY_METRICS}
+    for metric in FIT_METRICS:
+        means[f"{metric}_reliable"] = _mean(reliable, metric) if fitted else None
+        lo = hi = math.nan if fitted else None
+        if fitted and all(REPLICATES in row for row in fitted):
+            replicates = np.vstack([row[REPLICATES][metric] for row in fitted])
+            # a degenerate resample (NaN) of one row leaves that replicate out of the mean
+            lo, hi = percentile_interval(replicates.mean(axis=0), level)
+        means[f"{metric}_lo"], means[f"{metric}_hi"] = lo, hi
     return {
         "model": model,
         "num_layers": len({row["layer"] for row in rows}),
@@ -204,6 +353,7 @@ def summarize(model: str, rows: Iterable[Mapping]) -> dict:
         "num_fitted": len(fitted),
         "num_skipped": sum(row["status"] == "skipped" for row in rows),
         "num_failed": sum(row["status"] == "failed" for row in rows),
+        "num_reliable": len(reliable),
         "metrics": means,
     }
 
@@ -216,8 +366,7 @@ def read_layers_table(path) -> "pd.DataFrame":
     """Read a layers.tsv written by the fit stage, with text columns kept as text."""
     import pandas as pd
 
-    frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "fit_kind": str, "warning": str, "reason": str,
-                                               "layer": str})
+    frame = pd.read_csv(path, sep="\t", dtype={"layer": str, **{column: str for column in TEXT_COLUMNS}})
     for column in TEXT_COLUMNS:
         frame[column] = frame[column].fillna("")
     return frame

@@ -17,6 +17,14 @@ Conventions:
   NaN (``n`` is still reported). With a constant accuracy the fit is the flat line (slope 0,
   RMSE 0) and R^2 and the correlations are NaN.
 - Rows without a series are not part of any series and are left out.
+
+Uncertainty (docs/statistics.md, "Regressions"): ``slope_lo``/``slope_hi`` are statsmodels' OLS
+t-interval of the slope at ``level``; ``r2_lo``/``r2_hi`` and ``kendall_tau_lo``/``_hi`` the
+percentile interval of a pairs bootstrap over the series' models (RESAMPLES resamples, seeded,
+the pairs put in a canonical order first so that the table does not depend on the row order;
+resamples with a constant metric or accuracy are left out); ``loo_*_min``/``_max`` the range of
+the slope and of tau over the fits that leave one model out, and ``most_influential`` the model
+of the largest Cook's distance (``max_cooks_d``).
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ import pandas as pd
 
 from zooscope.analysis.aggregate import metric_columns
 from zooscope.analysis.metrics import SUMMARY_METRICS
+from zooscope.config import FitSettings
+from zooscope.fits.bootstrap import percentile_interval
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -41,6 +51,8 @@ __all__ = [
     "validate_models_table",
     "regress",
     "regress_one",
+    "kendall_tau_b",
+    "ols_band",
     "read_models_table",
 ]
 
@@ -62,12 +74,27 @@ REGRESSION_COLUMNS: tuple[str, ...] = (
     "pearson_r",
     "spearman_rho",
     "kendall_tau",
+    "slope_lo",
+    "slope_hi",
+    "r2_lo",
+    "r2_hi",
+    "kendall_tau_lo",
+    "kendall_tau_hi",
+    "loo_slope_min",
+    "loo_slope_max",
+    "loo_kendall_tau_min",
+    "loo_kendall_tau_max",
+    "max_cooks_d",
+    "most_influential",
 )
 
 #: Fewest rows for which the statistics are reported (below: NaN).
 MIN_N = 3
+#: Pairs-bootstrap resamples of each regression's R^2 and Kendall tau.
+RESAMPLES = 1000
 
-_STAT_COLUMNS = REGRESSION_COLUMNS[3:]
+_STAT_COLUMNS = REGRESSION_COLUMNS[3:-1]  # the float columns; most_influential is text
+_PAIRS_PER_BLOCK = 1 << 22  # elements of a block of pairwise sign matrices
 
 
 class ModelsTableError(ValueError):
@@ -129,18 +156,73 @@ def _resolve_metrics(models: pd.DataFrame, metrics: Sequence[str] | None) -> lis
     return resolved
 
 
-def regress_one(x, y) -> dict[str, float | int]:
-    """OLS of ``y`` (accuracy) on ``x`` (one metric) with the correlation statistics.
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair of ``x`` and ``y`` (arrays of shape (..., n)), vectorised:
+    (concordant - discordant) / sqrt((n0 - ties in x) (n0 - ties in y)), n0 = n (n - 1) / 2, as
+    scipy.stats.kendalltau; NaN where x or y is constant."""
+    x, y = np.atleast_2d(x), np.atleast_2d(y)
+    n = x.shape[-1]
+    flat_x, flat_y = x.reshape(-1, n), y.reshape(-1, n)
+    out = np.empty(flat_x.shape[0])
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    step = max(1, _PAIRS_PER_BLOCK // (n * n))
+    for r0 in range(0, out.size, step):
+        sx = np.sign(flat_x[r0:r0 + step, :, None] - flat_x[r0:r0 + step, None, :])[:, upper]
+        sy = np.sign(flat_y[r0:r0 + step, :, None] - flat_y[r0:r0 + step, None, :])[:, upper]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[r0:r0 + step] = (sx * sy).sum(axis=1) / np.sqrt(
+                np.count_nonzero(sx, axis=1).astype(float) * np.count_nonzero(sy, axis=1))
+    return out.reshape(x.shape[:-1])
 
-    Pairs where either value is not finite are dropped. Returns a dict with the keys
-    ``n, slope, intercept, r2, rmse, pearson_r, spearman_rho, kendall_tau``.
+
+def _slopes_r2(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OLS slope and R^2 of each row pair (closed form; NaN where x or y is constant)."""
+    dx = x - x.mean(axis=-1, keepdims=True)
+    dy = y - y.mean(axis=-1, keepdims=True)
+    sxy, sxx, syy = (dx * dy).sum(axis=-1), (dx * dx).sum(axis=-1), (dy * dy).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(sxx > 0, sxy / sxx, np.nan), np.where((sxx > 0) & (syy > 0), sxy**2 / (sxx * syy), np.nan)
+
+
+def _uncertainty(x: np.ndarray, y: np.ndarray, names: np.ndarray, result, level: float) -> dict:
+    """The interval, bootstrap and leave-one-out columns of one regression (module docstring)."""
+    slope_lo, slope_hi = (float(v) for v in np.asarray(result.conf_int(alpha=1.0 - level))[1])
+    cooks = np.asarray(result.get_influence().cooks_distance[0], dtype=np.float64)
+    out = {"slope_lo": slope_lo, "slope_hi": slope_hi}
+    if np.all(np.isfinite(cooks)):
+        out.update(max_cooks_d=float(cooks.max()), most_influential=str(names[int(np.argmax(cooks))]))
+    n = x.size
+    index = np.random.default_rng(0).integers(0, n, size=(RESAMPLES, n))
+    _, r2 = _slopes_r2(x[index], y[index])
+    out["r2_lo"], out["r2_hi"] = percentile_interval(r2, level)
+    out["kendall_tau_lo"], out["kendall_tau_hi"] = percentile_interval(kendall_tau_b(x[index], y[index]), level)
+    keep = ~np.eye(n, dtype=bool)  # row i: every model but i
+    loo_x, loo_y = x[None, :].repeat(n, 0)[keep].reshape(n, n - 1), y[None, :].repeat(n, 0)[keep].reshape(n, n - 1)
+    loo_slope, _ = _slopes_r2(loo_x, loo_y)
+    loo_tau = kendall_tau_b(loo_x, loo_y)
+    for key, values in (("loo_slope", loo_slope), ("loo_kendall_tau", loo_tau)):
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            out[f"{key}_min"], out[f"{key}_max"] = float(finite.min()), float(finite.max())
+    return out
+
+
+def regress_one(x, y, names=None, *, level: float = FitSettings.level) -> dict[str, float | int | str]:
+    """OLS of ``y`` (accuracy) on ``x`` (one metric) with the correlation statistics and their
+    uncertainty (module docstring); ``names`` are the models' (default: their positions).
+
+    Pairs where either value is not finite are dropped. Returns a dict with the keys of
+    REGRESSION_COLUMNS after ``series`` and ``metric``.
     """
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    names = np.asarray([str(i) for i in range(x.size)] if names is None else [str(v) for v in names], dtype=object)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y, names = x[keep], y[keep], names[keep]
+    order = np.lexsort((names, y, x))  # a canonical order: the bootstrap ignores the table's row order
+    x, y, names = x[order], y[order], names[order]
     n = int(x.size)
-    out: dict[str, float | int] = {"n": n, **{k: math.nan for k in _STAT_COLUMNS}}
+    out: dict[str, float | int | str] = {"n": n, **{k: math.nan for k in _STAT_COLUMNS}, "most_influential": ""}
     if n < MIN_N or np.ptp(x) == 0.0:
         return out
     import statsmodels.api as sm  # here: about 2 s to import, for a zoo with accuracies to regress
@@ -165,10 +247,27 @@ def regress_one(x, y) -> dict[str, float | int]:
                 spearman_rho=float(stats.spearmanr(x, y).statistic),
                 kendall_tau=float(stats.kendalltau(x, y).statistic),
             )
+            out.update(_uncertainty(x, y, names, result, level))
     return out
 
 
-def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def ols_band(x, y, grid, *, level: float = FitSettings.level) -> tuple[np.ndarray, np.ndarray]:
+    """statsmodels' confidence band at ``level`` of the OLS line of y on x, at the points ``grid``
+    (NaN when the regression has no statistics, see :func:`regress_one`)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y, grid = x[keep], y[keep], np.asarray(grid, dtype=np.float64)
+    if x.size < MIN_N or np.ptp(x) == 0.0:
+        return np.full(grid.shape, np.nan), np.full(grid.shape, np.nan)
+    import statsmodels.api as sm
+
+    result = sm.OLS(y, sm.add_constant(x, has_constant="add")).fit()
+    band = np.asarray(result.get_prediction(sm.add_constant(grid, has_constant="add")).conf_int(alpha=1.0 - level))
+    return band[:, 0], band[:, 1]
+
+
+def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None, *,
+            level: float = FitSettings.level) -> pd.DataFrame:
     """Regress accuracy on each metric, per series.
 
     Parameters
@@ -179,6 +278,8 @@ def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Da
     metrics
         The metric columns to regress on, in output order. ``None``: every numeric column other
         than the descriptive ones, in table order (zooscope.analysis.aggregate.metric_columns).
+    level
+        Confidence level of the intervals.
 
     Returns
     -------
@@ -203,12 +304,13 @@ def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.Da
     for series in sorted(set(series_text[has_series])):
         in_series = has_series & (series_text == series)
         y = accuracy[in_series]
+        names = models["model"].to_numpy(dtype=object)[in_series]
         for metric in chosen:
             x = _as_float(models[metric])[in_series]
-            rows.append({"series": series, "metric": metric, **regress_one(x, y)})
+            rows.append({"series": series, "metric": metric, **regress_one(x, y, names, level=level)})
 
     table = pd.DataFrame(rows, columns=list(REGRESSION_COLUMNS))
-    table = table.astype({"series": object, "metric": object, "n": np.int64})
+    table = table.astype({"series": object, "metric": object, "n": np.int64, "most_influential": object})
     table = table.astype({c: np.float64 for c in _STAT_COLUMNS})
     return table.reset_index(drop=True)
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from zooscope.config import FitSettings
 
-__all__ = ["PowerLawFit", "fit_power_law"]
+__all__ = ["PowerLawFit", "fit_power_law", "fit_sorted", "sorted_above_floor"]
 
 _CHUNK = 1 << 20  # elements per padded block (rows x sample columns)
 _M0 = 8  # sample positions per candidate in the first pass
@@ -72,7 +72,8 @@ class PowerLawFit:
     num_pl_spikes: int
 
 
-def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawFit:
+def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor,
+                  xmin_range: tuple[float, float] | None = None) -> PowerLawFit:
     """Fit a power law to the tail of a spectrum, trying every eigenvalue as xmin.
 
     Parameters
@@ -81,6 +82,9 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawF
         Eigenvalues (non-negative up to -floor); the input is not modified.
     floor : float
         Only eigenvalues strictly above ``floor`` take part in the fit.
+    xmin_range : (lo, hi), optional
+        Only eigenvalues in [lo, hi] are candidate xmins (config ``fit.fingers: xmin_peak``,
+        :mod:`zooscope.fits.fingers`); when none is, the eigenvalue nearest to the range is.
 
     Returns
     -------
@@ -93,7 +97,12 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawF
         On NaN/Inf, values below -floor, fewer than 2 values above the floor, or when all
         values above the floor are equal (no candidate has a finite alpha).
     """
-    x = _tail_values(eigenvalues, floor)
+    return fit_sorted(sorted_above_floor(eigenvalues, floor), xmin_range)
+
+
+def fit_sorted(x: np.ndarray, xmin_range: tuple[float, float] | None = None) -> PowerLawFit:
+    """:func:`fit_power_law` of values already validated, above the floor and sorted ascending
+    (at least 2): the bootstrap's resamples skip the checks and the sort of each refit."""
     K = x.size
 
     # alpha_i for every candidate i = 0..K-2, from suffix sums of non-negative terms.
@@ -104,7 +113,12 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawF
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha_all = 1.0 + n_all / s
     valid = np.isfinite(alpha_all) & (alpha_all > 1.0)
+    if xmin_range is not None:
+        valid &= _in_range(x[:-1], xmin_range)
     if not valid.any():
+        if xmin_range is not None:
+            raise ValueError(f"no candidate xmin in [{xmin_range[0]:g}, {xmin_range[1]:g}] has a tail with alpha > 1 "
+                             "(fit.fingers: xmin_peak); use fit.fingers null or clip_xmax")
         raise ValueError("degenerate spectrum: all eigenvalues above the floor are equal")
 
     # A valid candidate always has D < 1, so candidates with D = 1 can never win.
@@ -123,7 +137,17 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawF
     )
 
 
-def _tail_values(eigenvalues, floor: float) -> np.ndarray:
+def _in_range(candidates: np.ndarray, xmin_range: tuple[float, float]) -> np.ndarray:
+    """Candidates in [lo, hi]; when there is none, the one nearest to the range (in log scale)."""
+    lo, hi = (float(v) for v in xmin_range)
+    inside = (candidates >= lo) & (candidates <= hi)
+    if not inside.any():
+        distance = np.maximum(np.log(lo / candidates), np.log(candidates / hi))
+        inside = distance == distance.min()
+    return inside
+
+
+def sorted_above_floor(eigenvalues, floor: float) -> np.ndarray:
     """Validated, sorted copy of the eigenvalues strictly above ``floor``."""
     floor = float(floor)
     if not np.isfinite(floor) or floor < 0:

@@ -227,7 +227,8 @@ def spectrum_row(values: np.ndarray, *, min_evals: int = FitSettings.min_evals) 
     """
     values = np.sort(np.asarray(values, dtype=np.float64))
     floor = nonzero_tolerance(values[-1], values.size) if values.size else 0.0
-    row = spectrum_metrics(values, min_evals=min_evals, floor=floor)
+    # point estimates only: the Jacobian tables have no interval or goodness-of-fit columns
+    row = spectrum_metrics(values, FitSettings(min_evals=min_evals, floor=floor).without_uncertainty())
     keep = ("num_evals", "lambda_max", "log_norm", "log_spectral_norm", "stable_rank", "alpha", "xmin",
             "D", "num_pl_spikes", "alpha_weighted", "status", "reason")
     out = {key: row.get(key, math.nan) for key in keep}

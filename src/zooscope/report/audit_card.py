@@ -22,8 +22,10 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from zooscope.config import FitSettings
 from zooscope.analysis.discrimination import separating_metrics
-from zooscope.analysis.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE
+from zooscope.analysis.metrics import OVER_TRAINED_BELOW, RELIABLE_VERDICTS, UNDER_TRAINED_ABOVE
+from zooscope.fits.goodness import REJECT_BELOW
 
 __all__ = ["AUDIT_COLUMNS", "COLLAPSE_MARGIN", "COLLAPSE_FRACTION", "audit_table", "card_blocks",
            "discrimination_sentences", "summary_blocks", "to_markdown", "to_html"]
@@ -32,10 +34,13 @@ COLLAPSE_MARGIN = 0.5
 # The alpha band as the words print it ("2", "6")
 OVER, UNDER = f"{OVER_TRAINED_BELOW:g}", f"{UNDER_TRAINED_ABOVE:g}"
 COLLAPSE_FRACTION = 0.5
+# The count column of each verdict of a fitted matrix (zooscope.analysis.metrics.VERDICTS).
+VERDICT_COUNTS = {"well-trained": "num_well_trained", "under-trained": "num_under_trained",
+                  "over-trained": "num_over_trained", "uncertain": "num_uncertain", "no power law": "num_no_power_law"}
 AUDIT_COLUMNS = (
-    "model", "series", "num_matrices", "num_well_trained", "num_under_trained", "num_over_trained",
-    "num_with_traps", "num_traps", "num_collapsed", "scale_collapse", "alpha", "series_median_alpha",
-    "log_spectral_norm", "series_median_log_spectral_norm",
+    "model", "series", "num_matrices", *VERDICT_COUNTS.values(), "num_reliable",
+    "num_with_traps", "num_traps", "num_collapsed", "scale_collapse", "alpha", "alpha_lo", "alpha_hi",
+    "alpha_reliable", "series_median_alpha", "log_spectral_norm", "series_median_log_spectral_norm",
 )
 
 
@@ -46,12 +51,14 @@ def _fitted(layers: pd.DataFrame) -> pd.DataFrame:
                      num_traps=pd.to_numeric(ok["num_traps"], errors="coerce"))
 
 
-def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per model (in the order of ``series_of``: model -> series) with its layer verdicts
-    (alpha below OVER_TRAINED_BELOW over-trained, above UNDER_TRAINED_ABOVE under-trained, else
-    well-trained: zooscope.analysis.metrics), correlation traps (matrices
+def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.DataFrame],
+                intervals: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+    """One row per model (in the order of ``series_of``: model -> series) with the counts of its
+    layer verdicts (layers.tsv's ``verdict``: docs/statistics.md), correlation traps (matrices
     whose shuffled ESD has eigenvalues above its MP bulk, and their total) and scale collapse (see
-    the module docstring). ``layers_by_model`` holds each model's layers.tsv."""
+    the module docstring). ``layers_by_model`` holds each model's layers.tsv; ``intervals`` maps a
+    model to the interval of its mean alpha (models.tsv's alpha_lo, alpha_hi), NaN without."""
+    intervals = intervals or {}
     fitted = {model: _fitted(layers_by_model[model]) for model in series_of}
     references = {}
     for series in set(series_of.values()):
@@ -68,17 +75,21 @@ def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.D
         n_models, ref_alpha, ref_norm = references[series]
         alpha, norm = frame["alpha"].to_numpy(float), frame["log_spectral_norm"].to_numpy(float)
         traps = frame["num_traps"].to_numpy(float)
+        verdicts = frame["verdict"].astype(str)
+        reliable = verdicts.isin(RELIABLE_VERDICTS).to_numpy()
         collapsed = int(np.sum((norm < ref_norm - COLLAPSE_MARGIN) & (alpha > ref_alpha)))
+        lo, hi = intervals.get(model, (math.nan, math.nan))
         rows.append({
             "model": model, "series": series, "num_matrices": len(frame),
-            "num_well_trained": int(np.sum((alpha >= OVER_TRAINED_BELOW) & (alpha <= UNDER_TRAINED_ABOVE))),
-            "num_under_trained": int(np.sum(alpha > UNDER_TRAINED_ABOVE)),
-            "num_over_trained": int(np.sum(alpha < OVER_TRAINED_BELOW)),
+            **{column: int(np.sum(verdicts == verdict)) for verdict, column in VERDICT_COUNTS.items()},
+            "num_reliable": int(reliable.sum()),
             "num_with_traps": int(np.sum(traps > 0)),
             "num_traps": int(np.nansum(traps)),
             "num_collapsed": collapsed,
             "scale_collapse": bool(n_models >= 2 and len(frame) and collapsed >= COLLAPSE_FRACTION * len(frame)),
             "alpha": float(np.mean(alpha)) if len(frame) else math.nan,
+            "alpha_lo": float(lo), "alpha_hi": float(hi),
+            "alpha_reliable": float(np.mean(alpha[reliable])) if reliable.any() else math.nan,
             "series_median_alpha": ref_alpha,
             "log_spectral_norm": float(np.mean(norm)) if len(frame) else math.nan,
             "series_median_log_spectral_norm": ref_norm,
@@ -122,14 +133,31 @@ def discrimination_sentences(table: pd.DataFrame, series: str) -> list[str]:
     ]
 
 
+def verdict_rules(level: float) -> str:
+    """The verdict rules in words (docs/statistics.md, "Verdicts")."""
+    return (f"Each fitted matrix gets a verdict from the {level:.0%} bootstrap interval of its alpha: over-trained "
+            f"when the whole interval is below {OVER}, under-trained when it is all above {UNDER}, well-trained "
+            f"when it lies within [{OVER}, {UNDER}], "
+            f"uncertain when it straddles a bound (the spectrum is too small or too noisy to tell), and no power "
+            f"law when the goodness-of-fit test rejects a power-law tail (p < {REJECT_BELOW:g}), so that its alpha "
+            f"describes nothing. Only the first three are reliable. (Without a bootstrap, fit.bootstrap 0, the point "
+            f"alpha stands for the interval.)")
+
+
 def _verdict(row: Mapping) -> str:
     n = int(row["num_matrices"])
     if n == 0:
         return "No matrix of this model could be fitted, so its spectra say nothing about its training."
     parts = [f"Of its {n} fitted {'matrix' if n == 1 else 'matrices'} (layers, or slices of Conv2D layers): "
-             f"well-trained ({OVER} <= alpha <= {UNDER}) {row['num_well_trained']}, "
-             f"under-trained (alpha > {UNDER}) {row['num_under_trained']}, "
-             f"over-trained (alpha < {OVER}) {row['num_over_trained']}."]
+             f"well-trained {row['num_well_trained']}, under-trained {row['num_under_trained']}, "
+             f"over-trained {row['num_over_trained']}, uncertain {row['num_uncertain']}, "
+             f"no power law {row['num_no_power_law']}."]
+    decided = int(row["num_reliable"])
+    if decided == 0:
+        parts.append("None of its verdicts is reliable: its spectra cannot tell how well it is trained.")
+    elif decided < n:
+        parts.append(f"So {_count(decided, 'verdict')} of {n} {'is' if decided == 1 else 'are'} reliable; the "
+                     f"others say that the data cannot tell.")
     if row["num_with_traps"]:
         parts.append(f"With correlation traps: {row['num_with_traps']} (their shuffled weights still have "
                      f"{_count(int(row['num_traps']), 'eigenvalue')} above the Marchenko-Pastur bulk in all, "
@@ -139,14 +167,29 @@ def _verdict(row: Mapping) -> str:
     return " ".join(parts)
 
 
-def _comparison(row: Mapping, audit: pd.DataFrame) -> str:
+def _mean_alpha(row: Mapping, level: float) -> str:
+    text = f"{row['alpha']:.2f}"
+    if math.isfinite(row["alpha_lo"]) and math.isfinite(row["alpha_hi"]):
+        text += f" ({level:.0%} interval {row['alpha_lo']:.2f} to {row['alpha_hi']:.2f})"
+    if math.isfinite(row["alpha_reliable"]):
+        n = int(row["num_reliable"])
+        text += f"; over its {n} reliable {'matrix' if n == 1 else 'matrices'} it is {row['alpha_reliable']:.2f}"
+    else:
+        text += "; it has no reliable matrix to average over"
+    return text
+
+
+def _comparison(row: Mapping, audit: pd.DataFrame, level: float) -> str:
     peers = audit[audit["series"] == row["series"]]
-    if len(peers) < 2 or not math.isfinite(row["alpha"]):
-        return f"It is the only model of series `{row['series']}` with fitted layers, so it is not compared."
+    if not math.isfinite(row["alpha"]):
+        return f"It has no fitted layers, so it is not compared with series `{row['series']}`."
+    if len(peers) < 2:
+        return (f"Its mean alpha is {_mean_alpha(row, level)}. It is the only model of series `{row['series']}` "
+                f"with fitted layers, so it is not compared.")
     order = peers.sort_values(["alpha", "model"], kind="stable")["model"].tolist()
     place = order.index(row["model"]) + 1
     side = "below" if row["alpha"] < row["series_median_alpha"] else "above"
-    return (f"Its mean alpha, {row['alpha']:.2f}, is {side} the median of its series `{row['series']}` "
+    return (f"Its mean alpha, {_mean_alpha(row, level)}, is {side} the median of its series `{row['series']}` "
             f"({row['series_median_alpha']:.2f} over all fitted matrices); it ranks {place} of {len(order)} "
             f"by mean alpha (1 = smallest, which the theory reads as best trained).")
 
@@ -161,14 +204,15 @@ def _collapse(row: Mapping) -> str:
 
 
 def card_blocks(model: str, audit: pd.DataFrame, discrimination: pd.DataFrame,
-                noise: float | None = None) -> list[tuple]:
-    """The audit card of one model as blocks (heading, paragraphs, a table)."""
+                noise: float | None = None, *, level: float = FitSettings.level) -> list[tuple]:
+    """The audit card of one model as blocks (heading, paragraphs, a table); ``level`` is that of
+    the intervals (config fit.level)."""
     row = audit.set_index("model", drop=False).loc[model].to_dict()
     blocks: list[tuple] = [("h1", f"Audit card: {model}"),
                            ("p", f"Series `{row['series']}`" + (f", trained with {noise:.0%} of its labels shuffled." if noise is not None
                                                                  else "."))]
-    blocks += [("h2", "What its spectra show"), ("p", _verdict(row)), ("p", _collapse(row)),
-               ("p", _comparison(row, audit))]
+    blocks += [("h2", "What its spectra show"), ("p", _verdict(row)), ("p", verdict_rules(level)),
+               ("p", _collapse(row)), ("p", _comparison(row, audit, level))]
     sentences = discrimination_sentences(discrimination, row["series"])
     if sentences:
         blocks += [("h2", "Its series as a good-versus-bad test"), ("ul", sentences)]
@@ -178,16 +222,23 @@ def card_blocks(model: str, audit: pd.DataFrame, discrimination: pd.DataFrame,
 
 
 def _audit_rows(audit: pd.DataFrame) -> tuple:
-    header = ["model", "fitted", "well", "under", "over", "with traps", "collapsed", "scale collapse", "mean alpha"]
-    rows = [[r.model, r.num_matrices, r.num_well_trained, r.num_under_trained, r.num_over_trained,
-             r.num_with_traps, r.num_collapsed, "yes" if r.scale_collapse else "no",
-             f"{r.alpha:.2f}" if math.isfinite(r.alpha) else "-"] for r in audit.itertuples(index=False)]
+    header = ["model", "fitted", "well", "under", "over", "uncertain", "no power law", "with traps", "collapsed",
+              "scale collapse", "mean alpha", "interval", "mean alpha (reliable)"]
+
+    def number(value, fmt="{:.2f}"):
+        return fmt.format(value) if math.isfinite(value) else "-"
+
+    rows = [[r.model, r.num_matrices, r.num_well_trained, r.num_under_trained, r.num_over_trained, r.num_uncertain,
+             r.num_no_power_law, r.num_with_traps, r.num_collapsed, "yes" if r.scale_collapse else "no",
+             number(r.alpha), f"{number(r.alpha_lo)} to {number(r.alpha_hi)}" if math.isfinite(r.alpha_lo) else "-",
+             number(r.alpha_reliable)] for r in audit.itertuples(index=False)]
     return ("table", header, rows)
 
 
-def summary_blocks(audit: pd.DataFrame, discrimination: pd.DataFrame) -> list[tuple]:
+def summary_blocks(audit: pd.DataFrame, discrimination: pd.DataFrame, *,
+                   level: float = FitSettings.level) -> list[tuple]:
     """The zoo summary: which metrics separate each label-noise series, the models with scale
-    collapse, and every model's layer verdicts."""
+    collapse, and every model's layer verdicts, with how many of them are reliable."""
     blocks: list[tuple] = [("h1", "Zoo summary")]
     noise_series = sorted(discrimination["series"].astype(str).unique())
     blocks.append(("h2", "Good versus bad: which metrics separate the label-noise series"))
@@ -199,8 +250,24 @@ def summary_blocks(audit: pd.DataFrame, discrimination: pd.DataFrame) -> list[tu
     collapsed = audit.loc[audit["scale_collapse"].astype(bool), "model"].tolist()
     blocks += [("h2", "Scale collapse"),
                ("p", f"Models flagged: {_list(collapsed)}." if collapsed else "No model shows scale collapse.")]
-    blocks += [("h2", "Layer verdicts per model"), _audit_rows(audit)]
+    blocks += [("h2", "Layer verdicts per model"), ("p", verdict_rules(level)), ("p", _zoo_verdicts(audit)),
+               _audit_rows(audit)]
     return blocks
+
+
+def _zoo_verdicts(audit: pd.DataFrame) -> str:
+    total = int(audit["num_matrices"].sum())
+    if total == 0:
+        return "No matrix of the zoo could be fitted."
+    counts = {verdict: int(audit[column].sum()) for verdict, column in VERDICT_COUNTS.items()}
+    reliable = int(audit["num_reliable"].sum())
+    none = audit.loc[(audit["num_matrices"] > 0) & (audit["num_reliable"] == 0), "model"].tolist()
+    text = (f"Over the zoo, {reliable} of its {total} fitted matrices have a reliable verdict ("
+            + ", ".join(f"{verdict} {counts[verdict]}" for verdict in RELIABLE_VERDICTS)
+            + f"); {counts['uncertain']} are uncertain and {counts['no power law']} have no power-law tail.")
+    if none:
+        text += f" Models with no reliable matrix: {_list(none)}."
+    return text
 
 
 def _md_cell(value) -> str:

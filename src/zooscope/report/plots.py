@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from zooscope.analysis.metrics import OVER_TRAINED_BELOW, UNDER_TRAINED_ABOVE  # noqa: E402
+from zooscope.config import FitSettings  # noqa: E402
 from zooscope.io import atomic_path, safe_filename  # noqa: E402
 
 __all__ = [
@@ -388,21 +389,27 @@ def plot_metric_vs_accuracy(
     *,
     series: str,
     metric: str,
+    level: float = FitSettings.level,
 ) -> Path:
     """Write :func:`metric_vs_accuracy_figure` to ``path``."""
-    return _save(metric_vs_accuracy_figure(models, regression_row, series=series, metric=metric), path)
+    return _save(metric_vs_accuracy_figure(models, regression_row, series=series, metric=metric, level=level), path)
 
 
-def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: str, metric: str):
+def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: str, metric: str,
+                              level: float = 0.95):
     """Scatter of accuracy against one metric for the models of one series.
 
     Each point is labelled with its model name. The OLS line from ``regression_row`` (a row of
     :func:`zooscope.analysis.regression.regress`: a mapping, pandas row or object with ``slope,
-    intercept, r2, kendall_tau, n``) is drawn over the range of the metric, with R^2 and
+    intercept, r2, kendall_tau, n`` and, where present, the intervals ``slope_lo, slope_hi,
+    kendall_tau_lo, kendall_tau_hi``) is drawn over the range of the metric with its confidence
+    band at ``level`` (statsmodels, :func:`zooscope.analysis.regression.ols_band`), with R^2 and
     Kendall tau in the legend; when its statistics are NaN (n < 3, constant metric) or the row
     is None, only the points are drawn and the title says why. Rows where the metric or the
     accuracy is missing or not finite are not drawn.
     """
+    from zooscope.analysis.regression import ols_band
+
     for column in ("model", "series", "accuracy", metric):
         if column not in models.columns:
             raise ValueError(
@@ -429,11 +436,19 @@ def metric_vs_accuracy_figure(models: pd.DataFrame, regression_row, *, series: s
     if math.isfinite(slope) and math.isfinite(intercept) and x.size:
         lo, hi = float(np.min(x)), float(np.max(x))
         pad = 0.05 * (hi - lo) if hi > lo else 0.5
-        xs = np.array([lo - pad, hi + pad])
+        xs = np.linspace(lo - pad, hi + pad, 50)
         ax.plot(xs, intercept + slope * xs, color="tab:red", linewidth=1.5,
                 label=f"OLS: accuracy = {slope:.4g} * {metric} + {intercept:.4g}\n"
                       f"R^2 = {r2:.3f}, Kendall tau = {tau:.3f}")
+        band_lo, band_hi = ols_band(x, y, xs, level=level)
+        if np.all(np.isfinite(band_lo)):
+            ax.fill_between(xs, band_lo, band_hi, color="tab:red", alpha=0.15, linewidth=0,
+                            label=f"{level:.0%} confidence band of the line")
         title += f"\nR^2 = {r2:.3f}, Kendall tau = {tau:.3f}"
+        tau_lo = _float(_field(regression_row, "kendall_tau_lo"))
+        tau_hi = _float(_field(regression_row, "kendall_tau_hi"))
+        if math.isfinite(tau_lo) and math.isfinite(tau_hi):
+            title += f" [{tau_lo:.2f}, {tau_hi:.2f}]"
     else:
         title += "\nno fit (fewer than 3 models or constant metric)"
     ax.set_title(title, fontsize=10)
@@ -532,15 +547,15 @@ def model_esd_figures(index: dict, layers: pd.DataFrame, *, esd_dir, model: str)
 
 
 def plot_series(*, series: str, layers_by_model: Mapping[str, pd.DataFrame], models: pd.DataFrame,
-                regressions: pd.DataFrame, out_dir) -> list[Path]:
+                regressions: pd.DataFrame, out_dir, level: float = FitSettings.level) -> list[Path]:
     """All figures of one series into ``out_dir``: ``correlation_flow.png`` and ``{metric}.png``
-    (each metric against accuracy, with the fitted line)."""
+    (each metric against accuracy, with the fitted line and its band at ``level``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [plot_correlation_flow(layers_by_model, out_dir / "correlation_flow.png", series=series)]
     for row in regressions[regressions["series"].astype(str) == str(series)].itertuples(index=False):
         written.append(plot_metric_vs_accuracy(models, row, out_dir / f"{safe_filename(row.metric)}.png",
-                                               series=series, metric=row.metric))
+                                               series=series, metric=row.metric, level=level))
     return written
 
 
