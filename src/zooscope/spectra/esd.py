@@ -176,14 +176,19 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     # scheduling. (On a GPU every layer goes one after another.)
     in_parallel = [torch_device is None and resources.layer_matrices(layer["shape"])[2] < PARALLEL_LAYERS_BELOW
                    for _, layer, _ in todo]
-    for item, parallel in zip(todo, in_parallel):
-        if not parallel:
-            compute(item)
+    from threadpoolctl import threadpool_limits
+
+    if randomize and torch_device is None and todo:
+        # The shuffled spectra's float32 eigensolver is scipy's, whose BLAS is a library of its own: a
+        # thread limit binds only the libraries loaded when it is set, so load it before the limits.
+        import scipy.linalg  # noqa: F401
+    with threadpool_limits(limits=max(1, threads)):
+        for item, parallel in zip(todo, in_parallel):
+            if not parallel:
+                compute(item)
     small = [item for item, parallel in zip(todo, in_parallel) if parallel]
     if small:
         from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(compute, small))  # list(): raises a worker's exception here
