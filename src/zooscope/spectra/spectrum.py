@@ -282,7 +282,7 @@ def shuffled_eigenvalues(matrix: np.ndarray, seed: int, *, normalize: str = "non
     faster than the float64 one) and its eigenvalues come from LAPACK's ``ssyevd`` (1.6x faster
     than ``dsyevd``). Every eigenvalue then lies within delta = (N + M) eps32 ||W||_F^2 of the float64
     one (standard bounds of a float32 dot product and of a backward-stable eigensolver; measured:
-    1.6e-5 to 2.4e-5 of lambda_max at 25088 x 4096), so ``rand_distance`` moves by at most the share of
+    up to 2.6e-5 of lambda_max at 25088 x 4096), so ``rand_distance`` moves by at most the share of
     shuffled eigenvalues within delta of its point and ``num_traps`` only if one lies within delta of
     the edge (docs/speed.md has the measured errors). A Gram matrix that overflows float32 is
     computed again in float64; ``device`` (a torch device) runs the float64 route there.
