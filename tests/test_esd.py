@@ -276,6 +276,7 @@ def test_the_shuffled_spectra_run_within_the_job_s_threads(model_dir, tmp_path):
     script = f"""
 import json
 from threadpoolctl import threadpool_info
+from zooscope.config import EsdSettings
 from zooscope.spectra import esd, spectrum
 seen, original = [], spectrum.shuffled_eigenvalues
 def recording(*args, **kwargs):
@@ -285,7 +286,7 @@ spectrum.shuffled_eigenvalues = recording
 for below in (0, 10**9):  # every layer one after another, then every layer in the thread pool
     esd.PARALLEL_LAYERS_BELOW = below
     esd.compute_model_esd({str(model_dir / "model.safetensors")!r}, {str(model_dir / "layers.json")!r},
-                          {str(tmp_path)!r} + f"/esd{{below}}", randomize=True, threads=1)
+                          {str(tmp_path)!r} + f"/esd{{below}}", EsdSettings(randomize=True), threads=1)
 print(json.dumps(seen))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

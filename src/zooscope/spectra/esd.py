@@ -178,7 +178,7 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
                    for _, layer, _ in todo]
     from threadpoolctl import threadpool_limits
 
-    if randomize and torch_device is None and todo:
+    if settings.randomize and torch_device is None and todo:
         # The shuffled spectra's float32 eigensolver is scipy's, whose BLAS is a library of its own: a
         # thread limit binds only the libraries loaded when it is set, so load it before the limits.
         import scipy.linalg  # noqa: F401
