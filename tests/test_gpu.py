@@ -64,7 +64,11 @@ def test_cuda_esd_stage_matches_the_cpu_and_is_deterministic(tmp_path):
         for randomized in (False, True):
             cpu_values = load_layer_eigenvalues(cpu_dir, cpu_record, randomized=randomized)
             cuda_values = load_layer_eigenvalues(cuda_dir, cuda_record, randomized=randomized)
-            np.testing.assert_allclose(cuda_values, cpu_values, rtol=0, atol=1e-9 * cpu_values.max())
+            # the CPU computes the shuffled spectra in float32 (the GPU in float64): within the bound
+            # (N + M) eps32 ||W||_F^2 of spectrum.shuffled_eigenvalues; the ESDs to rounding
+            tolerance = ((cpu_record["N"] + cpu_record["M"]) * np.finfo(np.float32).eps * cpu_values.sum(axis=1).max()
+                         if randomized else 1e-9 * cpu_values.max())
+            np.testing.assert_allclose(cuda_values, cpu_values, rtol=0, atol=tolerance)
             again = load_layer_eigenvalues(runs["cuda-again"][1], cuda_record, randomized=randomized)
             assert again.tobytes() == cuda_values.tobytes()  # the same device gives the same bytes
     # and the fits on top agree: the same tails, alphas to rounding

@@ -4,8 +4,11 @@ import pytest
 from zooscope.spectra import spectrum
 from zooscope.spectra.spectrum import (
     conv2d_fft_eigenvalues, conv2d_fft_shape, conv2d_fft_size, eigenvalues, layer_matrices, oriented_shape,
-    resolve_device, shuffled,
+    resolve_device, shuffled, shuffled_eigenvalues,
 )
+from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur
+
+EPS32 = float(np.finfo(np.float32).eps)
 
 
 def svd_eigenvalues(matrix):
@@ -134,6 +137,65 @@ def test_shuffled_keeps_the_entries_and_is_seeded(rng):
     assert s.shape == w.shape and not np.array_equal(s, w)
     np.testing.assert_array_equal(np.sort(s.ravel()), np.sort(w.ravel()))
     np.testing.assert_array_equal(s, shuffled(w, 3))
+
+
+def test_shuffled_copies_into_the_requested_type_in_the_order_of_a_permutation(rng):
+    w = rng.standard_normal((9, 5))[:, ::2]  # a strided view: copied once, in C order
+    expected = np.random.default_rng(4).permutation(np.ascontiguousarray(w).ravel()).reshape(w.shape)
+    np.testing.assert_array_equal(shuffled(w, 4), expected)
+    narrow = shuffled(w, 4, dtype=np.float32)
+    assert narrow.dtype == np.float32
+    np.testing.assert_array_equal(narrow, expected.astype(np.float32))
+
+
+def _delta_modulus(values, delta):
+    """sup_x (F(x + delta) - F(x - delta)) of the empirical CDF F of ``values``: how far a KS
+    distance to them can move when each of them moves by at most delta."""
+    values = np.sort(values)
+    return float(np.max(np.searchsorted(values, values + 2 * delta, side="right")
+                        - np.searchsorted(values, values, side="left"))) / values.size
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heavy-tailed entries", "low rank + noise"])
+@pytest.mark.parametrize("shape", [(600, 240), (240, 600)])
+def test_shuffled_eigenvalues_are_the_shuffled_matrix_s_to_float32_accuracy(rng, shape, kind):
+    if kind == "gaussian":
+        w = rng.standard_normal(shape)
+    elif kind == "heavy-tailed entries":  # Student t(3): large entries, the cause of correlation traps
+        w = rng.standard_t(3, shape)
+    else:
+        w = rng.standard_normal(shape) + 2.0 * rng.standard_normal((shape[0], 4)) @ rng.standard_normal((4, shape[1]))
+    w = w.astype(np.float32)
+    n_rows, m_cols = max(shape), min(shape)
+    # the second route: the same permutation (Generator.permutation), a float64 SVD
+    expected = svd_eigenvalues(np.random.default_rng(11).permutation(w.ravel()).reshape(shape))
+    values = shuffled_eigenvalues(w, 11)
+    assert values.dtype == np.float64 and values.shape == (m_cols,) and np.all(np.diff(values) >= 0)
+    # the a-priori bound of the docstring: (N + M) eps32 ||W||_F^2
+    delta = (n_rows + m_cols) * EPS32 * float(np.sum(w.astype(np.float64) ** 2))
+    error = float(np.max(np.abs(values - expected)))
+    assert error <= delta
+    # the two statistics of the randomization check move only within what delta allows
+    original = svd_eigenvalues(w)
+    assert abs(esd_distance(original, values) - esd_distance(original, expected)) <= _delta_modulus(expected, error)
+    edge = fit_marchenko_pastur(expected, (n_rows, m_cols)).bulk_edge
+    near_edge = int(np.sum(np.abs(expected - edge) <= 2 * error))
+    traps = fit_marchenko_pastur(values, (n_rows, m_cols)).num_spikes
+    assert abs(traps - fit_marchenko_pastur(expected, (n_rows, m_cols)).num_spikes) <= near_edge
+    if kind == "heavy-tailed entries":
+        assert traps > 0  # the case the check exists for is exercised
+    np.testing.assert_allclose(shuffled_eigenvalues(w, 11, normalize="N"), values / n_rows, rtol=1e-12)
+
+
+def test_shuffled_eigenvalues_refuse_non_finite_entries_and_survive_float32_overflow(rng):
+    w = rng.standard_normal((60, 50)).astype(np.float32)
+    w[3, 4] = np.nan
+    with pytest.raises(ValueError, match="1 of 3000 entries"):
+        shuffled_eigenvalues(w, 0)
+    # entries whose squares overflow float32: the float64 route takes over
+    big = (rng.standard_normal((60, 50)) * 1e20).astype(np.float32)
+    expected = svd_eigenvalues(np.random.default_rng(0).permutation(big.ravel()).reshape(big.shape))
+    np.testing.assert_allclose(shuffled_eigenvalues(big, 0), expected, rtol=1e-9, atol=1e-9 * expected.max())
 
 
 @pytest.mark.parametrize("shape", [(300, 120), (120, 300), (96, 96)])

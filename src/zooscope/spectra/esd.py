@@ -31,7 +31,8 @@ from zooscope.spectra import spectrum
 log = logging.getLogger(__name__)
 
 # Bump when the eigenvalue computation changes, to invalidate every cache entry.
-ESD_VERSION = 2
+# 3: the shuffled spectra of ``randomize`` are computed in float32.
+ESD_VERSION = 3
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
 # Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd).
@@ -60,15 +61,17 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
     row of the kh*kw slices' eigenvalues together, with one slice's (N, M). ``device``: the
     torch device of :func:`zooscope.spectra.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
     """
-    def prepare(array):
-        return array if shuffle_seed is None else spectrum.shuffled(array, shuffle_seed)
-
     if layer_type == "Conv2d" and conv2d == "fft":
         n = spectrum.conv2d_fft_size(np.shape(weight), conv2d_fft_size)
-        values = spectrum.conv2d_fft_eigenvalues(prepare(weight), n, normalize=normalize)
+        kernel = weight if shuffle_seed is None else spectrum.shuffled(weight, shuffle_seed)
+        values = spectrum.conv2d_fft_eigenvalues(kernel, n, normalize=normalize)
         return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
-    rows = [spectrum.eigenvalues(prepare(m.matrix), normalize=normalize, device=device) for m in matrices]
+    if shuffle_seed is None:
+        rows = [spectrum.eigenvalues(m.matrix, normalize=normalize, device=device) for m in matrices]
+    else:  # the randomization check's spectra, in float32 (spectrum.shuffled_eigenvalues says why)
+        rows = [spectrum.shuffled_eigenvalues(m.matrix, shuffle_seed, normalize=normalize, device=device)
+                for m in matrices]
     shape = spectrum.oriented_shape(matrices[0].matrix)
     if layer_type == "Conv2d" and conv2d == "pooled":  # each slice shuffled on its own, as for slices
         return [""], spectrum.pooled_eigenvalues(rows)[None, :], shape
@@ -173,14 +176,19 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     # scheduling. (On a GPU every layer goes one after another.)
     in_parallel = [torch_device is None and resources.layer_matrices(layer["shape"])[2] < PARALLEL_LAYERS_BELOW
                    for _, layer, _ in todo]
-    for item, parallel in zip(todo, in_parallel):
-        if not parallel:
-            compute(item)
+    from threadpoolctl import threadpool_limits
+
+    if settings.randomize and torch_device is None and todo:
+        # The shuffled spectra's float32 eigensolver is scipy's, whose BLAS is a library of its own: a
+        # thread limit binds only the libraries loaded when it is set, so load it before the limits.
+        import scipy.linalg  # noqa: F401
+    with threadpool_limits(limits=max(1, threads)):
+        for item, parallel in zip(todo, in_parallel):
+            if not parallel:
+                compute(item)
     small = [item for item, parallel in zip(todo, in_parallel) if parallel]
     if small:
         from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, threads)) as pool:
             list(pool.map(compute, small))  # list(): raises a worker's exception here
