@@ -33,13 +33,15 @@ wildcard_constraints:
 
 
 def file_source_input(wildcards):
-    """The weights of a file: source, so that changing them reruns the model. A missing path is
-    left to the fetch job to report (with the model's name), instead of stopping the whole DAG."""
-    source = MODELS[wildcards.model]["source"]
-    if not source.startswith("file:"):
+    """The weights of a file: source (an adapter's two files for peft:), so that changing them
+    reruns the model. A missing path is left to the fetch job to report (with the model's name),
+    instead of stopping the whole DAG."""
+    kind, _, argument = MODELS[wildcards.model]["source"].partition(":")
+    if kind not in ("file", "peft"):
         return []
-    path = ZOO_SHEET.parent / source[len("file:") :]
-    return [str(path)] if path.exists() else []
+    path = ZOO_SHEET.parent / argument
+    paths = [path] if kind == "file" else [path / "adapter_config.json", path / "adapter_model.safetensors"]
+    return [str(path) for path in paths if path.exists()]
 
 
 def series_models(wildcards):
@@ -56,7 +58,7 @@ def model_resource(stage, name):
         layers_json = f"resources/models/{wildcards.model}/layers.json"
         if "shard" in wildcards.keys():
             return getattr(stage_resources(stage, layers_json, parse_shard(wildcards.shard)), name)
-        if stage == "esd" and SHARDS[wildcards.model] > 1:
+        if stage == "esd" and SHARDS[wildcards.model] > 1 and not MODELS[wildcards.model].get("base"):
             return getattr(MERGE, name)
         return getattr(stage_resources(stage, layers_json), name)
 
@@ -64,18 +66,37 @@ def model_resource(stage, name):
 
 
 def esd_input(wildcards):
-    """An unsharded model's esd job computes from the weights; a sharded one's merges its shards."""
+    """An unsharded model's esd job computes from the weights; a sharded one's merges its shards.
+    A model with a base (zoo column `base`) also computes its updates against the base's fetched
+    weights (zooscope.spectra.delta_esd), in the esd job itself also when it is sharded; its
+    meta.json names an adapter's factors."""
     model, shards = wildcards.model, SHARDS[wildcards.model]
-    layers = f"resources/models/{model}/layers.json"
+    inputs = {"layers": f"resources/models/{model}/layers.json"}
     if shards == 1:
-        return {"weights": f"resources/models/{model}/model.safetensors", "layers": layers}
-    shard_files = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
-    return {"layers": layers, "shards": shard_files}
+        inputs["weights"] = f"resources/models/{model}/model.safetensors"
+    else:
+        inputs["shards"] = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
+    base = MODELS[model].get("base")
+    if base:
+        inputs.update(fetched_model(model, "weights", "meta"), **fetched_model(base, "weights", "layers", prefix="base_"))
+    return inputs
+
+
+def fetched_model(model, *files, prefix=""):
+    """Named paths of a model's fetch outputs (weights, layers, meta), keys prefixed by ``prefix``."""
+    names = {"weights": "model.safetensors", "layers": "layers.json", "meta": "meta.json"}
+    return {f"{prefix}{file}": f"resources/models/{model}/{names[file]}" for file in files}
+
+
+def fetch_base_input(wildcards):
+    """An adapter's (peft: source) fetch merges it into its base's fetched weights."""
+    row = MODELS[wildcards.model]
+    return fetched_model(row["base"], "weights", "layers", prefix="base_") if row["source"].startswith("peft:") else {}
 
 
 def esd_computes(wildcards):
-    """Whether this esd/esd_shard job computes eigenvalues (not only merges shards)."""
-    return "shard" in wildcards.keys() or SHARDS[wildcards.model] == 1
+    """Whether this esd/esd_shard job computes eigenvalues or updates (not only merges shards)."""
+    return "shard" in wildcards.keys() or SHARDS[wildcards.model] == 1 or bool(MODELS[wildcards.model].get("base"))
 
 
 def esd_gpu(wildcards):

@@ -38,6 +38,8 @@ rule esd:
         index="results/esd/{model}/index.json",
     params:
         **ESD_SETTINGS,
+        # only a model with a base compares top singular directions: others ignore the setting
+        delta_top_k=lambda wildcards: config["delta_top_k"] if MODELS[wildcards.model].get("base") else None,
     conda:
         "../envs/numeric.yaml"
     log:

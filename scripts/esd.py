@@ -1,7 +1,9 @@
 from pathlib import Path
 
 from zooscope import io
+from zooscope.spectra.delta_esd import DELTA_SETTINGS, compute_model_deltas
 from zooscope.spectra.esd import compute_model_esd, merge_shards
+from zooscope.spectra.spectrum import resolve_device
 from zooscope.jobs import job
 from zooscope.resources import parse_shard
 
@@ -27,5 +29,12 @@ with job(snakemake, name=snakemake.rule):
             device=snakemake.config["device"],
             shard=shard,
             threads=snakemake.threads,
+        )
+    if "base_weights" in snakemake.input.keys():  # a model with a base: its updates too
+        index["delta"] = compute_model_deltas(
+            snakemake.input.weights, snakemake.input.layers, snakemake.input.base_weights,
+            snakemake.input.base_layers, out_dir, **{key: index["settings"][key] for key in DELTA_SETTINGS},
+            top_k=snakemake.params.delta_top_k, adapter=io.read_json(snakemake.input.meta).get("adapter"),
+            device=resolve_device(snakemake.config["device"]),
         )
     io.write_json(snakemake.output[0], index)

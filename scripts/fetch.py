@@ -9,4 +9,5 @@ with job(snakemake, name="fetch"):
         Path(snakemake.output.meta).parent,
         sheet_dir=Path(snakemake.params.sheet_dir),
         threads=snakemake.threads,
+        base_dir=Path(snakemake.input.base_layers).parent if "base_layers" in snakemake.input.keys() else None,
     )

@@ -4,7 +4,7 @@ from pathlib import Path
 from zooscope import io
 from zooscope.spectra.esd import load_layer_eigenvalues
 from zooscope.jobs import job
-from zooscope.analysis.metrics import LAYER_COLUMNS, layer_rows, summarize
+from zooscope.analysis.metrics import layer_columns, layer_rows, summarize
 
 # One job writes both the layer rows and the model summary: a summary is milliseconds of work, a
 # job of its own costs a process start-up and a scheduling hop per model (issue 5's benchmark).
@@ -17,5 +17,5 @@ with job(snakemake, name="fit"):
         floor=snakemake.params.floor,
         kind=snakemake.params.kind,
     )
-    io.write_rows_tsv(snakemake.output.layers, LAYER_COLUMNS, rows)
-    io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows))
+    io.write_rows_tsv(snakemake.output.layers, layer_columns(index), rows)
+    io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows, index.get("delta")))

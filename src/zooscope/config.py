@@ -83,6 +83,7 @@ def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
         )
     validator = jsonschema.Draft202012Validator(schema)
     rows: list[dict] = []
+    numbers: list[int] = []
     seen: dict[str, int] = {}
     problems: list[str] = []
     for number, raw in enumerate(reader, start=2):  # row 1 is the header
@@ -100,8 +101,40 @@ def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
         elif model:
             seen[model] = number
         rows.append(row)
+        numbers.append(number)
+    problems += base_problems(list(zip(numbers, rows)))
     if problems:
         raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
     if not rows:
         raise ConfigError(f"{path}: the zoo sheet has no models")
     return rows
+
+
+def base_problems(numbered_rows: list[tuple[int, dict]]) -> list[str]:
+    """The problems of the zoo column ``base`` (docs/finetunes.md), one line per row: a base that
+    names no row of the sheet or the row itself, a cycle of bases, an adapter (``peft:`` source)
+    without a base. Whether a base shares layers with its model is known once both are fetched
+    (zooscope.spectra.delta_esd)."""
+    bases = {row.get("model"): row.get("base") for _, row in numbered_rows}
+    problems = []
+    for number, row in numbered_rows:
+        model, base = row.get("model"), row.get("base")
+        label = f"row {number} (model '{model}')"
+        if str(row.get("source") or "").startswith("peft:") and not base:
+            problems.append(f"{label}: an adapter (peft: source) needs the model it adapts in the column 'base'")
+        if not base:
+            continue
+        if base == model:
+            problems.append(f"{label}: column 'base' names the model itself; name the model it was fine-tuned from")
+        elif base not in bases:
+            problems.append(f"{label}: column 'base' names '{base}', which is no model of this sheet; add a row "
+                            "for the base model or correct the name")
+        else:
+            chain, current = [model], base
+            while current and current not in chain:
+                chain.append(current)
+                current = bases.get(current)
+            if current == model:
+                problems.append(f"{label}: its bases form a cycle ({' -> '.join([*chain, model])}); one of them "
+                                "must have no base")
+    return problems

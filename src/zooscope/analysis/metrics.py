@@ -6,10 +6,15 @@ Every reported log is base 10. A matrix that cannot be fitted still gets a row, 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from zooscope.analysis.delta import (
+    DELTA_COLUMNS, DELTA_INTEGER_COLUMNS, DELTA_TEXT_COLUMNS, delta_cells, delta_columns_of, delta_counts,
+    delta_summary,
+)
 from zooscope.fits.powerlaw import fit_power_law
 from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur
 from zooscope.fits.truncated import (
@@ -141,10 +146,16 @@ def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 
     return row
 
 
+def layer_columns(index: Mapping) -> tuple[str, ...]:
+    """The layers.tsv columns of an esd index: LAYER_COLUMNS, then DELTA_COLUMNS for a model with a
+    base (zooscope.analysis.delta)."""
+    return (*LAYER_COLUMNS, *DELTA_COLUMNS) if "delta" in index else LAYER_COLUMNS
+
+
 def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
                kind: str = "pl") -> list[dict]:
     """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
-    key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column.
+    key of :func:`layer_columns`: None where a metric does not apply, "" for an empty text column.
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
@@ -163,17 +174,24 @@ def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: flo
             rows.append({**base, "slice": label,
                          **spectrum_metrics(row_values, min_evals=min_evals, floor=floor, kind=kind,
                                             shape=(record["N"], record["M"]), randomized=row_rand)})
-    return [{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS}
+    rows = [{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS}
             for row in rows]
+    if "delta" in index:
+        cells = delta_cells(index["delta"], load_eigenvalues,
+                            partial(spectrum_metrics, min_evals=min_evals, floor=floor, kind=kind))
+        rows = [{**row, **delta_columns_of(cells, row["layer"], row["slice"])} for row in rows]
+    return rows
 
 
 def layers_frame(rows: list[dict]) -> "pd.DataFrame":
     """The rows of :func:`layer_rows` as a DataFrame, integer columns as nullable Int64."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
-    for column in INTEGER_COLUMNS:
-        frame[column] = frame[column].astype("Int64")
+    columns = list(LAYER_COLUMNS) + [column for column in DELTA_COLUMNS if rows and column in rows[0]]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in (*INTEGER_COLUMNS, *DELTA_INTEGER_COLUMNS):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 
@@ -183,12 +201,15 @@ def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: flo
     return layers_frame(layer_rows(index, load_eigenvalues, min_evals=min_evals, floor=floor, kind=kind))
 
 
-def summarize(model: str, rows: Iterable[Mapping]) -> dict:
+def summarize(model: str, rows: Iterable[Mapping], delta: Mapping | None = None) -> dict:
     """The per-model summary: the plain mean of each metric over the rows that were fitted.
 
     ``rows``: the layer rows (:func:`layer_rows`). A metric missing (None or NaN) from some fitted
     rows is averaged over the others; NaN if it is missing from all. Sums are exact (math.fsum),
-    so the mean does not depend on the order of the rows.
+    so the mean does not depend on the order of the rows. ``delta``: the esd index's ``delta``
+    section of a model with a base: the summary then has the delta means
+    (zooscope.analysis.delta.delta_summary) and a ``delta`` entry (the base, layer counts by
+    update status, the base's layers the model lacks).
     """
     rows = list(rows)
     fitted = [row for row in rows if row["status"] == "ok"]
@@ -196,7 +217,12 @@ def summarize(model: str, rows: Iterable[Mapping]) -> dict:
     for metric in SUMMARY_METRICS:
         present = [float(row[metric]) for row in fitted if not _missing(row[metric])]
         means[metric] = (math.fsum(present) / len(present) if present else math.nan) if fitted else None
+    extra = {}
+    if delta is not None:
+        means.update(delta_summary(rows))
+        extra["delta"] = {"base": delta["base"], **delta_counts(rows), "base_only": delta["base_only"]}
     return {
+        **extra,
         "model": model,
         "num_layers": len({row["layer"] for row in rows}),
         "num_rows": len(rows),
@@ -216,7 +242,8 @@ def read_layers_table(path) -> "pd.DataFrame":
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype={"slice": str, "fit_kind": str, "warning": str, "reason": str,
-                                               "layer": str})
-    for column in TEXT_COLUMNS:
-        frame[column] = frame[column].fillna("")
+                                               "layer": str, **dict.fromkeys(DELTA_TEXT_COLUMNS, str)})
+    for column in (*TEXT_COLUMNS, *DELTA_TEXT_COLUMNS):
+        if column in frame:
+            frame[column] = frame[column].fillna("")
     return frame

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 # Source kinds and how each is written in a zoo sheet.
 SOURCE_KINDS: dict[str, str] = {
-    "file": "file:PATH", "train": "train:ARCH", "random": "random:ARCH",
+    "file": "file:PATH", "train": "train:ARCH", "random": "random:ARCH", "peft": "peft:PATH",
     "torchvision": "torchvision:NAME[@WEIGHTS]", "timm": "timm:NAME", "hf": "hf:REPO[@REVISION]",
 }
 # What a source's argument may be. Hub names are restricted so that a sheet cannot smuggle a
@@ -61,14 +61,15 @@ SOURCE_ARGUMENTS: dict[str, re.Pattern] = {
     "file": re.compile(r".+"),
     "train": re.compile(r".+"),
     "random": re.compile(r".+"),
+    "peft": re.compile(r".+"),
     "torchvision": re.compile(r"[a-z][a-z0-9_]*(@[A-Z][A-Z0-9_]*)?"),
     "timm": re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)?"),
     "hf": re.compile(rf"{_HF_NAME}(/{_HF_NAME})?(@{_HF_REVISION})?"),
 }
 # Sources loaded through a model library's hub code (zooscope.sources.hubs).
 HUB_KINDS = ("torchvision", "timm", "hf")
-# Zoo-sheet columns that are not options.
-SHEET_COLUMNS = ("model", "series", "source", "accuracy")
+# Zoo-sheet columns that are not options (``base``: docs/finetunes.md).
+SHEET_COLUMNS = ("model", "series", "source", "accuracy", "base")
 # Columns of the Jacobian stage (zooscope.jacobian.data): they name data, not options of the model, so
 # fetch ignores them (and a change to them must not refetch or retrain the model).
 DATA_COLUMNS = ("data", "data_samples")
@@ -104,6 +105,7 @@ MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 SOURCE_EXAMPLES = {
     "file": "file:weights/model.safetensors", "train": "train:mlp", "random": "random:cnn",
+    "peft": "peft:adapters/my-lora",
     "torchvision": "torchvision:resnet50@IMAGENET1K_V1", "timm": "timm:resnet50.a1_in1k",
     "hf": "hf:openai-community/gpt2@main",
 }
@@ -172,7 +174,7 @@ def parse_options(row: Mapping[str, Any], kind: str) -> dict[str, Any]:
     model = row.get("model")
     options = {}
     for column, value in row.items():
-        if column in SHEET_COLUMNS or column in DATA_COLUMNS or is_empty(value) or kind == "file":
+        if column in SHEET_COLUMNS or column in DATA_COLUMNS or is_empty(value) or kind in ("file", "peft"):
             continue
         types = option_types()
         if column not in types:
@@ -247,13 +249,15 @@ def model_id(row: Mapping[str, Any]) -> str:
 
 
 def fetch_model(
-    row: Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike, threads: int = 1
+    row: Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike, threads: int = 1,
+    base_dir: str | os.PathLike | None = None,
 ) -> None:
     """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json.
 
     ``row`` holds ``model``, ``series``, ``source``, ``accuracy`` and option columns as read
-    from the sheet; relative ``file:`` paths are resolved against ``sheet_dir``. Every file is
-    written atomically and deterministically (no timings: reruns give identical bytes).
+    from the sheet; relative ``file:`` and ``peft:`` paths are resolved against ``sheet_dir``. A
+    ``peft:`` adapter is merged into its base, fetched into ``base_dir`` (zooscope.sources.peft).
+    Every file is written atomically and deterministically (no timings: reruns give identical bytes).
     """
     model = model_id(row)
     kind, argument = parse_source(row.get("source", ""), model)
@@ -262,6 +266,15 @@ def fetch_model(
     start = time.perf_counter()
     if kind == "file":
         fetched = fetch_file(model, resolve_path(argument, sheet_dir), accuracy)
+    elif kind == "peft":
+        from zooscope.sources.peft import AdapterError, fetch_adapter
+
+        if base_dir is None:
+            raise FetchError(f"model {model!r}: an adapter (peft: source) needs its base model in the column 'base'")
+        try:
+            fetched = fetch_adapter(model, resolve_path(argument, sheet_dir), accuracy, Path(base_dir))
+        except AdapterError as error:
+            raise FetchError(str(error)) from None
     elif kind == "train":
         fetched = fetch_trained(model, argument, options, accuracy, threads)
     elif kind == "random":
