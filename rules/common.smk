@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from zooscope.config import load_schema, read_zoo_sheet, validate_config
+from zooscope.config import is_adapter_source, load_schema, read_zoo_sheet, validate_config
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -40,7 +40,8 @@ def file_source_input(wildcards):
     if kind not in ("file", "peft"):
         return []
     path = ZOO_SHEET.parent / argument
-    paths = [path] if kind == "file" else [path / "adapter_config.json", path / "adapter_model.safetensors"]
+    adapter = wildcards.model in ADAPTERS
+    paths = [path / "adapter_config.json", path / "adapter_model.safetensors"] if adapter else [path]
     return [str(path) for path in paths if path.exists()]
 
 
@@ -88,10 +89,14 @@ def fetched_model(model, *files, prefix=""):
     return {f"{prefix}{file}": f"resources/models/{model}/{names[file]}" for file in files}
 
 
+# The rows that are LoRA adapters (a peft: source or a file: adapter folder): fetched onto their base.
+ADAPTERS = {model for model, row in MODELS.items() if is_adapter_source(row["source"], ZOO_SHEET.parent)}
+
+
 def fetch_base_input(wildcards):
-    """An adapter's (peft: source) fetch merges it into its base's fetched weights."""
-    row = MODELS[wildcards.model]
-    return fetched_model(row["base"], "weights", "layers", prefix="base_") if row["source"].startswith("peft:") else {}
+    """An adapter's fetch merges it into its base's fetched weights."""
+    base = MODELS[wildcards.model]["base"] if wildcards.model in ADAPTERS else None
+    return fetched_model(base, "weights", "layers", prefix="base_") if base else {}
 
 
 def esd_computes(wildcards):

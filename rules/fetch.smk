@@ -13,7 +13,7 @@ rule fetch:
             key: value
             for key, value in MODELS[wildcards.model].items()
             if key not in ("data", "data_samples")
-            and (key != "base" or MODELS[wildcards.model]["source"].startswith("peft:"))
+            and (key != "base" or wildcards.model in ADAPTERS)
         },
         sheet_dir=str(ZOO_SHEET.parent),
     conda:

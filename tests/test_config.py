@@ -71,3 +71,33 @@ def test_duplicate_models_missing_columns_and_missing_sheet(tmp_path):
         read_zoo_sheet(path, ZOO_SCHEMA)
     with pytest.raises(ConfigError, match="does not exist.*--config zoo=PATH"):
         read_zoo_sheet(tmp_path / "nope.tsv", ZOO_SCHEMA)
+
+
+def test_base_column_errors_name_the_row(tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\n"
+                                 "a|s|train:mlp||\n"
+                                 "b|s|train:mlp||a\n"
+                                 "c|s|train:mlp||nobody\n"
+                                 "d|s|train:mlp||d\n"
+                                 "e|s|train:mlp||f\n"
+                                 "f|s|train:mlp||e\n"
+                                 "g|s|peft:lora||\n"
+                                 "h|s|file:lora||\n")
+    with pytest.raises(ConfigError) as info:
+        read_zoo_sheet(path, ZOO_SCHEMA)
+    message = str(info.value)
+    assert "row 4 (model 'c'): column 'base' names 'nobody', which is no model of this sheet" in message
+    assert "row 5 (model 'd'): column 'base' names the model itself" in message
+    assert "row 6 (model 'e'): its bases form a cycle (e -> f -> e)" in message
+    assert "row 7 (model 'f'): its bases form a cycle (f -> e -> f)" in message
+    assert "row 8 (model 'g'): an adapter (peft: source or adapter folder) needs" in message
+    assert "row 9 (model 'h'): an adapter" in message
+    assert "model 'b'" not in message and "model 'a'" not in message
+
+
+def test_a_chain_of_bases_is_valid(tmp_path):
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\n"
+                                 "a|s|train:mlp||\nb|s|train:mlp||a\nc|s|train:mlp||b\n")
+    assert [row["base"] for row in read_zoo_sheet(path, ZOO_SCHEMA)] == [None, "a", "b"]

@@ -102,7 +102,7 @@ def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
             seen[model] = number
         rows.append(row)
         numbers.append(number)
-    problems += base_problems(list(zip(numbers, rows)))
+    problems += base_problems(list(zip(numbers, rows)), path.parent)
     if problems:
         raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
     if not rows:
@@ -110,18 +110,35 @@ def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
     return rows
 
 
-def base_problems(numbered_rows: list[tuple[int, dict]]) -> list[str]:
+# The file that makes a folder a PEFT adapter (zooscope.sources.peft).
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_source(source: str | None, sheet_dir: str | Path) -> bool:
+    """Whether a sheet's source is a LoRA adapter: ``peft:PATH``, or ``file:PATH`` of a folder
+    holding an adapter_config.json (relative paths are relative to the sheet)."""
+    kind, _, argument = str(source or "").partition(":")
+    if kind == "peft":
+        return True
+    if kind != "file" or not argument:
+        return False
+    path = Path(argument).expanduser()
+    return ((path if path.is_absolute() else Path(sheet_dir) / path) / ADAPTER_CONFIG).is_file()
+
+
+def base_problems(numbered_rows: list[tuple[int, dict]], sheet_dir: str | Path = ".") -> list[str]:
     """The problems of the zoo column ``base`` (docs/finetunes.md), one line per row: a base that
-    names no row of the sheet or the row itself, a cycle of bases, an adapter (``peft:`` source)
-    without a base. Whether a base shares layers with its model is known once both are fetched
-    (zooscope.spectra.delta_esd)."""
+    names no row of the sheet or the row itself, a cycle of bases, an adapter (``peft:`` source,
+    or a ``file:`` adapter folder) without a base. Whether a base shares layers with its model is
+    known once both are fetched (zooscope.spectra.delta_esd)."""
     bases = {row.get("model"): row.get("base") for _, row in numbered_rows}
     problems = []
     for number, row in numbered_rows:
         model, base = row.get("model"), row.get("base")
         label = f"row {number} (model '{model}')"
-        if str(row.get("source") or "").startswith("peft:") and not base:
-            problems.append(f"{label}: an adapter (peft: source) needs the model it adapts in the column 'base'")
+        if not base and is_adapter_source(row.get("source"), sheet_dir):
+            problems.append(f"{label}: an adapter (peft: source or adapter folder) needs the model it adapts in "
+                            "the column 'base'")
         if not base:
             continue
         if base == model:

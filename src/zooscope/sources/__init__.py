@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from zooscope.config import is_adapter_source
 from zooscope.io import SafetensorsReader, atomic_path, read_json, write_json
 from zooscope.layers import (
     LayerList,
@@ -264,9 +265,9 @@ def fetch_model(
     options = parse_options(row, kind)
     accuracy = sheet_accuracy(row)
     start = time.perf_counter()
-    if kind == "file":
+    if kind == "file" and not is_adapter_source(row["source"], sheet_dir):
         fetched = fetch_file(model, resolve_path(argument, sheet_dir), accuracy)
-    elif kind == "peft":
+    elif kind in ("file", "peft"):  # a LoRA adapter: a peft: source or a file: adapter folder
         from zooscope.sources.peft import AdapterError, fetch_adapter
 
         if base_dir is None:

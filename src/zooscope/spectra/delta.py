@@ -18,7 +18,8 @@ right singular vectors of dW and V the base's (the eigenvectors of X = W^T W beh
 matrix oriented N x M, N >= M), the cosines of the principal angles between the two subspaces are
 the singular values of U^T V. ``overlap`` is their mean square ||U^T V||_F^2 / k, 1 when dW acts in
 the base's top directions, about k / M for unrelated (random) directions; ``overlap_max`` the
-largest cosine.
+largest cosine. (U has fewer columns when dW has rank below k.) With k >= M the base's top
+directions are the whole space and the overlap says nothing: it is NaN.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def dense_matrix_delta(matrix: np.ndarray, base: np.ndarray, *, normalize: str =
     delta = np.asarray(matrix, dtype=np.float64) - base
     values = spectrum.eigenvalues(delta, normalize=normalize, device=device)
     overlap = subspace_overlap(top_right_vectors(oriented(delta), top_k), top_right_vectors(oriented(base), top_k)) \
-        if np.any(delta) else (math.nan, math.nan)
+        if np.any(delta) and top_k < min(delta.shape) else (math.nan, math.nan)
     return MatrixDelta(values, relative_norm(np.linalg.norm(delta), base), *overlap)
 
 
@@ -130,7 +131,8 @@ def lowrank_matrix_delta(left: np.ndarray, right: np.ndarray, scale: float, base
         values = values / base.shape[0]
     # the right singular vectors of zero singular values span nothing of dW: leave them out
     k = min(top_k, int(np.count_nonzero(svd.singular_values > 0)))
-    overlap = subspace_overlap(svd.right[:, :k], top_right_vectors(base, top_k)) if k else (math.nan, math.nan)
+    overlap = subspace_overlap(svd.right[:, :k], top_right_vectors(base, top_k)) \
+        if k and top_k < base.shape[1] else (math.nan, math.nan)
     return MatrixDelta(values, relative_norm(math.sqrt(float(np.sum(svd.singular_values ** 2))), base), *overlap)
 
 
