@@ -52,11 +52,11 @@ def zoo(tmp_path_factory):
     torch.manual_seed(1)
     save_file(torch.nn.Sequential(torch.nn.Linear(5, 7)).state_dict(), str(workdir / "weights" / "other.safetensors"))
     (workdir / "zoo.tsv").write_text(
-        "model\tseries\tsource\taccuracy\tbase\n"
-        "base\tmlp\tfile:weights/base.safetensors\t80\t\n"
-        "tuned\tmlp\tfile:weights/tuned.safetensors\t85\tbase\n"
-        "lora\tmlp\tpeft:weights/lora\t83\tbase\n"
-        "solo\tother\tfile:weights/other.safetensors\t50\t\n")
+        "model\tseries\tsource\taccuracy\tbase\tshards\n"
+        "base\tmlp\tfile:weights/base.safetensors\t80\t\t\n"
+        "tuned\tmlp\tfile:weights/tuned.safetensors\t85\tbase\t2\n"  # sharded: the merge job computes the updates
+        "lora\tmlp\tpeft:weights/lora\t83\tbase\t\n"
+        "solo\tother\tfile:weights/other.safetensors\t50\t\t\n")
     (workdir / "config.yaml").write_text("zoo: zoo.tsv\ndelta_top_k: 4\n")
     snakemake(workdir, "--cores", "2", *TARGETS)
     return workdir
@@ -106,16 +106,22 @@ def test_lint_is_clean(zoo):
 
 
 def test_a_new_base_layer_recomputes_only_the_updates_it_changes(zoo):
-    """Runs last: it changes the base. Its first layer changes: the fine-tunes' own spectra are all
-    reused, their update of that layer is computed, the other updates come from the cache."""
+    """Runs last: it changes the base. Its first layer changes: the fine-tunes' own spectra are
+    reused (the sharded one's shard jobs do not run), their update of that layer is computed, the
+    other updates come from the cache."""
     from safetensors.torch import load_file, save_file
 
+    shard_logs = sorted((zoo / "logs/esd").glob("tuned.*-of-2.log"))
+    assert len(shard_logs) == 2
+    before = [path.stat().st_mtime_ns for path in shard_logs]
     weights = load_file(str(zoo / "weights" / "base.safetensors"))
     weights["0.weight"] = weights["0.weight"] * 1.5
     save_file(weights, str(zoo / "weights" / "base.safetensors"))
     snakemake(zoo, "--cores", "2", *TARGETS)
     log = (zoo / "logs/esd/tuned.log").read_text()
-    assert "3 layers on cpu (numpy), 3 reused from the cache" in log
+    assert [path.stat().st_mtime_ns for path in shard_logs] == before  # its own spectra: not even a job
+    # the adapter is refetched onto the new base: its layer 0 is the new one, its other layers reused
+    assert "3 layers on cpu (numpy), 2 reused from the cache" in (zoo / "logs/esd/lora.log").read_text()
     assert "tuned against base base: 3 layers, 2 updates reused from the cache, 0 unchanged" in log
     tuned = pd.read_csv(zoo / "results/metrics/tuned/layers.tsv", sep="\t", dtype={"layer": str}).set_index("layer")
     # W_tuned = W_base(old) and W_base(new) = 1.5 W_base(old): ||dW|| / ||W_base(new)|| = 0.5 / 1.5
