@@ -38,6 +38,7 @@ rule audit:
         discrimination="results/zoo/discrimination.tsv",
         metas=expand("resources/models/{model}/meta.json", model=MODELS),
         layers=expand("results/metrics/{model}/layers.tsv", model=MODELS),
+        layer_lists=expand("resources/models/{model}/layers.json", model=MODELS),
     output:
         table=report(
             "results/zoo/audit.tsv",
@@ -65,6 +66,7 @@ rule audit:
     params:
         models=list(MODELS),
         series=[row["series"] for row in MODELS.values()],
+        shared_cache=config["shared_cache"] is not None,
     conda:
         "../envs/numeric.yaml"
     log:

@@ -29,6 +29,7 @@ with job(snakemake, name=snakemake.rule):
             device=snakemake.config["device"],
             shard=shard,
             threads=snakemake.threads,
+            shared_cache=snakemake.config["shared_cache"],
         )
     if "base_weights" in snakemake.input.keys():  # a model with a base: its updates too
         index["delta"] = compute_model_deltas(
