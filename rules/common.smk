@@ -70,7 +70,9 @@ def esd_input(wildcards):
     """An unsharded model's esd job computes from the weights; a sharded one's merges its shards.
     A model with a base (zoo column `base`) also computes its updates against the base's fetched
     weights (zooscope.spectra.delta_esd), in the esd job itself also when it is sharded; its
-    meta.json names an adapter's factors."""
+    meta.json names an adapter's factors. It runs after its base's esd job, so that the layers
+    it shares with its base come from the shared store (config shared_cache) instead of being
+    computed by two jobs at once."""
     model, shards = wildcards.model, SHARDS[wildcards.model]
     inputs = {"layers": f"resources/models/{model}/layers.json"}
     if shards == 1:
@@ -79,7 +81,8 @@ def esd_input(wildcards):
         inputs["shards"] = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
     base = MODELS[model].get("base")
     if base:
-        inputs.update(fetched_model(model, "weights", "meta"), **fetched_model(base, "weights", "layers", prefix="base_"))
+        inputs.update(fetched_model(model, "weights", "meta"), **fetched_model(base, "weights", "layers", prefix="base_"),
+                      base_index=f"results/esd/{base}/index.json")
     return inputs
 
 

@@ -71,6 +71,9 @@ def test_layers_tables_have_delta_columns_for_models_with_a_base(zoo):
     assert list(base.columns) == list(LAYER_COLUMNS)
     lora = pd.read_csv(zoo / "results/metrics/lora/layers.tsv", sep="\t", dtype={"layer": str}).set_index("layer")
     assert lora.loc["2", "delta_num_evals"] == 4 and lora.loc["0", "delta_status"] == "unchanged"
+    # the adapter's esd job ran after its base's: its two unadapted layers came from the shared store
+    assert "3 layers on cpu (numpy), 0 reused from the cache, 2 from the shared store, 1 computed" in \
+        (zoo / "logs/esd/lora.log").read_text()
     index = json.loads((zoo / "results/esd/lora/index.json").read_text())
     assert [r["route"] for r in index["delta"]["layers"] if r["status"] == "ok"] == ["low-rank"]
 

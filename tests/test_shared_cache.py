@@ -108,6 +108,6 @@ def test_zoo_sharing_counts_layers_with_the_weights_of_another():
                            doc("solo", "f")])
     assert (sharing.num_layers, sharing.num_distinct, sharing.num_reused, sharing.num_models_sharing) == (10, 6, 4, 3)
     assert sharing.sentence().startswith("4 of the zoo's 10 layers (40%) have the weights of another layer")
-    assert "6 spectra for 10 layers" in sharing.sentence()
+    assert "needs 6 spectra for 10 layers" in sharing.sentence()
     assert "with config shared_cache set" in sharing.sentence(enabled=False)
     assert zoo_sharing([doc("solo", "f")]).sentence().startswith("Every one of the zoo's 1 layers")

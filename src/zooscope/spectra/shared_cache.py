@@ -101,8 +101,8 @@ class Sharing:
             return (f"{share} have the weights of another layer of the zoo ({self.num_models_sharing} models share "
                     "layers); with config shared_cache set, each such spectrum is computed once.")
         return (f"{share} have the weights of another layer of the zoo ({self.num_models_sharing} models share "
-                f"layers): their spectra were computed once, {self.num_distinct} spectra for "
-                f"{self.num_layers} layers (the shared store, config shared_cache).")
+                f"layers): the shared store (config shared_cache) needs {self.num_distinct} spectra for "
+                f"{self.num_layers} layers.")
 
 
 def zoo_sharing(layer_docs) -> Sharing:
