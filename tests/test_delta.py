@@ -178,3 +178,12 @@ def test_fit_rows_and_summary_carry_the_delta_columns(pair, tmp_path):
     # without a base: the tables keep their columns
     del index["delta"]
     assert "delta_alpha" not in layer_rows(index, load)[0]
+
+
+def test_top_vectors_of_a_large_matrix_by_arpack_span_the_svds_subspace(rng):
+    matrix = rng.standard_normal((600, 300)) * np.linspace(0.5, 3.0, 300)  # distinct column scales
+    assert matrix.shape[1] > delta.SMALL_SVD
+    vectors = delta.top_right_vectors(matrix, 6)
+    reference = np.linalg.svd(matrix, full_matrices=False)[2][:6].T
+    np.testing.assert_allclose(vectors @ vectors.T, reference @ reference.T, atol=1e-8)  # same subspace
+    np.testing.assert_array_equal(vectors, delta.top_right_vectors(matrix, 6))  # deterministic

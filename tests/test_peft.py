@@ -131,3 +131,25 @@ def test_an_adapter_of_another_base_is_a_fetch_error(tmp_path):
     with pytest.raises(FetchError, match="model 'adapted'.*fc1.weight.*another base model"):
         fetch_model({"model": "adapted", "series": "s", "source": f"peft:{folder}", "accuracy": None, "base": "other"},
                     tmp_path / "models" / "adapted", sheet_dir=tmp_path, base_dir=tmp_path / "models" / "other")
+
+
+def test_an_adapter_of_a_task_model_fits_its_bare_backbone(tmp_path):
+    """An adapter made on a wrapper (keys 'body.fc1...') merges onto the bare base ('fc1...')."""
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    base = Net()
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(tmp_path / "base.safetensors"))
+    wrapper = torch.nn.Module()
+    wrapper.body = copy.deepcopy(base)
+    wrapper.task_head = torch.nn.Linear(5, 2)
+    lora = peft.get_peft_model(wrapper, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["fc1", "fc2"],
+                                                        init_lora_weights=False))
+    lora.save_pretrained(str(tmp_path / "wrapped"))
+    merged = lora.merge_and_unload().state_dict()
+    _, model_dir = fetch_pair(tmp_path, tmp_path / "wrapped")
+    fetched = load_file(str(model_dir / "model.safetensors"))
+    for key in ("fc1.weight", "fc2.weight"):
+        np.testing.assert_allclose(fetched[key], merged[f"body.{key}"].numpy(), rtol=0, atol=2e-6)
+    assert io.read_json(model_dir / "meta.json")["adapter"]["key_prefix"] == "body."

@@ -171,6 +171,34 @@ def oriented_update(update: LoraUpdate, base_shape: tuple[int, ...], model: str)
                        f"layer {base_shape}: the adapter was made for another base model; set the row's base to it")
 
 
+def wrapper_prefix(keys: set[str], known: set[str]) -> str:
+    """The leading module path (e.g. ``bert.``) that an adapter's keys have and its base's do not.
+
+    An adapter made on a task model (``BertForSequenceClassification``: ``bert.encoder...``) adapts
+    the backbone that a hub base loads bare (``AutoModel``: ``encoder...``). "" when the keys
+    match as they are, or when no one prefix makes every adapted key a key of the base.
+    """
+    if not keys or keys <= known:
+        return ""
+    first = min(keys)
+    parts = first.split(".")
+    for cut in range(1, len(parts)):
+        prefix = ".".join(parts[:cut]) + "."
+        if all(key.startswith(prefix) for key in keys) and any(key[len(prefix):] in known for key in keys):
+            return prefix
+    return ""
+
+
+def _relative_to(adapter: Adapter, prefix: str) -> Adapter:
+    if not prefix:
+        return adapter
+    updates = {key[len(prefix):]: LoraUpdate(key[len(prefix):], u.scale, u.rank, u.left, u.right, u.dense)
+               for key, u in adapter.updates.items()}
+    # replaced tensors outside the backbone (a task head) stay as they are: the base has no such layer
+    replaced = {key.removeprefix(prefix): value for key, value in adapter.replaced.items()}
+    return Adapter(updates, replaced, {**adapter.config, "key_prefix": prefix})
+
+
 def fetch_adapter(model: str, folder: Path, accuracy: float | None, base_dir: Path):
     """The ``Fetched`` model of an adapter: its base's fetched layers with the adapter merged in."""
     import torch
@@ -184,6 +212,7 @@ def fetch_adapter(model: str, folder: Path, accuracy: float | None, base_dir: Pa
     reader = io.SafetensorsReader(base_dir / "model.safetensors")
     base_layers = base_doc["layers"]
     by_tensor = {layer["tensor"]: layer for layer in base_layers}
+    adapter = _relative_to(adapter, wrapper_prefix(set(adapter.updates), set(by_tensor)))
     unknown = sorted(set(adapter.updates) - set(by_tensor))
     if unknown:
         raise AdapterError(f"model {model!r}: the adapter updates {', '.join(unknown[:3])}, which its base "

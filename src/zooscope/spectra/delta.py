@@ -32,6 +32,8 @@ from zooscope.spectra import spectrum
 
 # Top singular directions compared by the overlap (config delta_top_k).
 DEFAULT_TOP_K = 10
+# Up to this short side the top singular vectors come from a full SVD (top_right_vectors).
+SMALL_SVD = 256
 
 
 @dataclass(frozen=True)
@@ -78,15 +80,23 @@ def lowrank_eigenvalues(left: np.ndarray, right: np.ndarray, scale: float = 1.0,
 
 
 def top_right_vectors(matrix: np.ndarray, k: int) -> np.ndarray:
-    """The top-k right singular vectors of ``matrix`` oriented N x M (N >= M): M x k, from the
-    top-k eigenvectors of its Gram matrix (LAPACK computes only those)."""
-    from scipy.linalg import eigh
+    """The top-k right singular vectors of ``matrix`` oriented N x M (N >= M), as M x k.
 
-    gram, _ = spectrum.gram_matrix(matrix)
-    m = gram.shape[0]
+    A small matrix (M <= SMALL_SVD) by a full SVD; a larger one by ARPACK (scipy's svds, Lanczos
+    on W^T W through products with W, to machine precision, from a seeded start vector so that
+    the result is deterministic): its cost grows with N M k, not with the N M^2 of a Gram matrix
+    and the M^3 of a full decomposition.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    m = matrix.shape[1]
     k = min(k, m)
-    _, vectors = eigh(gram, subset_by_index=[m - k, m - 1])
-    return vectors
+    if m <= SMALL_SVD or k >= m - 1:
+        return np.linalg.svd(matrix, full_matrices=False)[2][:k].T
+    from scipy.sparse.linalg import svds
+
+    start = np.random.default_rng(0).standard_normal(m)
+    _, values, vt = svds(matrix, k=k, v0=start, solver="arpack", return_singular_vectors="vh")
+    return vt[np.argsort(values)[::-1]].T
 
 
 def subspace_overlap(u: np.ndarray, v: np.ndarray) -> tuple[float, float]:
