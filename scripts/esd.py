@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from zooscope import io
-from zooscope.spectra.delta_esd import DELTA_SETTINGS, compute_model_deltas
+from zooscope.spectra.delta_esd import DELTA_SETTINGS, compute_model_deltas, remove_deltas
 from zooscope.spectra.esd import compute_model_esd, merge_shards
 from zooscope.spectra.spectrum import resolve_device
 from zooscope.jobs import job
@@ -38,4 +38,6 @@ with job(snakemake, name=snakemake.rule):
             top_k=snakemake.params.delta_top_k, adapter=io.read_json(snakemake.input.meta).get("adapter"),
             device=resolve_device(snakemake.config["device"]),
         )
+    elif not shard:
+        remove_deltas(out_dir)
     io.write_json(snakemake.output[0], index)

@@ -90,8 +90,7 @@ def compute_model_deltas(weights_path, layers_path, base_weights_path, base_laye
     factors_of = (adapter or {}).get("layers", {})
     records, reused = [], 0
     for layer, base, why in pairs:
-        record = {"name": layer["name"], "type": layer["type"], "depth": layer["depth"], "base": base_model,
-                  "status": "unmatched", "reason": why, "file": None, "slices": [], "N": None, "M": None,
+        record = {"name": layer["name"], "type": layer["type"], "depth": layer["depth"], "status": "unmatched", "reason": why, "file": None, "slices": [], "N": None, "M": None,
                   "route": None, "relative_norm": [], "overlap": [], "overlap_max": []}
         if base is not None and base["sha256"] == layer["sha256"]:
             record.update(status="unchanged", reason="identical to the base's weights")
@@ -115,6 +114,13 @@ def compute_model_deltas(weights_path, layers_path, base_weights_path, base_laye
              sum(r["status"] == "unchanged" for r in records), sum(r["status"] == "unmatched" for r in records),
              len(base_only))
     return {"base": base_model, "top_k": top_k, "layers": records, "base_only": base_only}
+
+
+def remove_deltas(esd_dir) -> None:
+    """Remove a model's update entries (it no longer has a base)."""
+    import shutil
+
+    shutil.rmtree(Path(esd_dir) / DELTA_DIR, ignore_errors=True)
 
 
 def _compute(reader, base_reader, layer: dict, base: dict, factors: dict | None, esd_dir: Path,
