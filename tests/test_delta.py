@@ -41,8 +41,9 @@ def test_lowrank_eigenvalues_match_the_dense_svd_and_the_r_by_r_product(rng, sha
 def test_dense_update_spectrum_norm_and_overlap_against_references(rng):
     base = rng.standard_normal((60, 45))
     tuned = base + 0.1 * rng.standard_normal((60, 45))
-    result = delta.dense_matrix_delta(tuned.astype(np.float32), base.astype(np.float32), top_k=5)
     dw = tuned.astype(np.float32).astype(float) - base.astype(np.float32).astype(float)
+    np.testing.assert_array_equal(delta.difference(tuned.astype(np.float32), base.astype(np.float32)), dw)
+    result = delta.dense_matrix_delta(dw, base.astype(np.float32), top_k=5)
     np.testing.assert_allclose(result.eigenvalues, svd_eigenvalues(dw), rtol=1e-8, atol=1e-12)
     assert result.relative_norm == pytest.approx(np.linalg.norm(dw) / np.linalg.norm(base.astype(np.float32)))
     mean_sq, largest = reference_overlap(dw, base.astype(np.float32), 5)
@@ -54,7 +55,7 @@ def test_an_update_along_the_bases_top_directions_overlaps_fully(rng):
     base = rng.standard_normal((50, 30))
     u, s, vt = np.linalg.svd(base, full_matrices=False)
     update = u[:, :3] @ np.diag([3.0, 2.0, 1.0]) @ vt[:3]  # rank 3, in the base's top-3 directions
-    result = delta.dense_matrix_delta(base + update, base, top_k=3)
+    result = delta.dense_matrix_delta(update, base, top_k=3)
     assert result.overlap == pytest.approx(1.0, abs=1e-9) and result.overlap_max == pytest.approx(1.0, abs=1e-9)
     # the same update from its factors: the low-rank route agrees
     low = delta.lowrank_matrix_delta(u[:, :3] * [3.0, 2.0, 1.0], vt[:3], 1.0, base, top_k=3)
@@ -68,7 +69,7 @@ def test_lowrank_and_dense_routes_agree(rng, shape):
     base = rng.standard_normal(shape)
     b, a = rng.standard_normal((shape[0], 6)), rng.standard_normal((6, shape[1]))
     low = delta.lowrank_matrix_delta(b, a, 0.5, base, top_k=4)
-    dense = delta.dense_matrix_delta(base + 0.5 * b @ a, base, top_k=4)
+    dense = delta.dense_matrix_delta(0.5 * b @ a, base, top_k=4)
     np.testing.assert_allclose(low.eigenvalues, dense.eigenvalues[-6:], rtol=1e-8)
     assert low.relative_norm == pytest.approx(dense.relative_norm, rel=1e-10)
     assert low.overlap == pytest.approx(reference_overlap(0.5 * b @ a, base, 4)[0], abs=1e-8)
@@ -89,6 +90,11 @@ def test_conv2d_slices_update_is_per_slice_and_scaled(rng):
     assert math.isnan(fft.matrices[0].overlap)
     with pytest.raises(ValueError, match="shapes differ"):
         delta.layer_delta(tuned, base[:8], "Conv2d")
+    # a small update of float32 weights survives the slices' scaling
+    small = (base + 1e-6 * rng.standard_normal(base.shape)).astype(np.float32)
+    exact = small.astype(float) - base.astype(np.float32).astype(float)
+    result = delta.layer_delta(small, base.astype(np.float32), "Conv2d", conv2d="slices")
+    np.testing.assert_allclose(result.matrices[0].eigenvalues, 4.5 * svd_eigenvalues(exact[:, :, 0, 0]), rtol=1e-9)
 
 
 # ----------------------------------------------------------------------------- the esd stage

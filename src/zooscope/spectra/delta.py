@@ -114,11 +114,10 @@ def oriented(matrix: np.ndarray) -> np.ndarray:
     return matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
 
 
-def dense_matrix_delta(matrix: np.ndarray, base: np.ndarray, *, normalize: str = "none",
+def dense_matrix_delta(delta: np.ndarray, base: np.ndarray, *, normalize: str = "none",
                        top_k: int = DEFAULT_TOP_K, device: str | None = None) -> MatrixDelta:
-    """The update ``matrix - base`` of two matrices of the same shape."""
-    base = np.asarray(base, dtype=np.float64)
-    delta = np.asarray(matrix, dtype=np.float64) - base
+    """An update ``delta`` = dW (formed in float64 from the two weights: :func:`difference`) of the
+    matrix ``base`` (the same shape; its own precision)."""
     values = spectrum.eigenvalues(delta, normalize=normalize, device=device)
     overlap = subspace_overlap(top_right_vectors(oriented(delta), top_k), top_right_vectors(oriented(base), top_k)) \
         if np.any(delta) and top_k < min(delta.shape) else (math.nan, math.nan)
@@ -147,9 +146,17 @@ def lowrank_matrix_delta(left: np.ndarray, right: np.ndarray, scale: float, base
 
 
 def relative_norm(delta_norm: float, base: np.ndarray) -> float:
-    """||dW||_F / ||W_base||_F (NaN for an all-zero base)."""
-    base_norm = float(np.linalg.norm(base))
+    """||dW||_F / ||W_base||_F (NaN for an all-zero base); the base's norm summed in float64."""
+    base_norm = math.sqrt(float(np.einsum("ij,ij->", base, base, dtype=np.float64))) if np.ndim(base) == 2 \
+        else float(np.linalg.norm(np.asarray(base, dtype=np.float64)))
     return float(delta_norm) / base_norm if base_norm > 0 else math.nan
+
+
+def difference(weight: np.ndarray, base_weight: np.ndarray) -> np.ndarray:
+    """W - W_base in float64: exact for float32 weights, one float64 array (no widened copies)."""
+    if np.shape(weight) != np.shape(base_weight):
+        raise ValueError(f"shapes differ: {tuple(np.shape(weight))} and base {tuple(np.shape(base_weight))}")
+    return np.subtract(weight, base_weight, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -176,17 +183,15 @@ def layer_delta(weight: np.ndarray, base_weight: np.ndarray, layer_type: str, *,
     """
     from zooscope.spectra.esd import layer_eigenvalues
 
-    weight = np.asarray(weight, dtype=np.float64)
-    base_weight = np.asarray(base_weight, dtype=np.float64)
-    if weight.shape != base_weight.shape:
-        raise ValueError(f"shapes differ: {tuple(weight.shape)} and base {tuple(base_weight.shape)}")
+    # The update is formed once, in float64, before any slicing or scaling: scaling each weight
+    # in float32 first would round away as much of a small update as a float32 difference.
+    delta = difference(weight, base_weight)
     if layer_type == "Conv2d" and conv2d == "fft":
-        delta = weight - base_weight
         labels, values, shape = layer_eigenvalues(delta, layer_type, conv2d=conv2d, normalize=normalize,
                                                   conv2d_fft_size=conv2d_fft_size, device=device)
         return LayerDelta(labels, [MatrixDelta(values[0], relative_norm(np.linalg.norm(delta), base_weight),
                                                math.nan, math.nan)], shape)
-    matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
+    matrices = spectrum.layer_matrices(delta, layer_type, conv2d=conv2d)
     bases = spectrum.layer_matrices(base_weight, layer_type, conv2d=conv2d)
     deltas = [dense_matrix_delta(m.matrix, b.matrix, normalize=normalize, top_k=top_k, device=device)
               for m, b in zip(matrices, bases, strict=True)]
