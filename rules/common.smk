@@ -59,9 +59,12 @@ def model_resource(stage, name):
         layers_json = f"resources/models/{wildcards.model}/layers.json"
         if "shard" in wildcards.keys():
             return getattr(stage_resources(stage, layers_json, parse_shard(wildcards.shard)), name)
-        if stage == "esd" and SHARDS[wildcards.model] > 1 and not MODELS[wildcards.model].get("base"):
+        # a model with a base computes its updates in its esd job (a sharded one's merge job too,
+        # which then asks for the whole model's estimate: more than the updates alone need)
+        with_base = stage == "esd" and bool(MODELS[wildcards.model].get("base"))
+        if stage == "esd" and SHARDS[wildcards.model] > 1 and not with_base:
             return getattr(MERGE, name)
-        return getattr(stage_resources(stage, layers_json), name)
+        return getattr(stage_resources(stage, layers_json, with_base=with_base), name)
 
     return resource
 

@@ -85,3 +85,14 @@ def test_model_shards_column_wins_then_the_size_rule_for_file_sources(tmp_path):
     assert model_shards(None, "file:folder", tmp_path, 2.0) == 2
     assert model_shards(None, "file:missing", tmp_path, 1.0) == 1
     assert model_shards(None, "torchvision:vgg16", tmp_path, 1.0) == 1
+
+
+def test_an_esd_job_with_a_base_asks_for_its_updates_too():
+    from zooscope.resources import DELTA_BYTES_PER_ELEMENT, estimate
+
+    shapes = [[4096, 1024], [1024, 1024]]
+    alone, with_base = estimate("esd", shapes), estimate("esd", shapes, with_base=True)
+    extra_mb = with_base.mem_mb - alone.mem_mb
+    assert extra_mb == pytest.approx(4096 * 1024 * DELTA_BYTES_PER_ELEMENT / 2**20, abs=1)
+    assert with_base.runtime > alone.runtime
+    assert estimate("fit", shapes, with_base=True) == estimate("fit", shapes)
