@@ -36,7 +36,7 @@ with job(snakemake, name=snakemake.rule):
             snakemake.input.weights, snakemake.input.layers, snakemake.input.base_weights,
             snakemake.input.base_layers, out_dir, **{key: index["settings"][key] for key in DELTA_SETTINGS},
             top_k=snakemake.params.delta_top_k, adapter=io.read_json(snakemake.input.meta).get("adapter"),
-            device=resolve_device(snakemake.config["device"]),
+            device=resolve_device(snakemake.config["device"]), threads=snakemake.threads,
         )
     elif not shard:
         remove_deltas(out_dir)

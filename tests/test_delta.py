@@ -151,6 +151,17 @@ def test_model_deltas_are_cached_by_both_hashes(pair, tmp_path, rng, monkeypatch
     assert calls == ["Linear", "Linear"]
 
 
+def test_model_deltas_do_not_depend_on_the_threads(pair, tmp_path):
+    base, model, _, _ = pair
+    one = run_deltas(base, model, tmp_path / "one", threads=1)
+    two = run_deltas(base, model, tmp_path / "two", threads=2)
+    assert one == two
+    for record in one["layers"]:
+        if record["file"]:
+            np.testing.assert_array_equal(np.load(tmp_path / "one" / record["file"]),
+                                          np.load(tmp_path / "two" / record["file"]))
+
+
 def test_a_base_of_another_architecture_is_an_error_naming_both(tmp_path, rng):
     base = write_model_dir(tmp_path / "base", [("a", "Linear", rng.standard_normal((5, 5)))], model="resnet")
     model = write_model_dir(tmp_path / "m", [("b", "Linear", rng.standard_normal((5, 5)))], model="gpt")

@@ -20,8 +20,9 @@ import json
 import logging
 from pathlib import Path
 
-from zooscope import io
+from zooscope import io, resources
 from zooscope.spectra import delta as deltas
+from zooscope.spectra.esd import PARALLEL_LAYERS_BELOW
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,12 @@ def pair_layers(layers: list[dict], base_layers: list[dict]) -> tuple[list[tuple
 def compute_model_deltas(weights_path, layers_path, base_weights_path, base_layers_path, esd_dir, *,
                          conv2d: str = "slices", normalize: str = "none", conv2d_fft_size: int | None = None,
                          top_k: int = deltas.DEFAULT_TOP_K, adapter: dict | None = None,
-                         device: str | None = None) -> dict:
+                         device: str | None = None, threads: int = 1) -> dict:
     """Compute (or reuse) the update entries of every layer; return the index's ``delta`` section.
 
     ``adapter``: an adapter model's meta.json ``adapter`` section (its factors' tensor names and
     scales per adapted layer's tensor). ``device``: a torch device for the eigenvalues of dense
-    updates, as in compute_model_esd (not part of the key).
+    updates, as in compute_model_esd (not part of the key); ``threads``: the job's threads.
     """
     settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
     layers_doc, base_doc = io.read_json(layers_path), io.read_json(base_layers_path)
@@ -88,26 +89,49 @@ def compute_model_deltas(weights_path, layers_path, base_weights_path, base_laye
     out_dir.mkdir(parents=True, exist_ok=True)
     reader, base_reader = io.SafetensorsReader(weights_path), io.SafetensorsReader(base_weights_path)
     factors_of = (adapter or {}).get("layers", {})
-    records, reused = [], 0
+    records: list[dict] = []
+    todo = []  # (position, layer, base, factors): the entries to compute
     for layer, base, why in pairs:
-        record = {"name": layer["name"], "type": layer["type"], "depth": layer["depth"], "status": "unmatched", "reason": why, "file": None, "slices": [], "N": None, "M": None,
-                  "route": None, "relative_norm": [], "overlap": [], "overlap_max": []}
+        record = {"name": layer["name"], "type": layer["type"], "depth": layer["depth"], "status": "unmatched",
+                  "reason": why, "file": None, "slices": [], "N": None, "M": None, "route": None,
+                  "relative_norm": [], "overlap": [], "overlap_max": []}
         if base is not None and base["sha256"] == layer["sha256"]:
             record.update(status="unchanged", reason="identical to the base's weights")
         elif base is not None:
             factors = factors_of.get(layer["tensor"])
-            key = delta_key(layer, base, settings, top_k, factors)
+            record["key"] = delta_key(layer, base, settings, top_k, factors)
             entry_path = out_dir / f"{layer['name']}{ENTRY_SUFFIX}"
             cached = io.read_json(entry_path) if entry_path.is_file() else None
-            if cached and cached.get("key") == key and (cached["file"] is None
-                                                        or (Path(esd_dir) / cached["file"]).is_file()):
-                records.append(cached)
-                reused += 1
-                continue
-            record["key"] = key
-            record.update(_compute(reader, base_reader, layer, base, factors, Path(esd_dir), settings, top_k, device))
-            io.write_json(entry_path, record)
+            if cached and cached.get("key") == record["key"] and (
+                    cached["file"] is None or (Path(esd_dir) / cached["file"]).is_file()):
+                record = cached
+            else:
+                todo.append((len(records), layer, base, factors))
         records.append(record)
+
+    def compute(item) -> None:
+        position, layer, base, factors = item
+        records[position].update(_compute(reader, base_reader, layer, base, factors, Path(esd_dir), settings,
+                                          top_k, device))
+        io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", records[position])
+
+    # As the layers' own spectra (zooscope.spectra.esd.compute_model_esd): large matrices one after
+    # another with all the job's BLAS threads, small ones a layer per thread with one BLAS thread
+    # each; which way a layer goes depends on its shape only.
+    small = [item for item in todo
+             if device is None and resources.layer_matrices(item[1]["shape"])[2] < PARALLEL_LAYERS_BELOW]
+    in_pool = {item[0] for item in small}
+    for item in todo:
+        if item[0] not in in_pool:
+            compute(item)
+    if small:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, threads)) as pool:
+            list(pool.map(compute, small))  # list(): raises a worker's exception here
+    reused = sum(record.get("key") is not None for record in records) - len(todo)
     _remove_stale(out_dir, {record["name"] for record in records if record.get("key")})
     log.info("%s against base %s: %d layers, %d updates reused from the cache, %d unchanged, %d unmatched, "
              "%d base layers not in the model", model, base_model, len(records), reused,
