@@ -11,4 +11,5 @@ with job(snakemake, name="aggregate"):
     jacobian = [io.read_json(path) for path in getattr(snakemake.input, "jacobian", [])]
     models, jacobian_metrics = join_jacobian(models, jacobian)
     io.write_tsv(snakemake.output.models, models)
-    io.write_tsv(snakemake.output.regressions, regress(models, [*SUMMARY_METRICS, *delta_metric_columns(models), *jacobian_metrics]))
+    metrics = [*SUMMARY_METRICS, *delta_metric_columns(models), *jacobian_metrics]
+    io.write_tsv(snakemake.output.regressions, regress(models, metrics))
