@@ -1,10 +1,34 @@
 # zooscope: audit a zoo of pretrained neural networks from their weights alone.
 # Run: snakemake --cores all   (the embedded demo zoo; --config zoo=PATH for another sheet)
 import os
+import sys
+from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# The workflow runs the zooscope of its own checkout (src/ beside this file), in this process and
+# in every job (they inherit PYTHONPATH), whichever zooscope the environment has installed: with
+# two checkouts and one environment, each runs its own code. A zooscope imported before this file
+# was read (another checkout's, in the same process) cannot be replaced: then stop and say so.
+CHECKOUT_SRC = Path(workflow.basedir).resolve() / "src"
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        [str(CHECKOUT_SRC)]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(CHECKOUT_SRC)]
+    )
+)
+sys.path.insert(0, str(CHECKOUT_SRC))
+import zooscope
+
+if Path(zooscope.__file__).resolve().parent != CHECKOUT_SRC / "zooscope":
+    raise WorkflowError(
+        f"this workflow ({workflow.basedir}) runs the zooscope of its checkout, {CHECKOUT_SRC / 'zooscope'}, "
+        f"but this process already imported another one: {Path(zooscope.__file__).parent}; run it in a fresh "
+        "process (the snakemake command)"
+    )
 
 # The jobs inherit this. They allocate large arrays once, and under the kernel's usual
 # transparent-huge-page policy (defrag=madvise) numpy's huge-page advice makes every first

@@ -2,14 +2,14 @@
 
 Why: docs/sharding-and-resources.md promises that memory is bounded by the largest tensor, not the model: fetch reads
 a safetensors-sourced model one tensor at a time (zooscope.layers.TensorStore) and streams its
-output (zooscope.sources.write_safetensors); esd reads one tensor at a time (safe_open). This
+output (zooscope.sources.fetch.write_safetensors); esd reads one tensor at a time (safe_open). This
 builds a Hugging Face style sharded model (model-0000i-of-0000n.safetensors + index), runs each
 stage in a fresh subprocess (so nothing else is in its memory) and reports the child's peak RSS
 (``VmHWM`` of /proc/self/status, Linux), next to the RSS of the same imports alone.
 
 The same is measured for an ``hf:`` source: a synthetic GPT-2 of the same size, sharded, in a
 Hugging Face cache read offline (HF_HUB_OFFLINE=1), fetched as zooscope does it (the module tree
-on the meta device, the checkpoint converted tensor by tensor: zooscope.sources.hubs.hf_checkpoint) and,
+on the meta device, the checkpoint converted tensor by tensor: zooscope.sources.hf.hf_checkpoint) and,
 as the peer, through ``transformers.AutoModel.from_pretrained`` (the model loaded whole).
 
     python benchmarks/bench_memory.py                 # --gib 2 --shards 4 --rows 8192 --cols 1024
@@ -36,26 +36,28 @@ PEAK = "from zooscope.jobs import peak_rss; print(peak_rss())"
 HF_REPO = "bench/synthetic-gpt2"
 HF_FETCH = (
     "import os, sys\nos.environ.update(HF_HOME=sys.argv[1], HF_HUB_OFFLINE='1')\n"
-    "from zooscope.sources import fetch_model\n"
+    "from zooscope.sources.fetch import fetch_model\n"
     f"fetch_model({{'model': 'synthetic-gpt2', 'series': 's', 'source': 'hf:{HF_REPO}', 'accuracy': None}},"
     " sys.argv[2], sheet_dir='.', threads=2)\n"
 )
 CHILDREN = {
-    "fetch imports": "import zooscope.sources, safetensors\n" + PEAK,  # a file: fetch imports no torch
+    "fetch imports": "import zooscope.sources.fetch, safetensors\n" + PEAK,  # a file: fetch imports no torch
     "fetch": (
-        "import sys\nfrom zooscope.sources import fetch_model\n"
+        "import sys\nfrom zooscope.sources.fetch import fetch_model\n"
         "fetch_model({'model': 'synthetic', 'series': 's', 'source': 'file:' + sys.argv[1], 'accuracy': None},"
         " sys.argv[2], sheet_dir='.', threads=2)\n" + PEAK
     ),
-    "hf fetch imports": "import zooscope.sources, zooscope.sources.hubs, transformers, safetensors.torch\n"
+    "hf fetch imports": "import zooscope.sources.fetch, zooscope.sources.hubs, transformers, safetensors.torch\n"
                         "from transformers import GPT2Model\n" + PEAK,
     "hf fetch": HF_FETCH + PEAK,
-    "hf fetch whole": "from zooscope import hubs\nhubs.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
+    "hf fetch whole": "from zooscope.sources import hf\nhf.hf_checkpoint = lambda *args: None\n" + HF_FETCH + PEAK,
     "esd imports": "import zooscope.spectra.esd, safetensors\n" + PEAK,
     "esd": (
-        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.spectra.esd import compute_model_esd\n"
+        "import sys\nfrom threadpoolctl import threadpool_limits\nfrom zooscope.config import EsdSettings\n"
+        "from zooscope.spectra.esd import compute_model_esd\n"
         "with threadpool_limits(2):\n"
-        "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2])\n"
+        "    compute_model_esd(sys.argv[1] + '/model.safetensors', sys.argv[1] + '/layers.json', sys.argv[2],\n"
+        "                      EsdSettings(randomize=False))\n"
         + PEAK
     ),
 }

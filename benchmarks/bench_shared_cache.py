@@ -55,6 +55,7 @@ def make_zoo(root: Path, fine_tunes: int, layers: int, width: int, changed: int)
 
 def run_zoo(dirs: list[Path], out: Path, store: Path | None) -> tuple[float, int]:
     """(wall seconds, spectra computed) of the esd stage over the zoo."""
+    from zooscope.config import EsdSettings
     from zooscope.spectra import spectrum
     from zooscope.spectra.esd import compute_model_esd
 
@@ -65,7 +66,7 @@ def run_zoo(dirs: list[Path], out: Path, store: Path | None) -> tuple[float, int
         start = time.perf_counter()
         for directory in dirs:
             compute_model_esd(directory / "model.safetensors", directory / "layers.json", out / directory.name,
-                              randomize=True, shared_cache=store)
+                              EsdSettings(randomize=True), shared_cache=store)
         return time.perf_counter() - start, len(calls) // 2  # each spectrum and its shuffled copy
     finally:
         spectrum.eigenvalues = original

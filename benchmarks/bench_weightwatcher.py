@@ -11,7 +11,7 @@ temporary folder, or DIR, kept):
 
 * zooscope end to end: `snakemake --cores N` on a zoo sheet of `file:` rows, from the weight files
   to every layer's alpha and the zoo tables (fetch, esd, fit, aggregate). Config: the
-  defaults with `randomize: false` (WeightWatcher's `analyze()` does not randomize by default).
+  defaults with `esd: randomize: false` (WeightWatcher's `analyze()` does not randomize by default).
 * WeightWatcher: `weightwatcher.WeightWatcher(model=m).analyze()` (its defaults) over the same
   models, in one Python process, with BLAS/torch threads limited to N. Each model is built again
   for it (same seed; checked equal to the weights file): no model is held in memory while
@@ -123,14 +123,15 @@ def run_zooscope(workdir: Path, cores: int) -> float:
 
 def zooscope_library(workdir: Path, model: str, threads: int, device: str = "cpu"):
     """zooscope's esd and fit of a fetched model, in process: (seconds, layers table)."""
+    from zooscope.config import EsdSettings
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
     from zooscope.analysis.metrics import fit_layers
 
     fetched = workdir / "resources" / "models" / model
     with tempfile.TemporaryDirectory(prefix=f"zooscope-lib-{model}-") as out:
         start = time.perf_counter()
-        index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", out, device=device,
-                                  threads=threads)
+        index = compute_model_esd(fetched / "model.safetensors", fetched / "layers.json", out,
+                                  EsdSettings(randomize=False), device=device, threads=threads)
         layers = fit_layers(index, partial(load_layer_eigenvalues, out))
         return time.perf_counter() - start, layers
 
@@ -188,7 +189,7 @@ def main() -> None:
         del model
         gc.collect()
         (workdir / "zoo.tsv").write_text("".join(rows))
-        (workdir / "config.yaml").write_text("zoo: zoo.tsv\nrandomize: false\n")
+        (workdir / "config.yaml").write_text("zoo: zoo.tsv\nesd:\n  randomize: false\n")
         # The weights are on disk before anything is timed: without this, the first timed phase
         # (zooscope's) would also pay the kernel's write-back of the 1.1 GB just written.
         os.sync()
@@ -196,7 +197,7 @@ def main() -> None:
               f"torch {torch.__version__}")
 
         if args.in_process:
-            from zooscope.sources import fetch_model
+            from zooscope.sources.fetch import fetch_model
 
             for name in names:
                 fetch_model({"model": name, "series": "bench", "source": f"file:weights/{name}.safetensors",

@@ -1,28 +1,28 @@
-# Config and zoo sheet validation, and the input functions of every rule. Parsed by every job:
-# keep it cheap (no numpy/torch here).
+# The config and the zoo sheet, parsed once into typed objects (zooscope.config.RunConfig,
+# zooscope.zoo.ZooRow), and the input functions of every rule. Parsed by every job: keep it cheap
+# (no numpy/torch here). Rules pass settings in their plain form (as_dict()); scripts rebuild them.
 import re
 from pathlib import Path
 
-from zooscope.config import is_adapter_source, load_schema, read_zoo_sheet, validate_config
+from zooscope.config import load_schema, run_config
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
+from zooscope.zoo import read_zoo_sheet
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
-config.update(
-    validate_config(
-        config, load_schema(SCHEMAS / "config.schema.yaml"), source="config (config.yaml and --config)"
-    )
+RUN = run_config(
+    config, load_schema(SCHEMAS / "config.schema.yaml"), source="config (config.yaml and --config)"
 )
-ZOO_SHEET = Path(config["zoo"])
+ZOO_SHEET = RUN.zoo
+# The zoo's rows, parsed and checked (zooscope.zoo.ZooRow): model id -> row.
 MODELS = {
-    row["model"]: row
-    for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
+    row.model: row for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
-SERIES = sorted({row["series"] for row in MODELS.values()})
-# Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources), taken
-# out of the rows: fetch treats other columns as options, and a new shard count must not refetch.
+SERIES = sorted({row.series for row in MODELS.values()})
+# Esd shards per model (zoo column `shards`, else config `esd.shard_mb`; zooscope.resources). An
+# adapter's weights are its base's size, unknown before the fetch: sized by its column alone.
 SHARDS = {
-    model: model_shards(row.pop("shards", None), row["source"], ZOO_SHEET.parent, config["shard_mb"])
+    model: model_shards(row.shards, None if row.adapter else row.source.path, RUN.esd.shard_mb)
     for model, row in MODELS.items()
 }
 
@@ -36,17 +36,11 @@ def file_source_input(wildcards):
     """The weights of a file: source (an adapter's two files for peft:), so that changing them
     reruns the model. A missing path is left to the fetch job to report (with the model's name),
     instead of stopping the whole DAG."""
-    kind, _, argument = MODELS[wildcards.model]["source"].partition(":")
-    if kind not in ("file", "peft"):
-        return []
-    path = ZOO_SHEET.parent / argument
-    adapter = wildcards.model in ADAPTERS
-    paths = [path / "adapter_config.json", path / "adapter_model.safetensors"] if adapter else [path]
-    return [str(path) for path in paths if path.exists()]
+    return [str(path) for path in MODELS[wildcards.model].source.local_inputs() if path.exists()]
 
 
 def series_models(wildcards):
-    return [model for model, row in MODELS.items() if row["series"] == wildcards.series]
+    return [model for model, row in MODELS.items() if row.series == wildcards.series]
 
 
 def model_resource(stage, name):
@@ -61,7 +55,7 @@ def model_resource(stage, name):
             return getattr(stage_resources(stage, layers_json, parse_shard(wildcards.shard)), name)
         # a model with a base computes its updates in its esd job (a sharded one's merge job too,
         # which then asks for the whole model's estimate: more than the updates alone need)
-        with_base = stage == "esd" and bool(MODELS[wildcards.model].get("base"))
+        with_base = stage == "esd" and MODELS[wildcards.model].base is not None
         if stage == "esd" and SHARDS[wildcards.model] > 1 and not with_base:
             return getattr(MERGE, name)
         return getattr(stage_resources(stage, layers_json, with_base=with_base), name)
@@ -74,16 +68,16 @@ def esd_input(wildcards):
     A model with a base (zoo column `base`) also computes its updates against the base's fetched
     weights (zooscope.spectra.delta_esd), in the esd job itself also when it is sharded; its
     meta.json names an adapter's factors. It runs after its base's esd job, so that the layers
-    it shares with its base come from the shared store (config shared_cache) instead of being
-    computed by two jobs at once."""
+    it shares with its base come from the shared store (config esd.shared_cache) instead of
+    being computed by two jobs at once."""
     model, shards = wildcards.model, SHARDS[wildcards.model]
     inputs = {"layers": f"resources/models/{model}/layers.json"}
     if shards == 1:
         inputs["weights"] = f"resources/models/{model}/model.safetensors"
     else:
         inputs["shards"] = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
-    base = MODELS[model].get("base")
-    if base:
+    base = MODELS[model].base
+    if base is not None:
         inputs.update(fetched_model(model, "weights", "meta"), **fetched_model(base, "weights", "layers", prefix="base_"),
                       base_index=f"results/esd/{base}/index.json")
     return inputs
@@ -95,43 +89,45 @@ def fetched_model(model, *files, prefix=""):
     return {f"{prefix}{file}": f"resources/models/{model}/{names[file]}" for file in files}
 
 
-# The rows that are LoRA adapters (a peft: source or a file: adapter folder): fetched onto their base.
-ADAPTERS = {model for model, row in MODELS.items() if is_adapter_source(row["source"], ZOO_SHEET.parent)}
-
-
 def fetch_base_input(wildcards):
     """An adapter's fetch merges it into its base's fetched weights."""
-    base = MODELS[wildcards.model]["base"] if wildcards.model in ADAPTERS else None
-    return fetched_model(base, "weights", "layers", prefix="base_") if base else {}
+    row = MODELS[wildcards.model]
+    return fetched_model(row.base, "weights", "layers", prefix="base_") if row.adapter else {}
 
 
 def esd_computes(wildcards):
     """Whether this esd/esd_shard job computes eigenvalues or updates (not only merges shards)."""
-    return "shard" in wildcards.keys() or SHARDS[wildcards.model] == 1 or bool(MODELS[wildcards.model].get("base"))
+    return ("shard" in wildcards.keys() or SHARDS[wildcards.model] == 1
+            or MODELS[wildcards.model].base is not None)
+
+
+def esd_delta_top_k(wildcards):
+    """Config esd.delta_top_k for a model with a base; None for the others, which ignore it (so
+    that changing it reruns only the esd jobs of models with a base)."""
+    return RUN.esd.delta_top_k if MODELS[wildcards.model].base is not None else None
 
 
 def esd_gpu(wildcards):
-    """One GPU for a computing esd job when config device is cuda (SLURM: --gpus=1)."""
-    return int(config["device"] == "cuda" and esd_computes(wildcards))
+    """One GPU for a computing esd job when config esd.device is cuda (SLURM: --gpus=1)."""
+    return int(RUN.esd.device == "cuda" and esd_computes(wildcards))
 
 
 def esd_threads(wildcards):
-    return config["threads"]["esd"] if esd_computes(wildcards) else 1
+    return RUN.threads.esd if esd_computes(wildcards) else 1
 
 
 # The models of the Jacobian stage (rules/jacobian.smk): rows that name a data set.
-JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.get("data")]
+JACOBIAN_MODELS = [model for model, row in MODELS.items() if row.data is not None]
 # The series with at least one such model: each gets results/plots/jacobian/{series}.
-JACOBIAN_SERIES = sorted({MODELS[model]["series"] for model in JACOBIAN_MODELS})
+JACOBIAN_SERIES = sorted({MODELS[model].series for model in JACOBIAN_MODELS})
 
 
 def jacobian_series_models(wildcards):
-    return [model for model in JACOBIAN_MODELS if MODELS[model]["series"] == wildcards.series]
+    return [model for model in JACOBIAN_MODELS if MODELS[model].series == wildcards.series]
 
 
 def jacobian_data_input(wildcards):
     """A data file or folder named by the row, so that changing it reruns the model's job; a
     missing path is left to the job to report (as for file: sources)."""
-    data = MODELS[wildcards.model].get("data") or ""
-    path = ZOO_SHEET.parent / data
-    return [str(path)] if data != "digits" and path.exists() else []
+    path = MODELS[wildcards.model].data.path  # None: the built-in digits
+    return [str(path)] if path is not None and path.exists() else []

@@ -1,8 +1,8 @@
-# Only settings that change eigenvalues, as params of both rules: a fit option must never rerun
-# this stage. (config device is read by the script: it changes eigenvalues by rounding only.)
-ESD_SETTINGS = {
-    name: config[name] for name in ("conv2d", "normalize", "conv2d_fft_size", "randomize")
-}
+# Only the settings that change eigenvalues (zooscope.config.EsdSettings) are params of both
+# rules: a fit option must never rerun this stage. The device changes eigenvalues by rounding only,
+# and the shared store (esd.shared_cache) only where they are kept, so both reach the script as
+# resources (esd_device, esd_shared_cache), which are no rerun trigger: switching them reruns
+# nothing. esd.delta_top_k is a param of the esd jobs of models with a base alone.
 
 
 rule esd_shard:
@@ -16,17 +16,19 @@ rule esd_shard:
     wildcard_constraints:
         shard=r"[1-9][0-9]*-of-[1-9][0-9]*",
     params:
-        **ESD_SETTINGS,
+        esd=RUN.esd.settings.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:
         "logs/esd/{model}.{shard}.log",
-    threads: config["threads"]["esd"]
+    threads: RUN.threads.esd
     priority: 1  # as rule esd's
     resources:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
+        esd_device=RUN.esd.device,
+        esd_shared_cache=RUN.esd.shared_cache or "",
     script:
         "../scripts/esd.py"
 
@@ -37,9 +39,8 @@ rule esd:
     output:
         index="results/esd/{model}/index.json",
     params:
-        **ESD_SETTINGS,
-        # only a model with a base compares top singular directions: others ignore the setting
-        delta_top_k=lambda wildcards: config["delta_top_k"] if MODELS[wildcards.model].get("base") else None,
+        esd=RUN.esd.settings.as_dict(),
+        delta_top_k=esd_delta_top_k,
     conda:
         "../envs/numeric.yaml"
     log:
@@ -53,5 +54,7 @@ rule esd:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
+        esd_device=RUN.esd.device,
+        esd_shared_cache=RUN.esd.shared_cache or "",
     script:
         "../scripts/esd.py"

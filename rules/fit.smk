@@ -5,9 +5,7 @@ rule fit:
         layers="results/metrics/{model}/layers.tsv",
         summary="results/metrics/{model}/summary.json",
     params:
-        min_evals=config["min_evals"],
-        floor=config["fit"]["floor"],
-        kind=config["fit"]["kind"],
+        fit=RUN.fit.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:

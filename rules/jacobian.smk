@@ -12,16 +12,15 @@ rule jacobian:
         summary="results/jacobian/{model}/summary.json",
         spectra="results/jacobian/{model}/spectra.safetensors",
     params:
-        data=lambda wildcards: MODELS[wildcards.model]["data"],
-        samples=lambda wildcards: int(MODELS[wildcards.model].get("data_samples") or 512),
-        sheet_dir=str(ZOO_SHEET.parent),
-        settings=config["jacobian"],
-        min_evals=config["min_evals"],
+        data=lambda wildcards: MODELS[wildcards.model].data.as_dict(),
+        settings=RUN.jacobian.as_dict(),
+        # of the fit settings only this one: a fit option must not rerun the Jacobian stage
+        min_evals=RUN.fit.min_evals,
     conda:
         "../envs/torch.yaml"
     log:
         "logs/jacobian/{model}.log",
-    threads: config["threads"]["jacobian"]
+    threads: RUN.threads.jacobian
     script:
         "../scripts/jacobian.py"
 

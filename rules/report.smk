@@ -58,15 +58,15 @@ rule audit:
             report(
                 f"results/audit/{model}.html",
                 caption="../report/audit_card.rst",
-                category=row["series"],
+                category=row.series,
                 subcategory=model,
             )
             for model, row in MODELS.items()
         ],
     params:
         models=list(MODELS),
-        series=[row["series"] for row in MODELS.values()],
-        shared_cache=config["shared_cache"] is not None,
+        series=[row.series for row in MODELS.values()],
+        shared_cache=RUN.esd.shared_cache is not None,
     conda:
         "../envs/numeric.yaml"
     log:

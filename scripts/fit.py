@@ -2,6 +2,7 @@ from functools import partial
 from pathlib import Path
 
 from zooscope import io
+from zooscope.config import FitSettings
 from zooscope.spectra.esd import load_layer_eigenvalues
 from zooscope.jobs import job
 from zooscope.analysis.metrics import layer_columns, layer_rows, summarize
@@ -13,9 +14,7 @@ with job(snakemake, name="fit"):
     rows = layer_rows(
         index,
         partial(load_layer_eigenvalues, Path(snakemake.input.index).parent),
-        min_evals=snakemake.params.min_evals,
-        floor=snakemake.params.floor,
-        kind=snakemake.params.kind,
+        FitSettings(**snakemake.params.fit),
     )
     io.write_rows_tsv(snakemake.output.layers, layer_columns(index), rows)
     io.write_json(snakemake.output.summary, summarize(snakemake.wildcards.model, rows, index.get("delta")))

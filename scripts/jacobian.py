@@ -1,27 +1,21 @@
-from pathlib import Path
-
 from zooscope import io
 from zooscope.jobs import job
 
 with job(snakemake, name="jacobian") as log:
     import torch
 
+    from zooscope.config import JacobianSettings
+    from zooscope.jacobian.compute import model_jacobian, write_spectra
     from zooscope.jacobian.data import load_samples
-    from zooscope.jacobian.compute import JacobianSettings, model_jacobian, write_spectra
     from zooscope.jacobian.rebuild import rebuild_module
+    from zooscope.zoo import DataSpec
 
     meta = io.read_json(snakemake.input.meta)
     network = rebuild_module(meta, io.read_json(snakemake.input.layers)["layers"], snakemake.input.weights)
-    samples = load_samples(snakemake.params.data, sheet_dir=Path(snakemake.params.sheet_dir),
-                           samples=snakemake.params.samples)
-    options = snakemake.params.settings
-    settings = JacobianSettings(
-        batch_size=options["batch_size"], memory_budget=options["memory_mb"] * 2**20,
-        min_evals=snakemake.params.min_evals, input_output=options["input_output"],
-        hessian_steps=options["hessian_steps"], hessian_probes=options["hessian_probes"],
-    )
+    samples = load_samples(DataSpec.from_dict(snakemake.params.data))
     torch.set_num_threads(snakemake.threads)
-    result = model_jacobian(network, samples.x, samples.y, settings)
+    result = model_jacobian(network, samples.x, samples.y, JacobianSettings(**snakemake.params.settings),
+                            min_evals=snakemake.params.min_evals)
     log.info("%s: %d of %d samples of %s, %s route, %d gradient passes", meta["model"], len(samples.y),
              samples.total, samples.source, result.route, result.passes)
     io.write_tsv(snakemake.output.layers, result.layers)

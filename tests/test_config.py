@@ -1,8 +1,17 @@
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
 from conftest import REPO
-from zooscope.config import ConfigError, load_schema, read_zoo_sheet, validate_config
+from zooscope.config import (
+    ConfigError, EsdConfig, EsdSettings, FitSettings, JacobianSettings, Threads, config_table, load_schema, run_config,
+    schema_keys, validate_config,
+)
+from zooscope.zoo import DataSpec, Source, ZooRow, read_zoo_sheet
 
 CONFIG_SCHEMA = load_schema(REPO / "schemas" / "config.schema.yaml")
 ZOO_SCHEMA = load_schema(REPO / "schemas" / "zoo.schema.yaml")
@@ -15,23 +24,72 @@ def write_sheet(tmp_path, text):
 
 
 def test_shipped_config_is_valid_and_defaults_are_filled():
-    config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
-    assert config["zoo"] == "zoos/demo.tsv"
-    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["fit"] == {"floor": 1e-5, "kind": "pl"}
-    assert validate_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)["min_evals"] == 50
+    shipped = run_config(yaml.safe_load((REPO / "config.yaml").read_text()), CONFIG_SCHEMA)
+    assert shipped.zoo == Path("zoos/demo.tsv")
+    defaults = run_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)
+    assert defaults.fit == FitSettings(floor=1e-5, kind="pl", min_evals=50)
+    assert defaults.esd == EsdConfig(EsdSettings("slices", "none", None, True), device="cpu", shard_mb=None)
+    assert defaults.jacobian.memory_budget == 1024 * 2**20
+
+
+def test_the_schema_defaults_are_the_dataclasses_defaults():
+    """One definition of every default: the schema's equal the settings classes' (the library's)."""
+    schema_defaults = dict((name, sub["default"]) for name, sub in schema_keys(CONFIG_SCHEMA) if "default" in sub)
+    objects = {"esd": EsdConfig().settings, "fit": FitSettings(), "jacobian": JacobianSettings(), "threads": Threads()}
+    expected = {f"{group}.{field.name}": getattr(value, field.name)
+                for group, value in objects.items() for field in dataclasses.fields(value)}
+    expected.update({f"esd.{field.name}": getattr(EsdConfig(), field.name)
+                     for field in dataclasses.fields(EsdConfig) if field.name != "settings"})
+    assert schema_defaults == expected
+    for name, sub in schema_keys(CONFIG_SCHEMA):  # and every key is documented
+        assert len(sub.get("description", "")) > 20, name
 
 
 def test_bad_config_names_the_source_and_each_field():
     with pytest.raises(ConfigError) as info:
-        validate_config({"zoo": "z.tsv", "conv2d": "blocks", "min_evals": 0, "typo": 1}, CONFIG_SCHEMA,
-                        source="config.yaml")
+        validate_config({"zoo": "z.tsv", "esd": {"conv2d": "blocks"}, "fit": {"min_evals": 0}, "typo": 1},
+                        CONFIG_SCHEMA, source="config.yaml")
     message = str(info.value)
     assert message.startswith("config.yaml")
-    assert "field 'conv2d'" in message and "'blocks'" in message
-    assert "field 'min_evals'" in message
+    assert "field 'esd.conv2d'" in message and "'blocks'" in message
+    assert "field 'fit.min_evals'" in message
     assert "'typo' was unexpected" in message
     with pytest.raises(ConfigError, match="'zoo' is a required property"):
         validate_config({}, CONFIG_SCHEMA)
+
+
+@pytest.mark.parametrize("key, group", [("min_evals", "fit"), ("device", "esd"), ("shard_mb", "esd"),
+                                        ("randomize", "esd"), ("conv2d", "esd"), ("normalize", "esd"),
+                                        ("conv2d_fft_size", "esd")])
+def test_an_old_flat_key_names_its_new_place(key, group):
+    with pytest.raises(ConfigError) as info:
+        validate_config({"zoo": "z.tsv", key: 1}, CONFIG_SCHEMA)
+    assert f"key '{key}' has moved into the '{group}:' group" in str(info.value)
+    assert f"--config '{group}={{{key}: VALUE}}'" in str(info.value)
+
+
+def test_command_line_values_of_a_group_are_read_as_yaml():
+    """Snakemake hands --config 'esd={shard_mb: 2, randomize: false}' over as strings."""
+    config = run_config({"zoo": "z.tsv", "esd": {"shard_mb": "2", "randomize": "false", "normalize": "N"},
+                         "fit": {"min_evals": "20"}}, CONFIG_SCHEMA)
+    assert (config.esd.shard_mb, config.esd.settings.randomize, config.esd.settings.normalize) == (2, False, "N")
+    assert config.fit.min_evals == 20
+    with pytest.raises(ConfigError, match="field 'esd.shard_mb'"):
+        validate_config({"zoo": "z.tsv", "esd": {"shard_mb": "big"}}, CONFIG_SCHEMA)
+
+
+def test_readme_config_table_is_generated_from_the_schema():
+    """README's table between the markers is `python -m zooscope.config --table`, byte for byte."""
+    readme = (REPO / "README.md").read_text()
+    start, end = "<!-- config-table -->\n", "<!-- /config-table -->"
+    assert start in readme and end in readme
+    table = readme.split(start, 1)[1].split(end, 1)[0]
+    printed = subprocess.run([sys.executable, "-m", "zooscope.config", "--table"], capture_output=True,
+                             text=True, check=True).stdout
+    assert table == printed == config_table(CONFIG_SCHEMA)
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 20
+    assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 
 def test_zoo_sheet_rows_and_options(tmp_path):
@@ -39,9 +97,11 @@ def test_zoo_sheet_rows_and_options(tmp_path):
                                  "a|s|train:mlp||64\nb|s|file:w.safetensors|71.5|\n")
     rows = read_zoo_sheet(path, ZOO_SCHEMA)
     assert rows == [
-        {"model": "a", "series": "s", "source": "train:mlp", "accuracy": None, "width": "64"},
-        {"model": "b", "series": "s", "source": "file:w.safetensors", "accuracy": 71.5, "width": None},
+        ZooRow("a", "s", Source("train", "mlp", "train:mlp"), None, {"width": 64}),
+        ZooRow("b", "s", Source("file", "w.safetensors", "file:w.safetensors", tmp_path / "w.safetensors"), 71.5),
     ]
+    for row in rows:  # the plain form rules pass to scripts
+        assert ZooRow.from_dict(row.as_dict()) == row
 
 
 @pytest.mark.parametrize("row, fragments", [
@@ -73,6 +133,45 @@ def test_duplicate_models_missing_columns_and_missing_sheet(tmp_path):
         read_zoo_sheet(tmp_path / "nope.tsv", ZOO_SCHEMA)
 
 
+def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
+    """Options against the kind's declared ones, their values, and data only on rebuildable kinds:
+    all found when the sheet is read (before any job), each with its row and model."""
+    path = write_sheet(tmp_path, "model|series|source|accuracy|width|dropout|label_noise|data\n"
+                                 "a|s|train:mlp||64|0.1||\n"
+                                 "b|s|torchvision:vgg11||64|||\n"
+                                 "c|s|train:resnet|||||\n"
+                                 "d|s|train:mlp||||1.5|\n"
+                                 "e|s|hf:gpt2|||||digits\n"
+                                 "f|s|random:mlp||32|||digits\n")
+    with pytest.raises(ConfigError) as info:
+        read_zoo_sheet(path, ZOO_SCHEMA)
+    problems = str(info.value).splitlines()[1:]
+    assert problems == [
+        "  - row 2: model 'a': unknown option column 'dropout'; valid option columns: channels, depth, width, "
+        "label_noise, epochs, lr, batch_size, seed",
+        "  - row 3: model 'b': option column 'width' does not apply to torchvision: sources; they take none",
+        "  - row 4: model 'c': unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp",
+        "  - row 5: model 'd': column 'label_noise' must be in [0, 1], got 1.5",
+        "  - row 6: model 'e': column 'data' (the Jacobian stage) needs a model that can be run again, from a "
+        "train:, random: source, not hf:; leave the cell empty",
+    ]
+
+
+def test_paths_are_resolved_once_against_the_sheet(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_sheet(tmp_path, "model|series|source|accuracy|data|data_samples|shards\n"
+                                 "a|s|file:w/a.safetensors||||3\n"
+                                 "b|s|file:~/b.pt||||\n"
+                                 "c|s|file:/abs/c.pt||||\n"
+                                 "d|s|random:mlp||sets/d.npz|7|\n")
+    rows = {row.model: row for row in read_zoo_sheet(path, ZOO_SCHEMA)}
+    assert rows["a"].source.path == tmp_path / "w" / "a.safetensors" and rows["a"].shards == 3
+    assert rows["b"].source.path == tmp_path / "home" / "b.pt"
+    assert rows["c"].source.path == Path("/abs/c.pt")
+    assert rows["d"].source.path is None and rows["d"].data == DataSpec("sets/d.npz", tmp_path / "sets" / "d.npz", 7)
+    assert rows["d"].fetch_form() == {**rows["d"].as_dict(), "data": None, "shards": None}
+
+
 def test_base_column_errors_name_the_row(tmp_path):
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "adapter_config.json").write_text("{}")
@@ -100,4 +199,23 @@ def test_base_column_errors_name_the_row(tmp_path):
 def test_a_chain_of_bases_is_valid(tmp_path):
     path = write_sheet(tmp_path, "model|series|source|accuracy|base\n"
                                  "a|s|train:mlp||\nb|s|train:mlp||a\nc|s|train:mlp||b\n")
-    assert [row["base"] for row in read_zoo_sheet(path, ZOO_SCHEMA)] == [None, "a", "b"]
+    assert [row.base for row in read_zoo_sheet(path, ZOO_SCHEMA)] == [None, "a", "b"]
+
+
+def test_a_file_folder_holding_an_adapter_is_a_peft_source_and_only_an_adapter_fetches_with_its_base(tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base|data\n"
+                                 "a|s|train:mlp|||\nb|s|file:lora||a|\nc|s|peft:lora||a|\nd|s|train:mlp||a|digits\n")
+    a, b, c, d = read_zoo_sheet(path, ZOO_SCHEMA)
+    assert (b.source.kind, b.source.text, b.adapter, c.adapter, d.adapter) == ("peft", "file:lora", True, True, False)
+    assert b.source.local_inputs() == [tmp_path / "lora" / "adapter_config.json",
+                                       tmp_path / "lora" / "adapter_model.safetensors"]
+    assert b.fetch_form()["base"] == "a" and d.fetch_form()["base"] is None
+    assert ZooRow.from_dict(d.as_dict()) == d
+
+
+def test_a_base_that_is_no_model_id_is_an_error(tmp_path):
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\na|s|train:mlp||\nb|s|train:mlp||a/b\n")
+    with pytest.raises(ConfigError, match="row 3 .*base"):
+        read_zoo_sheet(path, ZOO_SCHEMA)

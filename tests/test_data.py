@@ -5,17 +5,18 @@ import torch
 from PIL import Image
 
 from zooscope.jacobian.data import DataError, load_samples, subsample_indices
+from zooscope.zoo import DEFAULT_SAMPLES, RowError, data_spec, parse_row
 
 
 def test_digits_is_the_test_split_and_capped():
-    full = load_samples("digits", samples=10_000)
+    full = load_samples(data_spec("digits", samples=10_000))
     assert full.total == 450 and full.x.shape == (450, 64) and full.y.dtype == torch.int64
     np.testing.assert_array_equal(full.indices, np.arange(450))
-    capped = load_samples("digits", samples=100)
+    capped = load_samples(data_spec("digits", samples=100))
     assert capped.x.shape == (100, 64)
     torch.testing.assert_close(capped.x, full.x[capped.indices])
     # deterministic: the same samples on every call
-    np.testing.assert_array_equal(load_samples("digits", samples=100).indices, capped.indices)
+    np.testing.assert_array_equal(load_samples(data_spec("digits", samples=100)).indices, capped.indices)
 
 
 def test_subsample_is_a_sorted_seeded_subset():
@@ -30,13 +31,13 @@ def test_subsample_is_a_sorted_seeded_subset():
 def test_npz_relative_to_the_sheet(tmp_path):
     x = np.arange(24, dtype=np.float64).reshape(6, 2, 2)
     np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 0, 1, 2]))
-    samples = load_samples("d.npz", sheet_dir=tmp_path)
+    samples = load_samples(data_spec("d.npz", tmp_path))
     assert samples.x.shape == (6, 2, 2) and samples.x.dtype == torch.float32
     np.testing.assert_array_equal(samples.x.numpy(), x)
     np.testing.assert_array_equal(samples.y.numpy(), [0, 1, 2, 0, 1, 2])
     np.savez(tmp_path / "bad.npz", x=x)
     with pytest.raises(DataError, match="no array"):
-        load_samples("bad.npz", sheet_dir=tmp_path)
+        load_samples(data_spec("bad.npz", tmp_path))
 
 
 def test_image_folder_classes_in_sorted_order(tmp_path):
@@ -44,7 +45,7 @@ def test_image_folder_classes_in_sorted_order(tmp_path):
         (tmp_path / name).mkdir()
         for k in range(2):
             Image.fromarray(np.full((3, 4), 51 * (2 * label + k), dtype=np.uint8), mode="L").save(tmp_path / name / f"{k}.png")
-    samples = load_samples(str(tmp_path))
+    samples = load_samples(data_spec(str(tmp_path)))
     assert samples.x.shape == (4, 1, 3, 4)
     np.testing.assert_array_equal(samples.y.numpy(), [0, 0, 1, 1])
     np.testing.assert_allclose(samples.x[:, 0, 0, 0].numpy(), [0.0, 0.2, 0.4, 0.6], rtol=1e-6)
@@ -52,20 +53,29 @@ def test_image_folder_classes_in_sorted_order(tmp_path):
 
 def test_missing_data_is_an_error(tmp_path):
     with pytest.raises(DataError, match="not 'digits'"):
-        load_samples("nowhere.npz", sheet_dir=tmp_path)
+        load_samples(data_spec("nowhere.npz", tmp_path))
 
 
-def test_data_columns_are_not_model_options():
-    from zooscope.sources import parse_options
-
+def test_data_columns_are_not_model_options(tmp_path):
     row = {"model": "m", "series": "s", "source": "train:mlp", "accuracy": None, "width": "64",
            "data": "digits", "data_samples": "100"}
-    assert parse_options(row, "train") == {"width": 64}
-    assert parse_options(row, "random") == {"width": 64}
+    parsed = parse_row(row, tmp_path)
+    assert parsed.options == {"width": 64}
+    assert (parsed.data.name, parsed.data.path, parsed.data.samples) == ("digits", None, 100)
+    assert parse_row({**row, "source": "random:mlp"}, tmp_path).options == {"width": 64}
+    relative = parse_row({**row, "data": "sets/d.npz", "data_samples": None}, tmp_path).data
+    assert (relative.path, relative.samples) == (tmp_path / "sets" / "d.npz", DEFAULT_SAMPLES)
+
+
+def test_data_on_a_source_that_cannot_be_rebuilt_is_a_sheet_error(tmp_path):
+    row = {"model": "w", "series": "s", "source": "file:w.safetensors", "accuracy": None, "data": "digits"}
+    with pytest.raises(RowError, match=r"model 'w': column 'data' .* from a train:, random: source, not file:"):
+        parse_row(row, tmp_path)
 
 
 def test_zoo_schema_accepts_data_columns(tmp_path):
-    from zooscope.config import ConfigError, load_schema, read_zoo_sheet
+    from zooscope.config import ConfigError, load_schema
+    from zooscope.zoo import read_zoo_sheet
     from conftest import REPO
 
     schema = load_schema(REPO / "schemas" / "zoo.schema.yaml")
@@ -73,7 +83,7 @@ def test_zoo_schema_accepts_data_columns(tmp_path):
     sheet = tmp_path / "zoo.tsv"
     sheet.write_text(header + "a\ts\trandom:mlp\t\tdigits\t100\nb\ts\trandom:mlp\t\t\t\n")
     rows = read_zoo_sheet(sheet, schema)
-    assert [(r["data"], r["data_samples"]) for r in rows] == [("digits", "100"), (None, None)]
+    assert [(r.data and r.data.name, r.data and r.data.samples) for r in rows] == [("digits", 100), (None, None)]
     sheet.write_text(header + "a\ts\trandom:mlp\t\tdigits\t0\n")
     with pytest.raises(ConfigError, match="data_samples"):
         read_zoo_sheet(sheet, schema)

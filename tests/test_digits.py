@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from zooscope.models.architectures import build_architecture
+from zooscope.models.catalog import TRAINING_DEFAULTS, TrainingConfig
 from zooscope.models.digits import (
-    TRAINING_DEFAULTS,
-    TrainingConfig,
     accuracy,
     deterministic_torch,
     load_digits_split,

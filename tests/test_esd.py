@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import write_model_dir
+from zooscope.config import EsdSettings
 from zooscope.spectra import esd
 from zooscope.spectra import spectrum
 
@@ -19,8 +20,11 @@ def model_dir(tmp_path, rng):
     ])
 
 
-def run(model_dir, out_dir, **settings):
-    return esd.compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", out_dir, **settings)
+def run(model_dir, out_dir, *, device="cpu", shard=None, threads=1, randomize=False, **settings):
+    """compute_model_esd with these EsdSettings (without the shuffled ESDs unless asked)."""
+    return esd.compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", out_dir,
+                                 EsdSettings(randomize=randomize, **settings), device=device, shard=shard,
+                                 threads=threads)
 
 
 def test_eigenvalues_per_layer_match_an_svd(model_dir, tmp_path):

@@ -12,7 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from zooscope.sources import FetchError, fetch_model, parse_options, parse_source
+from zooscope.sources.base import FetchError
+from zooscope.sources.fetch import fetch_model
+from zooscope.sources.registry import KINDS
+from zooscope.zoo import RowError, parse_options, parse_source
 
 OUTPUTS = {"model.safetensors", "layers.json", "meta.json"}
 
@@ -198,7 +201,7 @@ def test_file_weights_are_converted_to_float32(tmp_path, dtype):
 def test_a_fetch_that_fails_while_writing_leaves_no_file(tmp_path, monkeypatch):
     """The disk fills up after two of the weights are written: nothing is left that a later run
     could take for complete, not even the temporary file."""
-    from zooscope import sources
+    from zooscope.sources import fetch as sources
 
     save_file(reference_state(), tmp_path / "model.safetensors")
     written = []
@@ -408,7 +411,7 @@ def test_parse_source(text, expected):
 
 @pytest.mark.parametrize("text", ["foo:bar", "train", "train:", "hub:resnet50", ""])
 def test_unknown_source(text):
-    with pytest.raises(FetchError) as error:
+    with pytest.raises(RowError) as error:
         parse_source(text, model="x")
     assert str(error.value) == (
         f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, peft:PATH, "
@@ -418,7 +421,7 @@ def test_unknown_source(text):
 
 def test_unknown_source_through_fetch(tmp_path):
     row = {"model": "x", "series": "s", "source": "foo:bar", "accuracy": None}
-    with pytest.raises(FetchError, match=r"unknown source 'foo:bar' for model 'x'; valid sources: "):
+    with pytest.raises(RowError, match=r"unknown source 'foo:bar' for model 'x'; valid sources: "):
         fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
 
 
@@ -446,7 +449,7 @@ def test_invalid_rows(tmp_path, row, message):
     if message is None:
         fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
         return
-    with pytest.raises(FetchError, match=message):
+    with pytest.raises(RowError, match=message):
         fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
     assert not (tmp_path / "out").exists()
 
@@ -454,8 +457,8 @@ def test_invalid_rows(tmp_path, row, message):
 def test_option_values_as_read_by_csv_or_pandas():
     row = {"model": "m", "series": "s", "source": "train:mlp", "accuracy": None,
            "width": 64.0, "depth": "2", "epochs": 3, "lr": "0.01", "seed": float("nan"), "label_noise": ""}
-    assert parse_options(row, "train") == {"width": 64, "depth": 2, "epochs": 3, "lr": 0.01}
-    assert parse_options({**row, "bogus": "x"}, "file") == {}  # file: rows ignore options
+    assert parse_options(row, KINDS["train"]) == {"width": 64, "depth": 2, "epochs": 3, "lr": 0.01}
+    assert parse_options({**row, "bogus": "x"}, KINDS["file"]) == {}  # file: rows ignore options
 
 
 # --------------------------------------------------------------------------- train: and random:
@@ -497,7 +500,8 @@ def test_module_state_of_every_dtype_round_trips_through_the_fetch_writer(tmp_pa
     """Buffers of other dtypes and 0-d tensors (BatchNorm's num_batches_tracked) are stored as
     they are, readable by safetensors' own loader, and the sha256 is that of the file."""
     from zooscope.layers import layers_from_module
-    from zooscope.sources import unanalysed_state, write_safetensors
+    from zooscope.sources.built import unanalysed_state
+    from zooscope.sources.fetch import write_safetensors
 
     torch.manual_seed(0)
     network = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
@@ -562,18 +566,14 @@ def test_fetch_leaves_global_torch_state_alone(tmp_path):
 
 def test_demo_zoo_rows_are_valid():
     """Every row of the shipped demo sheet parses (no training: that is the workflow's job)."""
-    from zooscope.models.architectures import architecture_options
-    from zooscope.config import load_schema, read_zoo_sheet
+    from zooscope.config import load_schema
+    from zooscope.zoo import read_zoo_sheet
 
     repo = Path(__file__).resolve().parents[1]
     rows = read_zoo_sheet(repo / "zoos" / "demo.tsv", load_schema(repo / "schemas" / "zoo.schema.yaml"))
-    series = {row["series"] for row in rows}
+    series = {row.series for row in rows}
     assert {"mlp-width", "cnn-width", "label-noise", "baseline"} <= series
-    for row in rows:
-        kind, arch = parse_source(row["source"], row["model"])
-        options = parse_options(row, kind)
-        architecture_options(arch, {k: v for k, v in options.items() if k in ("width", "depth", "channels")})
-    noise = sorted(parse_options(r, "train").get("label_noise", 0) for r in rows if r["series"] == "label-noise")
+    noise = sorted(r.options.get("label_noise", 0) for r in rows if r.series == "label-noise")
     assert noise == [0, 0.25, 0.5, 1.0]
 
 
@@ -586,7 +586,7 @@ def test_fetching_a_safetensors_file_imports_no_torch(tmp_path):
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from zooscope.sources import fetch_model\n"
+        "from zooscope.sources.fetch import fetch_model\n"
         f"fetch_model({{'model': 'm', 'series': 's', 'source': 'file:model.safetensors', 'accuracy': None}}, "
         f"Path({str(tmp_path / 'out')!r}), sheet_dir=Path({str(tmp_path)!r}))\n"
         "print('torch' in sys.modules)\n"

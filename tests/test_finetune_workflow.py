@@ -57,7 +57,7 @@ def zoo(tmp_path_factory):
         "tuned\tmlp\tfile:weights/tuned.safetensors\t85\tbase\t2\n"  # sharded: the merge job computes the updates
         "lora\tmlp\tpeft:weights/lora\t83\tbase\t\n"
         "solo\tother\tfile:weights/other.safetensors\t50\t\t\n")
-    (workdir / "config.yaml").write_text("zoo: zoo.tsv\ndelta_top_k: 4\n")
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nesd: {delta_top_k: 4}\n")
     snakemake(workdir, "--cores", "2", *TARGETS)
     return workdir
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import write_model_dir
+from zooscope.config import EsdSettings
 from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 from zooscope.analysis.metrics import fit_layers
 from zooscope.spectra.spectrum import eigenvalues, resolve_device
@@ -55,7 +56,7 @@ def test_cuda_esd_stage_matches_the_cpu_and_is_deterministic(tmp_path):
     for name, device in (("cpu", "cpu"), ("cuda", "cuda"), ("cuda-again", "cuda")):
         out = tmp_path / name
         index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", out,
-                                  device=device, randomize=True)
+                                  EsdSettings(randomize=True), device=device)
         runs[name] = (index, out)
     cpu_index, cpu_dir = runs["cpu"]
     cuda_index, cuda_dir = runs["cuda"]

@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from zooscope.config import load_schema, read_zoo_sheet
-from zooscope.sources import FetchError, fetch_model, parse_source
+from zooscope.config import load_schema
+from zooscope.sources.base import FetchError
+from zooscope.sources.fetch import fetch_model
+from zooscope.zoo import RowError, parse_source, read_zoo_sheet, zoo_schema
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -288,9 +290,9 @@ def test_tensor_by_tensor_and_whole_loading_give_the_same_bytes(caches, monkeypa
     put_in_hf_cache(caches / "hf", "openai-community/gpt2", caches / "download")
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "streamed", sheet_dir=caches)
 
-    from zooscope.sources import hubs
+    from zooscope.sources import hf
 
-    monkeypatch.setattr(hubs, "hf_checkpoint", lambda *args: None)
+    monkeypatch.setattr(hf, "hf_checkpoint", lambda *args: None)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "whole", sheet_dir=caches)
     streamed, whole = read_outputs(caches / "streamed"), read_outputs(caches / "whole")
     assert (caches / "streamed" / "model.safetensors").read_bytes() == (caches / "whole" / "model.safetensors").read_bytes()
@@ -417,13 +419,13 @@ SOURCE_CASES = [
 
 @pytest.mark.parametrize("source, valid", SOURCE_CASES, ids=[case for case, _ in SOURCE_CASES])
 def test_parse_source_and_the_schema_agree_on_hub_sources(source, valid):
-    pattern = load_schema(REPO / "schemas" / "zoo.schema.yaml")["properties"]["source"]["pattern"]
+    pattern = zoo_schema(load_schema(REPO / "schemas" / "zoo.schema.yaml"))["properties"]["source"]["pattern"]
     assert bool(re.search(pattern, source)) is valid
     if valid:
         kind, argument = parse_source(source)
         assert f"{kind}:{argument}" == source
     else:
-        with pytest.raises(FetchError, match=r"(invalid|unknown) source"):
+        with pytest.raises(RowError, match=r"(invalid|unknown) source"):
             parse_source(source, model="m")
 
 
@@ -432,16 +434,15 @@ SHEETS = sorted((REPO / "zoos").glob("*.tsv"))
 
 @pytest.mark.parametrize("sheet", SHEETS, ids=[path.name for path in SHEETS])
 def test_every_shipped_sheet_is_valid(sheet):
-    rows = read_zoo_sheet(sheet, load_schema(REPO / "schemas" / "zoo.schema.yaml"))
-    for row in rows:
-        parse_source(row["source"], row["model"])
+    rows = read_zoo_sheet(sheet, load_schema(REPO / "schemas" / "zoo.schema.yaml"))  # parsed and checked
+    assert len({row.model for row in rows}) == len(rows) > 0
 
 
 def test_the_paper_imagenet_sheet():
     rows = read_zoo_sheet(REPO / "zoos" / "paper-imagenet.tsv", load_schema(REPO / "schemas" / "zoo.schema.yaml"))
     by_series = {}
     for row in rows:
-        by_series.setdefault(row["series"], []).append(row["source"])
+        by_series.setdefault(row.series, []).append(row.source.text)
     assert by_series == {
         "VGG": [f"torchvision:vgg{d}{bn}@IMAGENET1K_V1" for d in (11, 13, 16, 19) for bn in ("", "_bn")],
         "ResNet": [f"torchvision:resnet{d}@IMAGENET1K_V1" for d in (18, 34, 50, 101, 152)],
@@ -457,10 +458,10 @@ def test_the_paper_imagenet_sheet():
         "resnet18": 69.758, "resnet34": 73.314, "resnet50": 76.130, "resnet101": 77.374, "resnet152": 78.312,
         "densenet121": 74.434, "densenet161": 77.138, "densenet169": 75.600, "densenet201": 76.896,
     }
-    names = [row["source"].removeprefix("torchvision:").partition("@")[0] for row in rows]
+    names = [row.source.argument.partition("@")[0] for row in rows]
     assert sorted(names) == sorted(published_acc1)  # no model of the sheet goes unchecked
     for row, name in zip(rows, names):
-        weights = row["source"].partition("@")[2]
+        weights = row.source.argument.partition("@")[2]
         acc1 = torchvision.models.get_model_weights(name)[weights].meta["_metrics"]["ImageNet-1K"]["acc@1"]
         assert acc1 == pytest.approx(published_acc1[name], abs=5e-4), name
 
@@ -518,7 +519,7 @@ def test_no_network_without_offline_mode_fails_fast_too(caches, monkeypatch, sou
 def test_the_language_model_and_timm_sheets():
     """The series the issue names: OpenAI GPT and the four GPT-2 sizes, BERT, one timm series."""
     schema = load_schema(REPO / "schemas" / "zoo.schema.yaml")
-    sources = {name: [(row["series"], row["source"]) for row in read_zoo_sheet(REPO / "zoos" / name, schema)]
+    sources = {name: [(row.series, row.source.text) for row in read_zoo_sheet(REPO / "zoos" / name, schema)]
                for name in ("gpt.tsv", "bert.tsv", "timm-resnet.tsv")}
     assert sources["gpt.tsv"] == [("GPT", "hf:openai-community/openai-gpt")] + [
         ("GPT2", f"hf:openai-community/gpt2{size}") for size in ("", "-medium", "-large", "-xl")]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from zooscope.config import JacobianSettings
 from zooscope.jacobian import compute as jacobian
 
 
@@ -142,8 +143,8 @@ def test_layer_rows_have_every_column():
 
 def test_model_jacobian_gives_every_metric():
     model, (x, y) = tiny_mlp(hidden=16), tiny_data(n=60)
-    settings = jacobian.JacobianSettings(min_evals=5, hessian_steps=5, hessian_probes=1)
-    result = jacobian.model_jacobian(model, x, y, settings)
+    settings = JacobianSettings(hessian_steps=5, hessian_probes=1)
+    result = jacobian.model_jacobian(model, x, y, settings, min_evals=5)
     assert tuple(result.metrics) == jacobian.JACOBIAN_METRICS
     assert all(math.isfinite(value) for value in result.metrics.values())
     assert list(result.layers.columns) == list(jacobian.JACOBIAN_LAYER_COLUMNS)
@@ -169,8 +170,8 @@ def test_conv_layers_gram_matches_explicit_jacobian():
 
 def test_model_jacobian_spectra_are_the_values_behind_the_metrics(tmp_path):
     model, (x, y) = tiny_mlp(hidden=16), tiny_data(n=60)
-    settings = jacobian.JacobianSettings(min_evals=5, hessian_steps=5, hessian_probes=1)
-    result = jacobian.model_jacobian(model, x, y, settings)
+    settings = JacobianSettings(hessian_steps=5, hessian_probes=1)
+    result = jacobian.model_jacobian(model, x, y, settings, min_evals=5)
     spectra = result.spectra
     assert sorted(spectra) == ["diag/0", "diag/2", "gram/0", "gram/2", "hessian/nodes", "hessian/weights", "io"]
     for name, layer in (("0.weight", "0"), ("2.weight", "2")):

@@ -21,7 +21,7 @@ def test_jacobian_stage(tmp_path):
     ]
     (tmp_path / "zoo.tsv").write_text(header + "".join(rows))
     (tmp_path / "config.yaml").write_text(
-        "zoo: zoo.tsv\nrandomize: false\njacobian:\n  hessian_probes: 1\n  hessian_steps: 5\n"
+        "zoo: zoo.tsv\nesd:\n  randomize: false\njacobian:\n  hessian_probes: 1\n  hessian_steps: 5\n"
     )
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),

@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
 from zooscope import io  # noqa: E402
-from zooscope.sources import FetchError, fetch_model  # noqa: E402
+from zooscope.sources.base import FetchError  # noqa: E402
+from zooscope.sources.fetch import fetch_model  # noqa: E402
 from zooscope.sources.peft import AdapterError, adapter_scale, read_adapter  # noqa: E402
 from zooscope.spectra import delta_esd  # noqa: E402
 

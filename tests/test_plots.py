@@ -259,11 +259,13 @@ def test_plot_esd_with_package_fit(tmp_path, figures):
 def model_with_esds(tmp_path, matrices):
     from conftest import write_model_dir
     from zooscope.analysis.metrics import fit_layers
+    from zooscope.config import EsdSettings
     from zooscope.spectra.esd import compute_model_esd, load_layer_eigenvalues
 
     model_dir = write_model_dir(tmp_path / "model", matrices)
     esd_dir = tmp_path / "esd"
-    index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", esd_dir, randomize=True)
+    index = compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", esd_dir,
+                              EsdSettings(randomize=True))
     layers = fit_layers(index, lambda r, randomized=False: load_layer_eigenvalues(esd_dir, r, randomized=randomized))
     return index, layers, esd_dir
 

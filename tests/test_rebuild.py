@@ -11,10 +11,10 @@ from zooscope import io
 
 from zooscope.models import architectures
 
-from zooscope.models import digits
+from zooscope.models import catalog, digits
 from zooscope.analysis.aggregate import join_jacobian
 from zooscope.jacobian.rebuild import RebuildError, rebuild_module
-from zooscope.sources import fetch_model
+from zooscope.sources.fetch import fetch_model
 
 
 def fetched(tmp_path, source, **options):
@@ -48,11 +48,11 @@ def rebuilt_by_hand(source, options):
     """The model fetch builds, made here with the seeded recipe directly (no zooscope.jacobian.rebuild)."""
     kind, _ = source.split(":")
     options = dict(options)
-    seed = int(options.get("seed", 0)) if kind == "random" else digits.TRAINING_DEFAULTS["mlp"].seed
+    seed = int(options.get("seed", 0)) if kind == "random" else catalog.TRAINING_DEFAULTS["mlp"].seed
     with digits.deterministic_torch(seed, 1):
         network = architectures.build_architecture("mlp", {"width": 32, "depth": 1})
     if kind == "train":
-        config = dataclasses.replace(digits.TRAINING_DEFAULTS["mlp"], epochs=int(options["epochs"]))
+        config = dataclasses.replace(catalog.TRAINING_DEFAULTS["mlp"], epochs=int(options["epochs"]))
         digits.train(network, config, threads=1)
     return network.state_dict()
 

@@ -79,12 +79,12 @@ def test_model_shards_column_wins_then_the_size_rule_for_file_sources(tmp_path):
     (tmp_path / "folder").mkdir()
     for i in range(3):
         (tmp_path / "folder" / f"part{i}").write_bytes(b"x" * 2**20)
-    assert model_shards("4", "file:w.safetensors", tmp_path, 1.0) == 4
-    assert model_shards(None, "file:w.safetensors", tmp_path, 1.0) == 6  # ceil(5.000001 MB / 1 MB)
-    assert model_shards(None, "file:w.safetensors", tmp_path, None) == 1
-    assert model_shards(None, "file:folder", tmp_path, 2.0) == 2
-    assert model_shards(None, "file:missing", tmp_path, 1.0) == 1
-    assert model_shards(None, "torchvision:vgg16", tmp_path, 1.0) == 1
+    assert model_shards(4, tmp_path / "w.safetensors", 1.0) == 4
+    assert model_shards(None, tmp_path / "w.safetensors", 1.0) == 6  # ceil(5.000001 MB / 1 MB)
+    assert model_shards(None, tmp_path / "w.safetensors", None) == 1
+    assert model_shards(None, tmp_path / "folder", 2.0) == 2
+    assert model_shards(None, tmp_path / "missing", 1.0) == 1
+    assert model_shards(None, None, 1.0) == 1  # a hub, train or random source: no weights on disk yet
 
 
 def test_an_esd_job_with_a_base_asks_for_its_updates_too():

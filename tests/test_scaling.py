@@ -14,7 +14,7 @@ from test_workflow import snakemake
 TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
 HEADER = "model\tseries\tsource\taccuracy\tshards\n"
 # The randomization ESD is not what these tests are about: off, to keep 80 jobs cheap.
-CONFIG = "zoo: zoo.tsv\nrandomize: false\n"
+CONFIG = "zoo: zoo.tsv\nesd:\n  randomize: false\n"
 
 
 def write_tiny(path, seed):

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import write_model_dir
 from zooscope.spectra import spectrum
+from zooscope.config import EsdSettings
 from zooscope.spectra.esd import compute_model_esd
 
 
@@ -27,7 +28,7 @@ def zoo(tmp_path, rng, fine_tunes=3):
 
 def run(model_dir, out_dir, store, **settings):
     return compute_model_esd(model_dir / "model.safetensors", model_dir / "layers.json", out_dir,
-                             shared_cache=store, randomize=True, **settings)
+                             EsdSettings(randomize=True, **settings), shared_cache=store)
 
 
 def test_layers_shared_across_models_are_computed_once(tmp_path, rng, monkeypatch):
@@ -109,5 +110,5 @@ def test_zoo_sharing_counts_layers_with_the_weights_of_another():
     assert (sharing.num_layers, sharing.num_distinct, sharing.num_reused, sharing.num_models_sharing) == (10, 6, 4, 3)
     assert sharing.sentence().startswith("4 of the zoo's 10 layers (40%) have the weights of another layer")
     assert "needs 6 spectra for 10 layers" in sharing.sentence()
-    assert "with config shared_cache set" in sharing.sentence(enabled=False)
+    assert "with config esd.shared_cache set" in sharing.sentence(enabled=False)
     assert zoo_sharing([doc("solo", "f")]).sentence().startswith("Every one of the zoo's 1 layers")

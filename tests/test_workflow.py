@@ -108,7 +108,7 @@ def test_lint_is_clean(finished_run):
 
 
 def test_fit_option_change_reruns_fits_not_eigenvalues(finished_run):
-    result = snakemake(finished_run, "--cores", "2", "-n", "--config", "zoo=zoo.tsv", "min_evals=20")
+    result = snakemake(finished_run, "--cores", "2", "-n", "--config", "zoo=zoo.tsv", "fit={min_evals: 20}")
     jobs = job_counts(result.stdout)
     assert jobs.get("esd", 0) == 0 and jobs.get("fetch", 0) == 0
     assert jobs["fit"] == 5
@@ -228,3 +228,37 @@ def test_invalid_zoo_sheet_stops_before_any_job(tmp_path):
     output = result.stdout + result.stderr
     assert "zoo.tsv" in output and "row 7" in output and "field 'model'" in output
     assert not (workdir / "resources").exists()
+
+
+def test_rows_and_config_are_checked_before_any_job(tmp_path):
+    """What only a fetch or Jacobian job used to find (an option the source does not take, a data set
+    on a model that cannot be rebuilt) and an outdated config key stop the run when it is parsed."""
+    workdir = make_zoo(tmp_path / "checked", extra_rows="hub\tfiles\ttorchvision:vgg11\t\t64\t\t\n")
+    result = snakemake(workdir, "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert ("row 7: model 'hub': option column 'width' does not apply to torchvision: sources"
+            in result.stdout + result.stderr)
+    workdir = make_zoo(tmp_path / "outdated")
+    result = snakemake(workdir, "--cores", "1", "--config", "shard_mb=2", check=False)
+    assert result.returncode != 0
+    assert "key 'shard_mb' has moved into the 'esd:' group" in result.stdout + result.stderr
+    for folder in (tmp_path / "checked", tmp_path / "outdated"):
+        assert not (folder / "resources").exists()
+
+
+def test_the_device_reaches_the_esd_job_and_switching_it_reruns_nothing(finished_run, tmp_path):
+    """config esd.device is no rerun trigger (it changes eigenvalues by rounding only), yet the esd job
+    computes where it says: cuda on a machine without a GPU fails there, naming the setting."""
+    assert sum(job_counts(snakemake(finished_run, "-n", "--config", "esd={device: auto}").stdout).values()) == 0
+    # the shared store (esd.shared_cache) is where spectra are kept, not what they are: no trigger either
+    for store in ("elsewhere", "null"):
+        dry = snakemake(finished_run, "-n", "--config", f"esd={{shared_cache: {store}}}").stdout
+        assert sum(job_counts(dry).values()) == 0, store
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: an esd job with esd.device cuda would succeed")
+    workdir = make_zoo(tmp_path / "cuda")
+    result = snakemake(workdir, "results/esd/file0/index.json", "--cores", "1", "--config", "esd={device: cuda}",
+                       check=False)
+    assert result.returncode != 0
+    log = (workdir / "logs" / "esd" / "file0.log").read_text()
+    assert "config esd.device: cuda, but this job sees no CUDA GPU" in log

@@ -134,6 +134,8 @@ def _run_regress(args: argparse.Namespace) -> int:
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from zooscope.config import EsdConfig, EsdSettings, FitSettings  # light: the config's defaults
+
     parser.add_argument("model", metavar="A", type=Path,
                         help="the fine-tuned model: a weights file (.safetensors, or a PyTorch file read "
                         "weights-only), a *.index.json, a model folder, or a PEFT LoRA adapter folder "
@@ -142,15 +144,15 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", metavar="FILE", type=Path, default=Path("compare.tsv"),
                         help="the per-layer table, tab-separated (default: compare.tsv); its columns are "
                         "layer, slice, type, N, M and the delta_ columns of layers.tsv (docs/finetunes.md)")
-    parser.add_argument("--conv2d", choices=("slices", "stacked", "fft"), default="slices",
-                        help="how a Conv2d weight is analysed, as config conv2d (default: slices)")
-    parser.add_argument("--normalize", choices=("none", "N"), default="none",
-                        help="eigenvalues as-is or divided by N, as config normalize (default: none)")
-    parser.add_argument("--top-k", type=int, default=10, metavar="K",
-                        help="top singular directions compared by delta_overlap, as config delta_top_k "
-                        "(default: 10)")
-    parser.add_argument("--min-evals", type=int, default=50, metavar="N",
-                        help="fewest eigenvalues for delta_alpha, as config min_evals (default: 50)")
+    parser.add_argument("--conv2d", choices=("slices", "stacked", "fft"), default=EsdSettings.conv2d,
+                        help="how a Conv2d weight is analysed, as config esd.conv2d (default: %(default)s)")
+    parser.add_argument("--normalize", choices=("none", "N"), default=EsdSettings.normalize,
+                        help="eigenvalues as-is or divided by N, as config esd.normalize (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=EsdConfig.delta_top_k, metavar="K",
+                        help="top singular directions compared by delta_overlap, as config esd.delta_top_k "
+                        "(default: %(default)s)")
+    parser.add_argument("--min-evals", type=int, default=FitSettings.min_evals, metavar="N",
+                        help="fewest eigenvalues for delta_alpha, as config fit.min_evals (default: %(default)s)")
 
 
 # The columns the printed table shows (the file has them all).
@@ -168,7 +170,8 @@ def _cell(value) -> str:
 def _run_compare(args: argparse.Namespace) -> int:
     from zooscope.io import write_rows_tsv
     from zooscope.analysis.compare import COMPARE_COLUMNS, compare_weights
-    from zooscope.sources import FetchError
+    from zooscope.config import EsdSettings, FitSettings
+    from zooscope.sources.base import FetchError
     from zooscope.spectra.delta_esd import BaseMismatchError
 
     for path in (args.model, args.base):
@@ -177,8 +180,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.min_evals < 1:
         raise UsageError("--top-k and --min-evals must be at least 1")
     try:
-        result = compare_weights(args.model, args.base, conv2d=args.conv2d, normalize=args.normalize,
-                                 top_k=args.top_k, min_evals=args.min_evals)
+        result = compare_weights(args.model, args.base, EsdSettings(conv2d=args.conv2d, normalize=args.normalize),
+                                 FitSettings(min_evals=args.min_evals), top_k=args.top_k)
     except (FetchError, BaseMismatchError) as exc:
         # the message names A as model 'model' and B as 'base'
         raise UsageError(f"comparing {args.model} (model) against {args.base} (base): {exc}") from exc

@@ -1,31 +1,201 @@
-"""Validation of the workflow configuration and of zoo sheets against the JSON schemas in schemas/.
+"""The workflow configuration (config.yaml and --config) as one frozen, typed RunConfig.
 
-Kept free of heavy imports: the Snakefile calls it at parse time, which every cluster job repeats.
-Errors name the file, the row and the field, so a user can fix a sheet without reading code.
+config.yaml groups its keys by stage: ``esd:`` (EsdConfig: the EsdSettings that change eigenvalues,
+the device, shard_mb), ``fit:`` (FitSettings), ``jacobian:`` (JacobianSettings), ``threads:``
+(Threads), and ``zoo`` (the sheet, zooscope.zoo). It is validated against
+schemas/config.schema.yaml, whose defaults are the dataclasses' defaults here
+(tests/test_config.py checks they agree) and whose descriptions are README's config table
+(``python -m zooscope.config --table`` prints it). A key of the old flat layout gives an error
+naming its new place. Rules pass a settings object's plain form (``as_dict()``) as params and
+scripts rebuild it (``EsdSettings(**params.esd)``).
+
+Kept free of heavy imports: the Snakefile calls it at parse time, which every cluster job repeats;
+the settings classes are imported by the stages' jobs, so even yaml and jsonschema wait until used.
 """
 from __future__ import annotations
 
+import argparse
 import copy
-import csv
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import jsonschema
-import yaml
+if TYPE_CHECKING:
+    import jsonschema
 
-REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
+# Where the schema is in a checkout (the package is src/zooscope).
+CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema.yaml"
+# The keys of the flat layout before config.yaml was grouped by stage, and where each is now.
+MOVED_KEYS = {
+    "min_evals": "fit", "normalize": "esd", "conv2d": "esd", "conv2d_fft_size": "esd",
+    "randomize": "esd", "device": "esd", "shard_mb": "esd", "shared_cache": "esd", "delta_top_k": "esd",
+}
 
 
 class ConfigError(ValueError):
     """A configuration file or zoo sheet that does not follow its schema."""
 
 
+@dataclass(frozen=True)
+class EsdSettings:
+    """What changes a layer's eigenvalues: the esd cache key (with the layer's weights hash,
+    zooscope.spectra.esd.cache_key) and the esd rules' params, so nothing else reruns the stage."""
+
+    conv2d: str = "slices"
+    normalize: str = "none"
+    conv2d_fft_size: int | None = None
+    randomize: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def matrices(self) -> dict[str, Any]:
+        """The settings of a layer's matrices and their eigenvalues (the keywords of
+        zooscope.spectra.esd.layer_eigenvalues): all but ``randomize``. An update's spectrum
+        (zooscope.spectra.delta_esd) depends on these alone."""
+        return {"conv2d": self.conv2d, "normalize": self.normalize, "conv2d_fft_size": self.conv2d_fft_size}
+
+
+@dataclass(frozen=True)
+class EsdConfig:
+    """Config group ``esd:``: the EsdSettings, where eigenvalues are computed (``device``: it changes
+    them by rounding only, so it is no cache key), the size rule of sharding (``shard_mb``), the
+    zoo's shared store (``shared_cache``: where spectra are kept, not what they are, so no cache key
+    either) and ``delta_top_k``, the top singular directions a model with a base compares
+    (zooscope.spectra.delta_esd): it changes only the updates' overlap, never a layer's eigenvalues,
+    so it is a param of the esd jobs of models with a base and of their updates' cache key alone."""
+
+    settings: EsdSettings = EsdSettings()
+    device: str = "cpu"
+    shard_mb: float | None = None
+    shared_cache: str | None = "results/esd/_shared"
+    delta_top_k: int = 10
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Config group ``fit:``: the power-law fit of the fit stage. ``min_evals`` is a fit's too: a
+    matrix (or, in the Jacobian stage, a spectrum) with fewer eigenvalues is not fitted."""
+
+    floor: float = 1.0e-5
+    kind: str = "pl"
+    min_evals: int = 50
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class JacobianSettings:
+    """Config group ``jacobian:``: how the Jacobian stage runs (zooscope.jacobian.compute)."""
+
+    batch_size: int = 64
+    memory_mb: int = 1024
+    input_output: bool = True
+    hessian_probes: int = 2
+    hessian_steps: int = 20
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of float32 J kept whole before the Grams are filled block by block."""
+        return self.memory_mb * 2**20
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Threads:
+    """Config group ``threads:``: threads per job of each stage."""
+
+    fetch: int = 1
+    esd: int = 2
+    jacobian: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole configuration, checked (module docstring)."""
+
+    zoo: Path
+    esd: EsdConfig = EsdConfig()
+    fit: FitSettings = FitSettings()
+    jacobian: JacobianSettings = JacobianSettings()
+    threads: Threads = Threads()
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
+        """From a validated configuration with its defaults filled in (:func:`validate_config`)."""
+        esd = dict(config["esd"])
+        return cls(
+            zoo=Path(config["zoo"]),
+            esd=EsdConfig(device=esd.pop("device"), shard_mb=esd.pop("shard_mb"), shared_cache=esd.pop("shared_cache"),
+                          delta_top_k=esd.pop("delta_top_k"), settings=EsdSettings(**esd)),
+            fit=FitSettings(**config["fit"]),
+            jacobian=JacobianSettings(**config["jacobian"]),
+            threads=Threads(**config["threads"]),
+        )
+
+
 def load_schema(path: str | Path) -> dict:
+    import yaml
+
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
 
 
-def _fill_defaults(instance: dict, schema: dict) -> None:
+def run_config(config: Mapping[str, Any], schema: Mapping[str, Any], *,
+               source: str = "config.yaml") -> RunConfig:
+    """The RunConfig of a configuration (config.yaml with --config applied); ConfigError if invalid."""
+    return RunConfig.from_dict(validate_config(config, schema, source=source))
+
+
+def validate_config(config: Mapping[str, Any], schema: Mapping[str, Any], *,
+                    source: str = "config.yaml") -> dict:
+    """Return a copy of ``config`` with schema defaults filled in; raise ConfigError otherwise.
+
+    Values given on the command line as text (``--config 'esd={shard_mb: 2}'`` reaches Snakemake's
+    config as the string "2") are read as YAML where the schema wants no string.
+    """
+    import jsonschema
+
+    config = copy.deepcopy(dict(config))
+    moved = [
+        f"key '{key}' has moved into the '{group}:' group: write it as {group}: {{{key}: ...}} in "
+        f"config.yaml (on the command line: --config '{group}={{{key}: VALUE}}')"
+        for key, group in MOVED_KEYS.items() if key in config
+    ]
+    if moved:
+        raise ConfigError(f"{source}: outdated configuration:\n" + "\n".join(f"  - {line}" for line in moved))
+    _read_text_values(config, schema)
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
+    if errors:
+        lines = "\n".join(f"  - {describe(error)}" for error in errors)
+        raise ConfigError(f"{source}: invalid configuration:\n{lines}")
+    _fill_defaults(config, schema)
+    return config
+
+
+def _read_text_values(instance: dict, schema: Mapping[str, Any]) -> None:
+    import yaml
+
+    for key, sub in schema.get("properties", {}).items():
+        value = instance.get(key)
+        types = sub.get("type", [])
+        types = [types] if isinstance(types, str) else types
+        if isinstance(value, dict) and "object" in types:
+            _read_text_values(value, sub)
+        elif isinstance(value, str) and "string" not in types:
+            try:
+                instance[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass  # left as text: the schema reports it
+
+
+def _fill_defaults(instance: dict, schema: Mapping[str, Any]) -> None:
     for key, sub in schema.get("properties", {}).items():
         if key not in instance and "default" in sub:
             instance[key] = copy.deepcopy(sub["default"])
@@ -33,7 +203,8 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def describe(error: jsonschema.ValidationError) -> str:
+    """One line for a schema error: the field and what is wrong."""
     field = ".".join(str(part) for part in error.absolute_path)
     if error.validator == "required":
         return error.message
@@ -42,116 +213,41 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"field '{field}': {error.message}"
 
 
-def validate_config(config: dict, schema: dict, *, source: str = "config.yaml") -> dict:
-    """Return a copy of ``config`` with schema defaults filled in; raise ConfigError otherwise."""
-    config = copy.deepcopy(dict(config))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
-    if errors:
-        lines = "\n".join(f"  - {_describe(error)}" for error in errors)
-        raise ConfigError(f"{source}: invalid configuration:\n{lines}")
-    _fill_defaults(config, schema)
-    return config
+# ----------------------------------------------------------------------------- README's table
 
 
-def _parse_accuracy(text: str | None) -> Any:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text  # left as text so the schema reports it as a type error with its row
-
-
-def read_zoo_sheet(path: str | Path, schema: dict) -> list[dict]:
-    """Read and validate a zoo sheet (TSV, one model per row, '#' lines are comments).
-
-    Returns one dict per row: the required columns (accuracy as float or None) and the extra
-    option columns (str, or None where the cell is empty).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"zoo sheet {path} does not exist; set 'zoo:' in config.yaml or pass --config zoo=PATH")
-    with open(path, encoding="utf-8", newline="") as handle:
-        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(lines, delimiter="\t")
-    columns = reader.fieldnames or []
-    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
-    if missing:
-        raise ConfigError(
-            f"{path}: missing column(s) {', '.join(missing)}; a zoo sheet is a TSV with at least the "
-            f"columns {', '.join(REQUIRED_COLUMNS)} (found: {', '.join(columns) or 'none'})"
-        )
-    validator = jsonschema.Draft202012Validator(schema)
-    rows: list[dict] = []
-    numbers: list[int] = []
-    seen: dict[str, int] = {}
-    problems: list[str] = []
-    for number, raw in enumerate(reader, start=2):  # row 1 is the header
-        if None in raw:
-            problems.append(f"row {number}: more cells than header columns")
-            continue
-        row = {key: (value.strip() if value and value.strip() else None) for key, value in raw.items()}
-        row["accuracy"] = _parse_accuracy(raw.get("accuracy"))
-        label = f"row {number} (model '{row.get('model')}')"
-        for error in sorted(validator.iter_errors(row), key=str):
-            problems.append(f"{label}: {_describe(error)}")
-        model = row.get("model")
-        if model in seen:
-            problems.append(f"{label}: duplicate model id, first used in row {seen[model]}")
-        elif model:
-            seen[model] = number
-        rows.append(row)
-        numbers.append(number)
-    problems += base_problems(list(zip(numbers, rows)), path.parent)
-    if problems:
-        raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
-    if not rows:
-        raise ConfigError(f"{path}: the zoo sheet has no models")
-    return rows
-
-
-# The file that makes a folder a PEFT adapter (zooscope.sources.peft).
-ADAPTER_CONFIG = "adapter_config.json"
-
-
-def is_adapter_source(source: str | None, sheet_dir: str | Path) -> bool:
-    """Whether a sheet's source is a LoRA adapter: ``peft:PATH``, or ``file:PATH`` of a folder
-    holding an adapter_config.json (relative paths are relative to the sheet)."""
-    kind, _, argument = str(source or "").partition(":")
-    if kind == "peft":
-        return True
-    if kind != "file" or not argument:
-        return False
-    path = Path(argument).expanduser()
-    return ((path if path.is_absolute() else Path(sheet_dir) / path) / ADAPTER_CONFIG).is_file()
-
-
-def base_problems(numbered_rows: list[tuple[int, dict]], sheet_dir: str | Path = ".") -> list[str]:
-    """The problems of the zoo column ``base`` (docs/finetunes.md), one line per row: a base that
-    names no row of the sheet or the row itself, a cycle of bases, an adapter (``peft:`` source,
-    or a ``file:`` adapter folder) without a base. Whether a base shares layers with its model is
-    known once both are fetched (zooscope.spectra.delta_esd)."""
-    bases = {row.get("model"): row.get("base") for _, row in numbered_rows}
-    problems = []
-    for number, row in numbered_rows:
-        model, base = row.get("model"), row.get("base")
-        label = f"row {number} (model '{model}')"
-        if not base and is_adapter_source(row.get("source"), sheet_dir):
-            problems.append(f"{label}: an adapter (peft: source or adapter folder) needs the model it adapts in "
-                            "the column 'base'")
-        if not base:
-            continue
-        if base == model:
-            problems.append(f"{label}: column 'base' names the model itself; name the model it was fine-tuned from")
-        elif base not in bases:
-            problems.append(f"{label}: column 'base' names '{base}', which is no model of this sheet; add a row "
-                            "for the base model or correct the name")
+def schema_keys(schema: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every leaf key of the schema as (dotted name, its schema), in the schema's order."""
+    for key, sub in schema.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        if sub.get("type") == "object":
+            yield from schema_keys(sub, f"{name}.")
         else:
-            chain, current = [model], base
-            while current and current not in chain:
-                chain.append(current)
-                current = bases.get(current)
-            if current == model:
-                problems.append(f"{label}: its bases form a cycle ({' -> '.join([*chain, model])}); one of them "
-                                "must have no base")
-    return problems
+            yield name, sub
+
+
+def config_table(schema: Mapping[str, Any]) -> str:
+    """README's configuration table, generated from the schema: key, default, description."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, sub in schema_keys(schema):
+        value = sub.get("default")
+        default = "required" if "default" not in sub else f"`{value if isinstance(value, str) else json.dumps(value)}`"
+        description = " ".join(str(sub.get("description", "")).split()).replace("|", "\\|")
+        lines.append(f"| `{name}` | {default} | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zooscope.config", description=__doc__.splitlines()[0])
+    parser.add_argument("--table", action="store_true", help="print README's configuration table")
+    parser.add_argument("--schema", type=Path, default=CONFIG_SCHEMA, help="the config schema (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not args.table:
+        parser.print_help()
+        return 2
+    sys.stdout.write(config_table(load_schema(args.schema)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,7 +54,9 @@ def job(snakemake, *, name: str) -> Iterator[logging.Logger]:
         logger.addHandler(handler)
     wildcards = ", ".join(f"{k}={v}" for k, v in snakemake.wildcards.items())
     started = time.perf_counter()
-    logger.info("%s (%s) with %d thread(s)", name, wildcards, snakemake.threads)
+    # which code ran: with two checkouts, each workflow's jobs run its own (the Snakefile)
+    logger.info("%s (%s) with %d thread(s), zooscope from %s", name, wildcards, snakemake.threads,
+                Path(__file__).resolve().parent)
     try:
         with threadpool_limits(limits=snakemake.threads):
             yield logger

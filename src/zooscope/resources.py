@@ -139,19 +139,19 @@ def stage_resources(stage: str, layers_json: str | Path, shard: tuple[int, int] 
     return estimate(stage, shapes, with_base=with_base)
 
 
-def model_shards(shards: str | None, source: str, sheet_dir: str | Path, shard_mb: float | None) -> int:
+def model_shards(shards: int | None, path: Path | None, shard_mb: float | None) -> int:
     """How many esd shards a model gets: its zoo column ``shards`` if set, else, with config
-    ``shard_mb``, one per ``shard_mb`` MB of a ``file:`` source's weights, else 1.
+    ``esd.shard_mb``, one per ``shard_mb`` MB of the weights at ``path`` (a ``file:`` source's,
+    resolved: zooscope.zoo.Source.path), else 1.
 
     Decided when the workflow is parsed, before any fetch, so the size rule sees only weights that
     are on disk already: a ``file:`` source (a file, or a folder's top-level files). Hub, train
-    and random sources are sized by their column alone.
+    and random sources (``path`` None) are sized by their column alone.
     """
     if shards is not None:
-        return int(shards)
-    if shard_mb is None or not source.startswith("file:"):
+        return shards
+    if shard_mb is None or path is None:
         return 1
-    path = Path(sheet_dir) / source[len("file:"):]
     if path.is_file():
         size = path.stat().st_size
     elif path.is_dir():

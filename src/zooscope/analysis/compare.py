@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from zooscope.analysis.delta import DELTA_COLUMNS, delta_cells, delta_columns_of
+from zooscope.config import EsdConfig, EsdSettings, FitSettings
 
 # The table's columns: the layer's identity, then the delta columns of layers.tsv.
 COMPARE_COLUMNS = ("layer", "slice", "type", "N", "M", *DELTA_COLUMNS)
@@ -28,13 +29,13 @@ class Comparison:
     num_base_layers: int
 
 
-def compare_weights(model_path: str | Path, base_path: str | Path, *, conv2d: str = "slices",
-                    normalize: str = "none", conv2d_fft_size: int | None = None, top_k: int = 10,
-                    min_evals: int = 50, floor: float = 1e-5, kind: str = "pl") -> Comparison:
-    """The update of every layer of ``model_path`` against ``base_path`` (module docstring)."""
+def compare_weights(model_path: str | Path, base_path: str | Path, settings: EsdSettings = EsdSettings(),
+                    fit: FitSettings = FitSettings(), *, top_k: int = EsdConfig.delta_top_k) -> Comparison:
+    """The update of every layer of ``model_path`` against ``base_path`` (module docstring), with the
+    workflow's settings: ``settings`` (config ``esd:``), ``fit`` (``fit:``), ``top_k`` (``esd.delta_top_k``)."""
     from zooscope import io
     from zooscope.analysis.metrics import spectrum_metrics
-    from zooscope.sources import fetch_model
+    from zooscope.sources.fetch import fetch_model
     from zooscope.spectra.delta_esd import compute_model_deltas
     from zooscope.spectra.esd import load_layer_eigenvalues
 
@@ -49,11 +50,10 @@ def compare_weights(model_path: str | Path, base_path: str | Path, *, conv2d: st
         section = compute_model_deltas(
             scratch / "model" / "model.safetensors", scratch / "model" / "layers.json",
             scratch / "base" / "model.safetensors", scratch / "base" / "layers.json", scratch / "esd",
-            conv2d=conv2d, normalize=normalize, conv2d_fft_size=conv2d_fft_size, top_k=top_k,
-            adapter=meta.get("adapter"))
+            settings, top_k=top_k, adapter=meta.get("adapter"))
         num_base = len(io.read_json(scratch / "base" / "layers.json")["layers"])
         cells = delta_cells(section, partial(load_layer_eigenvalues, scratch / "esd"),
-                            partial(spectrum_metrics, min_evals=min_evals, floor=floor, kind=kind))
+                            partial(spectrum_metrics, min_evals=fit.min_evals, floor=fit.floor, kind=fit.kind))
     table = []
     for record in section["layers"]:
         labels = record["slices"] or [""]

@@ -15,6 +15,7 @@ from zooscope.analysis.delta import (
     DELTA_COLUMNS, DELTA_INTEGER_COLUMNS, DELTA_TEXT_COLUMNS, delta_cells, delta_columns_of, delta_counts,
     delta_summary,
 )
+from zooscope.config import FitSettings
 from zooscope.fits.powerlaw import fit_power_law
 from zooscope.spectra.random_matrix import esd_distance, fit_marchenko_pastur
 from zooscope.fits.truncated import (
@@ -67,7 +68,7 @@ def warning_for(alpha: float) -> str:
     return ""
 
 
-def fit_tail(values: np.ndarray, *, kind: str = "pl", floor: float = 1e-5) -> TailFit:
+def fit_tail(values: np.ndarray, *, kind: str = FitSettings.kind, floor: float = FitSettings.floor) -> TailFit:
     """The tail fit of config ``fit.kind``: ``pl`` (pure power law, Clauset et al.), ``tpl``
     (truncated at lambda_max, on the pure fit's tail) or ``etpl`` (exponentially truncated, from
     the ESD peak); see zooscope.fits.truncated."""
@@ -100,7 +101,8 @@ def random_matrix_metrics(values: np.ndarray, shape: tuple[int, int], randomized
     return row
 
 
-def spectrum_metrics(values: np.ndarray, *, min_evals: int = 50, floor: float = 1e-5, kind: str = "pl",
+def spectrum_metrics(values: np.ndarray, *, min_evals: int = FitSettings.min_evals,
+                     floor: float = FitSettings.floor, kind: str = FitSettings.kind,
                      shape: tuple[int, int] | None = None, randomized: np.ndarray | None = None) -> dict:
     """All metrics of one matrix's eigenvalues (ascending), with ``status`` and ``reason``.
 
@@ -152,14 +154,14 @@ def layer_columns(index: Mapping) -> tuple[str, ...]:
     return (*LAYER_COLUMNS, *DELTA_COLUMNS) if "delta" in index else LAYER_COLUMNS
 
 
-def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
-               kind: str = "pl") -> list[dict]:
+def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) -> list[dict]:
     """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
     key of :func:`layer_columns`: None where a metric does not apply, "" for an empty text column.
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
-    Plain dicts, not a DataFrame: the fit job then needs no pandas (a third of its start-up).
+    ``fit``: config ``fit:``. Plain dicts, not a DataFrame: the fit job then needs no pandas (a
+    third of its start-up).
     """
     rows = []
     for record in index["layers"]:
@@ -172,13 +174,13 @@ def layer_rows(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: flo
         randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
         for label, row_values, row_rand in zip(record["slices"], values, randomized, strict=True):
             rows.append({**base, "slice": label,
-                         **spectrum_metrics(row_values, min_evals=min_evals, floor=floor, kind=kind,
+                         **spectrum_metrics(row_values, min_evals=fit.min_evals, floor=fit.floor, kind=fit.kind,
                                             shape=(record["N"], record["M"]), randomized=row_rand)})
     rows = [{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS}
             for row in rows]
     if "delta" in index:
         cells = delta_cells(index["delta"], load_eigenvalues,
-                            partial(spectrum_metrics, min_evals=min_evals, floor=floor, kind=kind))
+                            partial(spectrum_metrics, min_evals=fit.min_evals, floor=fit.floor, kind=fit.kind))
         rows = [{**row, **delta_columns_of(cells, row["layer"], row["slice"])} for row in rows]
     return rows
 
@@ -195,10 +197,9 @@ def layers_frame(rows: list[dict]) -> "pd.DataFrame":
     return frame
 
 
-def fit_layers(index: dict, load_eigenvalues, *, min_evals: int = 50, floor: float = 1e-5,
-               kind: str = "pl") -> "pd.DataFrame":
+def fit_layers(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) -> "pd.DataFrame":
     """:func:`layer_rows` as a DataFrame (:func:`layers_frame`)."""
-    return layers_frame(layer_rows(index, load_eigenvalues, min_evals=min_evals, floor=floor, kind=kind))
+    return layers_frame(layer_rows(index, load_eigenvalues, fit))
 
 
 def summarize(model: str, rows: Iterable[Mapping], delta: Mapping | None = None) -> dict:

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zooscope.config import FitSettings
+
 __all__ = ["PowerLawFit", "fit_power_law"]
 
 _CHUNK = 1 << 20  # elements per padded block (rows x sample columns)
@@ -70,7 +72,7 @@ class PowerLawFit:
     num_pl_spikes: int
 
 
-def fit_power_law(eigenvalues, *, floor: float = 1e-5) -> PowerLawFit:
+def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor) -> PowerLawFit:
     """Fit a power law to the tail of a spectrum, trying every eigenvalue as xmin.
 
     Parameters

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zooscope.config import FitSettings
+
 # scipy is imported in the functions that use it: a fit or summarize job with `fit: pl` never
 # pays its import (about a second per job).
 
@@ -145,7 +147,7 @@ def fit_truncated_power_law(eigenvalues, *, xmin: float, xmax: float | None = No
 
 # -- etpl --------------------------------------------------------------------------------------
 
-def esd_peak(eigenvalues, *, floor: float = 1e-5) -> float:
+def esd_peak(eigenvalues, *, floor: float = FitSettings.floor) -> float:
     """The ESD's peak: the mode of a Gaussian kernel density estimate of log10(eigenvalues).
 
     Only eigenvalues above ``floor``; bandwidth by Scott's rule (scipy.stats.gaussian_kde),
@@ -183,7 +185,7 @@ def _etpl_nll(params, mean_log_t: float, mean_t: float) -> float:
     return alpha * mean_log_t + mu * mean_t + log_norm
 
 
-def fit_exp_truncated_power_law(eigenvalues, *, floor: float = 1e-5, xmin: float | None = None) -> TailFit:
+def fit_exp_truncated_power_law(eigenvalues, *, floor: float = FitSettings.floor, xmin: float | None = None) -> TailFit:
     """MLE of (alpha, lambda) for rho(x) ~ x^-alpha e^(-lambda x), x >= xmin, lambda >= 0.
 
     ``xmin`` defaults to :func:`esd_peak`. The fit runs in t = x / xmin with mu = lambda xmin

@@ -52,6 +52,7 @@ from safetensors.numpy import save_file
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from zooscope.config import FitSettings, JacobianSettings
 from zooscope.io import atomic_path
 from zooscope.layers import ModuleLayer, module_layers
 from zooscope.analysis.metrics import spectrum_metrics
@@ -59,8 +60,9 @@ from zooscope.fits.powerlaw import fit_power_law
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_MEMORY_BUDGET = 1024 * 2**20  # bytes of float32 J kept whole before switching to blocks
+# The defaults of config jacobian: (zooscope.config.JacobianSettings).
+DEFAULT_BATCH_SIZE = JacobianSettings.batch_size
+DEFAULT_MEMORY_BUDGET = JacobianSettings().memory_budget  # bytes of float32 J kept whole before blocks
 _GRAM_COLUMNS = 8192  # columns of J converted to float64 at a time (8 S bytes each)
 
 
@@ -217,7 +219,7 @@ JACOBIAN_LAYER_COLUMNS = (
 )
 
 
-def spectrum_row(values: np.ndarray, *, min_evals: int = 50) -> dict:
+def spectrum_row(values: np.ndarray, *, min_evals: int = FitSettings.min_evals) -> dict:
     """Fit metrics of a nonzero Jacobian spectrum, as a weight ESD's (zooscope.analysis.metrics).
 
     The fit floor is relative (``nonzero_tolerance``), not the weight ESD's absolute 1e-5:
@@ -252,7 +254,7 @@ def diagonal_row(diag: np.ndarray) -> dict:
     return row
 
 
-def jacobian_layer_rows(grams: JacobianGram, *, min_evals: int = 50) -> list[dict]:
+def jacobian_layer_rows(grams: JacobianGram, *, min_evals: int = FitSettings.min_evals) -> list[dict]:
     """One row per layer (JACOBIAN_LAYER_COLUMNS): the Gram-spectrum fit and the diagonal's."""
     rows = []
     for name, gram in grams.gram.items():
@@ -422,20 +424,6 @@ JACOBIAN_METRICS = (
 
 
 @dataclass(frozen=True)
-class JacobianSettings:
-    """How the stage runs (config ``jacobian``): batch size and memory budget of the per-sample
-    gradients, ``min_evals`` of the fits, the input-output Jacobian on/off, and the Hessian SLQ
-    (``hessian_steps`` Lanczos steps, ``hessian_probes`` probes; 0 probes: off)."""
-
-    batch_size: int = DEFAULT_BATCH_SIZE
-    memory_budget: int = DEFAULT_MEMORY_BUDGET
-    min_evals: int = 50
-    input_output: bool = True
-    hessian_steps: int = 20
-    hessian_probes: int = 2
-
-
-@dataclass(frozen=True)
 class ModelJacobian:
     """The stage's result for one model: one row per layer, the model's jac_ metrics, and its
     mean loss and accuracy (percent) on the samples. The last two are context, not metrics:
@@ -451,8 +439,13 @@ class ModelJacobian:
     spectra: dict[str, np.ndarray]
 
 
-def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSettings = JacobianSettings()) -> ModelJacobian:
+def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSettings = JacobianSettings(), *,
+                   min_evals: int = FitSettings.min_evals) -> ModelJacobian:
     """Every Jacobian metric of ``model`` on (x, y): per layer, and summarised per model.
+
+    ``settings``: config ``jacobian:`` (batch size and memory budget of the per-sample gradients,
+    the input-output Jacobian on/off, the Hessian SLQ's probes and steps); ``min_evals``: config
+    ``fit.min_evals``, the fewest eigenvalues a spectrum's power law is fitted to.
 
     Each step's CPU time goes to the log (the cost figures of docs/jacobian.md come from such logs)."""
     model.eval()
@@ -466,7 +459,7 @@ def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSet
 
     grams = jacobian_grams(model, x, y, batch_size=settings.batch_size, memory_budget=settings.memory_budget)
     step(f"per-sample gradients and Grams, {grams.route} route")
-    layers = pd.DataFrame(jacobian_layer_rows(grams, min_evals=settings.min_evals), columns=list(JACOBIAN_LAYER_COLUMNS))
+    layers = pd.DataFrame(jacobian_layer_rows(grams, min_evals=min_evals), columns=list(JACOBIAN_LAYER_COLUMNS))
     spectra = {}
     for layer, gram in grams.gram.items():
         spectra[f"gram/{layer}"] = gram_eigenvalues(gram)
@@ -478,7 +471,7 @@ def model_jacobian(model: nn.Module, x: Tensor, y: Tensor, settings: JacobianSet
     metrics.update(dict.fromkeys(JACOBIAN_METRICS[len(JACOBIAN_SUMMARY_COLUMNS):], math.nan))
     if settings.input_output:
         spectra["io"] = np.sort(input_output_singular_values(model, x, batch_size=settings.batch_size) ** 2)
-        row = spectrum_row(spectra["io"], min_evals=settings.min_evals)
+        row = spectrum_row(spectra["io"], min_evals=min_evals)
         metrics.update({f"jac_io_{key}": row[key] for key in ("alpha", "log_spectral_norm", "stable_rank", "effective_rank")})
         step("input-output Jacobian")
     if settings.hessian_probes > 0:

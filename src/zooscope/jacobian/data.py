@@ -12,13 +12,13 @@
   of the first one (``L`` or ``RGB``), scaled to [0, 1] and laid out (C, H, W). All images must
   have the same size, and no normalisation is applied: the model must take such inputs.
 
-At most ``data_samples`` samples are used (default 512): when there are more, the first k of a
-permutation seeded with DATA_SEED, put back in ascending index order. The choice depends only on
-the number of samples and k, so every model evaluated on the same data sees the same samples.
+At most ``data_samples`` samples are used (default zooscope.zoo.DEFAULT_SAMPLES, 512): when there
+are more, the first k of a permutation seeded with DATA_SEED, put back in ascending index order.
+The choice depends only on the number of samples and k, so every model evaluated on the same data
+sees the same samples. The row's ``data`` arrives parsed (zooscope.zoo.DataSpec, path resolved).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-DEFAULT_SAMPLES = 512
+from zooscope.zoo import DIGITS, DataSpec
+
 DATA_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -56,29 +57,27 @@ def subsample_indices(total: int, samples: int, seed: int = DATA_SEED) -> np.nda
     return np.sort(np.random.default_rng(seed).permutation(total)[:samples])
 
 
-def load_samples(data: str, *, sheet_dir: str | os.PathLike = ".", samples: int = DEFAULT_SAMPLES) -> Samples:
-    """The (sub-sampled) data set a zoo row's ``data`` names (module docstring)."""
-    data = str(data).strip()
-    if data == "digits":
+def load_samples(data: DataSpec) -> Samples:
+    """The (sub-sampled) data set of a zoo row (module docstring; zooscope.zoo.data_spec makes one)."""
+    if data.path is None:
         x, y = _digits()
     else:
-        path = Path(data).expanduser()
-        path = path if path.is_absolute() else Path(sheet_dir) / path
+        path = data.path
         if path.is_dir():
             x, y = read_image_folder(path)
         elif path.suffix == ".npz" and path.is_file():
             x, y = read_npz(path)
         else:
             raise DataError(
-                f"data {data!r}: not 'digits', an existing .npz file or an image folder ({path})"
+                f"data {data.name!r}: not {DIGITS!r}, an existing .npz file or an image folder ({path})"
             )
     if len(x) != len(y) or len(x) == 0:
-        raise DataError(f"data {data!r}: {len(x)} inputs and {len(y)} labels; need as many, at least one")
-    indices = subsample_indices(len(x), samples)
+        raise DataError(f"data {data.name!r}: {len(x)} inputs and {len(y)} labels; need as many, at least one")
+    indices = subsample_indices(len(x), data.samples)
     return Samples(
         x=torch.as_tensor(np.ascontiguousarray(x[indices]), dtype=torch.float32),
         y=torch.as_tensor(np.ascontiguousarray(y[indices]), dtype=torch.int64),
-        indices=indices, total=len(x), source=data,
+        indices=indices, total=len(x), source=data.name,
     )
 
 

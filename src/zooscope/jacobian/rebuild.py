@@ -15,9 +15,8 @@ from torch import nn
 
 from zooscope.models import architectures
 from zooscope.layers import layers_from_module
-from zooscope.sources import parse_source
-
-REBUILDABLE = ("train", "random")
+from zooscope.sources.registry import KINDS, rebuildable
+from zooscope.zoo import parse_source
 
 
 class RebuildError(ValueError):
@@ -33,11 +32,11 @@ def rebuild_module(meta: Mapping[str, Any], layers: Sequence[Mapping[str, Any]],
 
     model = meta["model"]
     kind, _ = parse_source(meta["source"], model)
-    if kind not in REBUILDABLE:
+    if not KINDS[kind].rebuildable:
         raise RebuildError(
             f"model {model!r}: a {kind}: model cannot be run from its fetched files (model.safetensors "
             "holds only the analysed weights, no biases or norms); the Jacobian stage supports "
-            f"{', '.join(k + ':' for k in REBUILDABLE)} models"
+            f"{', '.join(k + ':' for k in rebuildable())} models"
         )
     architecture = meta["architecture"]
     network = architectures.build_architecture(architecture["name"], architecture["options"])

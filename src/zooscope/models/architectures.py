@@ -1,16 +1,17 @@
 """The demo zoo's architectures, small enough to train on the digits data in seconds.
 
-A registry maps each architecture name to its builder and the options it accepts (with defaults),
-so that a zoo sheet's ``train:ARCH``/``random:ARCH`` rows are checked against one list and a typo
+Each architecture name maps to its builder here and to the options it accepts (with defaults) in
+zooscope.models.catalog (torch-free, so the Snakefile checks a sheet against it), so that a zoo sheet's ``train:ARCH``/``random:ARCH`` rows are checked against one list and a typo
 gives an error that names the valid choices instead of a ``TypeError`` deep inside ``torch.nn``.
 Inputs are the 8x8 digits images flattened to 64 features; outputs are the 10 class scores.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
+
+from zooscope.models.catalog import architecture_options
 
 NUM_INPUTS = 64
 NUM_CLASSES = 10
@@ -87,51 +88,8 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x.reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)))
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A builder and the integer options it takes, with their defaults."""
-
-    build: Callable[..., nn.Module]
-    defaults: Mapping[str, int]
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": Architecture(MLP, {"width": 256, "depth": 2}),
-    "cnn": Architecture(CNN, {"channels": 64}),
-    "lenet": Architecture(LeNet, {"channels": 32, "width": 512}),
-}
-
-# Every option name any architecture accepts: the zoo sheet's architecture columns.
-ARCHITECTURE_OPTIONS: tuple[str, ...] = tuple(
-    sorted({name for arch in ARCHITECTURES.values() for name in arch.defaults})
-)
-
-
-def architecture_options(name: str, options: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """The full option set for ``name``: the defaults overridden by ``options``, validated.
-
-    Raises ValueError naming an unknown architecture or option and listing the valid ones, or a
-    value that is not a positive integer.
-    """
-    if name not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown architecture {name!r}; valid architectures: {', '.join(sorted(ARCHITECTURES))}"
-        )
-    defaults = ARCHITECTURES[name].defaults
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for architecture {name!r}; "
-            f"valid options: {', '.join(sorted(defaults))}"
-        )
-    merged = {**defaults, **options}
-    for key, value in merged.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"option {key!r} of architecture {name!r} must be a positive integer, got {value!r}"
-            )
-    return merged
+# The builder of each architecture; its options and defaults: zooscope.models.catalog.
+BUILDERS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "lenet": LeNet}
 
 
 def build_architecture(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:
@@ -141,4 +99,4 @@ def build_architecture(name: str, options: Mapping[str, Any] | None = None) -> n
     reproducible model.
     """
     checked = architecture_options(name, options)  # first: it names an unknown architecture
-    return ARCHITECTURES[name].build(**checked)
+    return BUILDERS[name](**checked)

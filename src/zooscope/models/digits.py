@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from zooscope.models.catalog import TrainingConfig
+
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 0
@@ -71,28 +73,6 @@ def noisy_labels(labels: Tensor, fraction: float, seed: int) -> Tensor:
     picked = torch.from_numpy(np.sort(rng.choice(n, size=count, replace=False)))
     noisy[picked] = labels[picked][torch.from_numpy(rng.permutation(count))]
     return noisy
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """One training run: Adam with a one-cycle learning-rate schedule, cross-entropy loss."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    label_noise: float = 0.0
-    seed: int = 0
-
-
-# Per-architecture defaults, measured on 2 cores with 1 thread: the MLP's 80 epochs let a
-# 512-wide MLP memorise random labels (>= 95 % train accuracy); the CNN reaches ~98 % test
-# accuracy in 10 epochs, each of which costs ~16x an MLP epoch; 40 epochs let the LeNet
-# (32 channels, width 512) memorise random labels (98.5 % train accuracy; lr 6e-3 fails to learn).
-TRAINING_DEFAULTS: dict[str, TrainingConfig] = {
-    "mlp": TrainingConfig(epochs=80, lr=3e-3, batch_size=64),
-    "cnn": TrainingConfig(epochs=10, lr=3e-3, batch_size=64),
-    "lenet": TrainingConfig(epochs=40, lr=3e-3, batch_size=64),
-}
 
 
 @dataclass(frozen=True)

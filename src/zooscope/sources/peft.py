@@ -1,6 +1,7 @@
-"""LoRA adapters (PEFT folders: ``adapter_config.json`` + ``adapter_model.safetensors``) as models.
+"""``peft:PATH``: a LoRA adapter (a PEFT folder: ``adapter_config.json`` + ``adapter_model.safetensors``) as a model.
 
-A ``peft:PATH`` row with a ``base`` is fetched as its base with the adapter merged in, W_base + dW for
+PATH is relative to the zoo sheet's folder; a ``file:`` folder holding an adapter_config.json is
+read as this kind too (``claims``). A ``peft:PATH`` row with a ``base`` is fetched as its base with the adapter merged in, W_base + dW for
 every adapted layer (the model that ``peft``'s ``merge_and_unload`` gives), so the merged layers are
 analysed like any layer. Each adapted layer's update dW = s B A (B: out x r, A: r x in; s =
 lora_alpha / r, or lora_alpha / sqrt(r) with ``use_rslora``; ``alpha_pattern`` overrides lora_alpha per
@@ -19,9 +20,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
+from zooscope.sources.base import FetchError, SourceKind
+
+if TYPE_CHECKING:  # numpy where it is used: the Snakefile imports this module through the registry
+    import numpy as np
+
+    from zooscope.sources.base import Fetched
+    from zooscope.zoo import ZooRow
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -37,7 +44,7 @@ UNSUPPORTED = {"use_dora": "DoRA (use_dora)", "lora_bias": "LoRA biases (lora_bi
 FACTOR_KEY = "adapter/{tensor}/{side}"
 
 
-class AdapterError(ValueError):
+class AdapterError(FetchError):
     """An adapter folder that cannot be read or does not fit its base; the message names the model."""
 
 
@@ -55,6 +62,8 @@ class LoraUpdate:
 
     def delta(self) -> np.ndarray:
         """The dense update in float64 (for merging: the base layer is N x M anyway)."""
+        import numpy as np
+
         if self.dense is not None:
             return self.dense
         return self.scale * (self.left.astype(np.float64) @ self.right.astype(np.float64))
@@ -130,6 +139,8 @@ def read_adapter(folder: str | Path, model: str) -> Adapter:
 
 
 def _update(module: str, pair: Mapping[str, np.ndarray], config: Mapping[str, Any], model: str) -> LoraUpdate:
+    import numpy as np
+
     tensor = f"{module}.weight"
     if "lora_embedding_A" in pair or "lora_embedding_B" in pair:
         a, b = pair.get("lora_embedding_A"), pair.get("lora_embedding_B")
@@ -201,11 +212,12 @@ def _relative_to(adapter: Adapter, prefix: str) -> Adapter:
 
 def fetch_adapter(model: str, folder: Path, accuracy: float | None, base_dir: Path):
     """The ``Fetched`` model of an adapter: its base's fetched layers with the adapter merged in."""
+    import numpy as np
     import torch
 
     from zooscope import io
     from zooscope.layers import Float32View, Layer, LayerList, tensor_sha256
-    from zooscope.sources import Fetched
+    from zooscope.sources.base import Fetched
 
     adapter = read_adapter(folder, model)
     base_doc = io.read_json(base_dir / "layers.json")
@@ -262,3 +274,21 @@ def fetch_adapter(model: str, folder: Path, accuracy: float | None, base_dir: Pa
         extra_meta={"adapter": {**adapter.config, "base": base_doc.get("model"), "layers": factors,
                                 "merged": sorted(updates), "replaced": sorted(adapter.replaced)}},
     )
+
+
+def fetch(row: ZooRow, threads: int, base_dir: Path) -> Fetched:
+    """The adapter of ``row`` merged onto its base, fetched into ``base_dir``."""
+    return fetch_adapter(row.model, row.source.path, row.accuracy, Path(base_dir))
+
+
+def is_adapter_folder(path: Path) -> bool:
+    """Whether a path is a PEFT adapter folder (it holds an adapter_config.json)."""
+    return (path / CONFIG_FILE).is_file()
+
+
+# Option columns are ignored as for file:: the weights are given. The row needs a base (zooscope.zoo).
+KIND = SourceKind(
+    name="peft", syntax="peft:PATH", example="peft:adapters/my-lora", argument=r".+", fetch=fetch,
+    ignores_options=True, local_path=True, local_files=(CONFIG_FILE, WEIGHTS_FILE), adapter=True,
+    claims=is_adapter_folder,
+)

@@ -30,7 +30,7 @@ import numpy as np
 
 from zooscope.spectra import spectrum
 
-# Top singular directions compared by the overlap (config delta_top_k).
+# Top singular directions compared by the overlap (config esd.delta_top_k).
 DEFAULT_TOP_K = 10
 # Up to this short side the top singular vectors come from a full SVD (top_right_vectors).
 SMALL_SVD = 256

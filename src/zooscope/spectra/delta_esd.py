@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from zooscope import io, resources
+from zooscope.config import EsdSettings
 from zooscope.spectra import delta as deltas
 from zooscope.spectra.esd import PARALLEL_LAYERS_BELOW
 
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 # Bump when the update computation changes, to invalidate every delta entry.
 DELTA_VERSION = 1
 DELTA_DIR = "delta"
-# The spectrum settings (of the esd index's ``settings``) that an update's entry depends on.
-DELTA_SETTINGS = ("conv2d", "normalize", "conv2d_fft_size")
 ENTRY_SUFFIX = ".entry.json"
 
 
@@ -66,17 +65,17 @@ def pair_layers(layers: list[dict], base_layers: list[dict]) -> tuple[list[tuple
     return pairs, base_only
 
 
-def compute_model_deltas(weights_path, layers_path, base_weights_path, base_layers_path, esd_dir, *,
-                         conv2d: str = "slices", normalize: str = "none", conv2d_fft_size: int | None = None,
-                         top_k: int = deltas.DEFAULT_TOP_K, adapter: dict | None = None,
-                         device: str | None = None, threads: int = 1) -> dict:
+def compute_model_deltas(weights_path, layers_path, base_weights_path, base_layers_path, esd_dir,
+                         settings: EsdSettings = EsdSettings(), *, top_k: int = deltas.DEFAULT_TOP_K,
+                         adapter: dict | None = None, device: str | None = None, threads: int = 1) -> dict:
     """Compute (or reuse) the update entries of every layer; return the index's ``delta`` section.
 
-    ``adapter``: an adapter model's meta.json ``adapter`` section (its factors' tensor names and
-    scales per adapted layer's tensor). ``device``: a torch device for the eigenvalues of dense
+    ``settings``: the model's esd settings (config ``esd:``), of which an update depends on
+    :meth:`EsdSettings.matrices` alone. ``adapter``: an adapter model's meta.json ``adapter``
+    section (its factors' tensor names and scales per adapted layer's tensor). ``device``: a torch device for the eigenvalues of dense
     updates, as in compute_model_esd (not part of the key); ``threads``: the job's threads.
     """
-    settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
+    settings = settings.matrices()
     layers_doc, base_doc = io.read_json(layers_path), io.read_json(base_layers_path)
     model, base_model = layers_doc.get("model"), base_doc.get("model")
     pairs, base_only = pair_layers(layers_doc["layers"], base_doc["layers"])

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from zooscope import io, resources
+from zooscope.config import EsdSettings
 
 from zooscope.spectra import spectrum
 from zooscope.spectra.shared_cache import SharedStore
@@ -40,17 +41,14 @@ SHARED_FIELDS = ("slices", "N", "M")
 PARALLEL_LAYERS_BELOW = 2048
 
 
-def cache_key(layer: dict, *, conv2d: str, normalize: str, conv2d_fft_size: int | None = None,
-              randomize: bool = False) -> str:
+def cache_key(layer: dict, settings: EsdSettings) -> str:
+    """The layer's cache key: its weights hash, type and shape, and the settings."""
     fields = {
         "version": ESD_VERSION,
         "sha256": layer["sha256"],
         "type": layer["type"],
         "shape": list(layer["shape"]),
-        "conv2d": conv2d,
-        "normalize": normalize,
-        "conv2d_fft_size": conv2d_fft_size,
-        "randomize": randomize,
+        **settings.as_dict(),
     }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
@@ -81,8 +79,8 @@ def shuffle_seed(layer: dict) -> int:
     return int(layer["sha256"][:16], 16)
 
 
-def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: bool, device: str | None,
-                   **settings) -> dict:
+def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSettings, *,
+                   device: str | None) -> dict:
     record = {
         "name": layer["name"],
         "tensor": layer["tensor"],
@@ -102,10 +100,11 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: b
     rand_path = out_dir / f"{layer['name']}{RAND_SUFFIX}"
     try:
         weight = reader.get_tensor(layer["tensor"])
-        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **settings, device=device)
-        rand = (layer_eigenvalues(weight, layer["type"], **settings, shuffle_seed=shuffle_seed(layer),
+        matrices = settings.matrices()
+        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **matrices, device=device)
+        rand = (layer_eigenvalues(weight, layer["type"], **matrices, shuffle_seed=shuffle_seed(layer),
                                   device=device)[1]
-                if randomize else None)
+                if settings.randomize else None)
     except Exception as error:  # a bad layer becomes a failed row, never a failed model
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
         npy_path.unlink(missing_ok=True)
@@ -116,26 +115,26 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, *, randomize: b
         rand_path.unlink(missing_ok=True)
     else:
         io.write_npy(rand_path, rand)
-    record.update(file=npy_path.name, rand_file=rand_path.name if randomize else None, slices=labels,
+    record.update(file=npy_path.name, rand_file=rand_path.name if settings.randomize else None, slices=labels,
                   N=int(n), M=int(m))
     return record
 
 
-def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slices", normalize: str = "none",
-                      conv2d_fft_size: int | None = None, randomize: bool = False, device: str = "cpu",
-                      shard: tuple[int, int] | None = None, threads: int = 1, shared_cache=None) -> dict:
+def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings = EsdSettings(), *,
+                      device: str = "cpu", shard: tuple[int, int] | None = None, threads: int = 1,
+                      shared_cache: str | Path | None = None) -> dict:
     """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
-    ``randomize`` also stores the eigenvalues of each matrix with its entries shuffled. ``device``
-    is config ``device`` (auto, cpu, cuda; :func:`zooscope.spectra.spectrum.resolve_device`); it is not
+    ``settings`` (config ``esd:``) are the cache key with each layer's weights hash; with
+    ``randomize`` the eigenvalues of each matrix with its entries shuffled are stored too. ``device``
+    is config ``esd.device`` (auto, cpu, cuda; :func:`zooscope.spectra.spectrum.resolve_device`); it is not
     part of the cache key, since it changes the eigenvalues by rounding only. ``shard=(k, K)``
     computes only shard k of K (1-based) and returns that shard's index, for :func:`merge_shards`.
     ``threads``: the job's threads (its BLAS threads are already limited to them).
     ``shared_cache``: the folder of the zoo's shared store (zooscope.spectra.shared_cache; config
-    ``shared_cache``, None: off): an entry another model computed is taken from it instead of
+    ``esd.shared_cache``, None: off): an entry another model computed is taken from it instead of
     computed, and a computed one is put there. The index is the same either way.
     """
-    settings = {"conv2d": conv2d, "normalize": normalize, "conv2d_fft_size": conv2d_fft_size}
     torch_device = spectrum.resolve_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +148,7 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
     records: list[dict | None] = [None] * len(layers)
     todo = []  # (position, layer, key) of the entries to compute
     for position, layer in enumerate(layers):
-        key = cache_key(layer, **settings, randomize=randomize)
+        key = cache_key(layer, settings)
         entry_path = out_dir / f"{layer['name']}{ENTRY_SUFFIX}"
         cached = io.read_json(entry_path) if entry_path.is_file() else None
         if cached and cached.get("key") == key and all(
@@ -165,12 +164,12 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
 
     def compute(item) -> None:
         position, layer, key = item
-        record = _shared_entry(store, layer, key, out_dir, randomize) if store else None
+        record = _shared_entry(store, layer, key, out_dir, settings.randomize) if store else None
         origin = "shared" if record is not None else "computed"
         if record is not None:
             shared.append(layer["name"])  # list.append is atomic under the GIL
         else:
-            record = _compute_entry(reader, layer, key, out_dir, **settings, randomize=randomize, device=torch_device)
+            record = _compute_entry(reader, layer, key, out_dir, settings, device=torch_device)
             if store and record["status"] == "ok":
                 store.put(key, {field: record[field] for field in SHARED_FIELDS}, out_dir / record["file"],
                           out_dir / record["rand_file"] if record["rand_file"] else None)
@@ -203,7 +202,7 @@ def compute_model_esd(weights_path, layers_path, out_dir, *, conv2d: str = "slic
     log.info("%s%s: %d layers on %s, %d reused from the cache, %d from the shared store, %d computed",
              layers_doc.get("model", ""), f" shard {shard[0]} of {shard[1]}" if shard else "", len(records),
              torch_device or "cpu (numpy)", reused, len(shared), len(todo) - len(shared))
-    index = {"model": layers_doc.get("model"), "settings": {**settings, "randomize": randomize}, "layers": records}
+    index = {"model": layers_doc.get("model"), "settings": settings.as_dict(), "layers": records}
     return index if shard is None else {**index, "shard": list(shard)}
 
 

@@ -99,9 +99,9 @@ class Sharing:
         share = f"{self.num_reused} of the zoo's {self.num_layers} layers ({100 * self.num_reused / self.num_layers:.0f}%)"
         if not enabled:
             return (f"{share} have the weights of another layer of the zoo ({self.num_models_sharing} models share "
-                    "layers); with config shared_cache set, each such spectrum is computed once.")
+                    "layers); with config esd.shared_cache set, each such spectrum is computed once.")
         return (f"{share} have the weights of another layer of the zoo ({self.num_models_sharing} models share "
-                f"layers): the shared store (config shared_cache) needs {self.num_distinct} spectra for "
+                f"layers): the shared store (config esd.shared_cache) needs {self.num_distinct} spectra for "
                 f"{self.num_layers} layers.")
 
 

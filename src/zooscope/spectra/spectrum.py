@@ -84,7 +84,7 @@ def oriented_shape(matrix: np.ndarray) -> tuple[int, int]:
 
 
 def resolve_device(setting: str) -> str | None:
-    """The torch device of config ``device``, or None for the numpy (LAPACK) route on the CPU.
+    """The torch device of config ``esd.device``, or None for the numpy (LAPACK) route on the CPU.
 
     ``cpu``: numpy. ``cuda``: the first CUDA GPU, an error if none is visible. ``auto``: ``cuda``
     where a GPU is visible, else numpy on the CPU.
@@ -96,8 +96,8 @@ def resolve_device(setting: str) -> str | None:
     available = _cuda_available()
     if setting == "cuda" and not available:
         raise ValueError(
-            "config device: cuda, but this job sees no CUDA GPU (torch.cuda.is_available() is False); "
-            "set device: auto (a GPU where there is one, else the CPU) or device: cpu"
+            "config esd.device: cuda, but this job sees no CUDA GPU (torch.cuda.is_available() is False); "
+            "set esd.device: auto (a GPU where there is one, else the CPU) or esd.device: cpu"
         )
     return "cuda" if available else None
 

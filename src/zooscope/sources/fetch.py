@@ -1,0 +1,131 @@
+"""The ``fetch`` stage: turn one zoo-sheet row into the workflow's common model form.
+
+Whatever a model's source kind (zooscope.sources.registry), ``fetch_model`` writes the same three
+files into ``resources/models/{model}/``: ``model.safetensors`` (the analysed weights, float32,
+then, for a rebuildable kind, the rest of the module's state), ``layers.json`` and ``meta.json``,
+so the later stages need no model library. This is the only stage that imports one (torch), and
+only where a kind needs it: a safetensors ``file:`` source is typed from its header and copied
+through numpy, so its fetch job spends no start-up on torch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from zooscope.io import atomic_path, write_json
+from zooscope.layers import LayerList, float32_bytes, safetensors_dtypes
+from zooscope.sources.base import Fetched, FetchError
+from zooscope.zoo import ZooRow, parse_row
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("model.safetensors", "layers.json", "meta.json")
+
+
+def fetch_model(
+    row: ZooRow | Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike = ".",
+    threads: int = 1, base_dir: str | os.PathLike | None = None,
+) -> None:
+    """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json.
+
+    ``row`` is a ZooRow, or a sheet row as read (``model``, ``series``, ``source``, ``accuracy``
+    and option columns), parsed here with relative paths resolved against ``sheet_dir``. Every
+    file is written atomically and deterministically (no timings: reruns give identical bytes).
+    An adapter (a ``peft:`` row: zooscope.sources.peft) is merged onto its base, fetched into
+    ``base_dir``.
+    """
+    if not isinstance(row, ZooRow):
+        row = parse_row(row, sheet_dir)
+    start = time.perf_counter()
+    if row.adapter:
+        if base_dir is None or row.base is None:
+            raise FetchError(f"model {row.model!r}: an adapter (peft: source) needs its base model in the column 'base'")
+        fetched = row.source.spec.fetch(row, threads, Path(base_dir))
+    else:
+        fetched = row.source.spec.fetch(row, threads)
+    write_model(out_dir, model_meta(row, fetched), fetched.layers, fetched.other_tensors)
+    log.info(
+        "fetched %s (%s) in %.1f s: %d layers, %d parameters, accuracy %s",
+        row.model, row.source.text, time.perf_counter() - start, len(fetched.layers.layers),
+        fetched.num_params, fetched.accuracy,
+    )
+
+
+def model_meta(row: ZooRow, fetched: Fetched) -> dict[str, Any]:
+    """meta.json's content except the weights' sha256, which is known once they are serialised."""
+    return {
+        "model": row.model,
+        "series": row.series,
+        "source": row.source.text,
+        "accuracy": fetched.accuracy,
+        "accuracy_source": fetched.accuracy_source,
+        "num_params": fetched.num_params,
+        "options": dict(row.options),
+        **fetched.extra_meta,
+    }
+
+
+def write_model(
+    out_dir: str | os.PathLike, meta: dict[str, Any], layers: LayerList,
+    other_tensors: Mapping[str, Tensor] | None = None,
+) -> None:
+    """Write the three fetch outputs atomically; meta.json last, with the weights' sha256."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        digest = write_safetensors(tmp, layers, other_tensors or {})
+    write_json(
+        out_dir / "layers.json",
+        {"model": meta["model"], "layers": [layer.to_json() for layer in layers.layers]},
+    )
+    write_json(out_dir / "meta.json", {**meta, "sha256": digest})
+
+
+def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str, Tensor] | None = None) -> str:
+    """Write the layers' float32 weights as a safetensors file, one tensor at a time; its sha256.
+
+    ``other_tensors`` (a module's biases, norms and buffers) follow in name order, in their own
+    dtype. Streaming (header, then each tensor's bytes in depth order) instead of serialising the
+    whole file in memory keeps fetch's memory at the model plus one tensor, whatever the model's
+    size. The header is computed from the tensor list, so the bytes are deterministic.
+    """
+    # (name, safetensors dtype, shape, bytes, its bytes when asked): weights first, in depth order
+    entries = [(layer.tensor, "F32", list(layer.shape), 4 * math.prod(layer.shape),
+                lambda key=layer.tensor: float32_bytes(layers.tensors[key])) for layer in layers.layers]
+    if other_tensors:  # a module's state: torch tensors
+        dtype_names = {dtype: name for name, dtype in safetensors_dtypes().items()}
+        entries += [(name, dtype_names[value.dtype], list(value.shape), value.element_size() * value.numel(),
+                     lambda value=value: _torch_bytes(value))
+                    for name, value in sorted(other_tensors.items())]
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape, size, _ in entries:
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    digest = hashlib.sha256()
+    with open(path, "wb") as handle:
+        for chunk in (len(encoded).to_bytes(8, "little"), encoded):
+            handle.write(chunk)
+            digest.update(chunk)
+        for *_, make in entries:
+            data = make()
+            handle.write(data)
+            digest.update(data)
+            del data
+    return digest.hexdigest()
+
+
+def _torch_bytes(tensor: Tensor) -> memoryview:
+    import torch
+
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")
