@@ -60,7 +60,8 @@ def test_bad_config_names_the_source_and_each_field():
 
 @pytest.mark.parametrize("key, group", [("min_evals", "fit"), ("device", "esd"), ("shard_mb", "esd"),
                                         ("randomize", "esd"), ("conv2d", "esd"), ("normalize", "esd"),
-                                        ("conv2d_fft_size", "esd")])
+                                        ("conv2d_fft_size", "esd"), ("shared_cache", "esd"),
+                                        ("delta_top_k", "esd")])
 def test_an_old_flat_key_names_its_new_place(key, group):
     with pytest.raises(ConfigError) as info:
         validate_config({"zoo": "z.tsv", key: 1}, CONFIG_SCHEMA)

@@ -154,3 +154,12 @@ def test_an_adapter_of_a_task_model_fits_its_bare_backbone(tmp_path):
     for key in ("fc1.weight", "fc2.weight"):
         np.testing.assert_allclose(fetched[key], merged[f"body.{key}"].numpy(), rtol=0, atol=2e-6)
     assert io.read_json(model_dir / "meta.json")["adapter"]["key_prefix"] == "body."
+
+
+def test_an_adapter_fetched_without_its_base_is_an_error_naming_the_model(tmp_path):
+    _, _, folder = make_adapter(tmp_path, "lora", r=2, lora_alpha=4, target_modules=["fc1"])
+    for row, base_dir in (({"base": "base"}, None), ({}, tmp_path)):
+        with pytest.raises(FetchError, match="model 'adapted': an adapter .* needs its base model in the column 'base'"):
+            fetch_model({"model": "adapted", "series": "s", "source": f"file:{folder}", "accuracy": None, **row},
+                        tmp_path / "models" / "adapted", sheet_dir=tmp_path, base_dir=base_dir)
+    assert not (tmp_path / "models" / "adapted").exists()
