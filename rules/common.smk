@@ -21,9 +21,11 @@ MODELS = {
     for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
 SERIES = sorted({row.series for row in MODELS.values()})
-# Esd shards per model (zoo column `shards`, else config `shard_mb`; zooscope.resources).
+# Esd shards per model (zoo column `shards`, else config `esd.shard_mb`; zooscope.resources). An
+# adapter's weights are its base's size, unknown before the fetch: sized by its column alone.
 SHARDS = {
-    model: model_shards(row.shards, row.source.path, RUN.esd.shard_mb) for model, row in MODELS.items()
+    model: model_shards(row.shards, None if row.adapter else row.source.path, RUN.esd.shard_mb)
+    for model, row in MODELS.items()
 }
 
 
@@ -33,10 +35,10 @@ wildcard_constraints:
 
 
 def file_source_input(wildcards):
-    """The weights of a file: source, so that changing them reruns the model. A missing path is
-    left to the fetch job to report (with the model's name), instead of stopping the whole DAG."""
-    path = MODELS[wildcards.model].source.path
-    return [str(path)] if path is not None and path.exists() else []
+    """The weights of a file: source (an adapter's two files for peft:), so that changing them
+    reruns the model. A missing path is left to the fetch job to report (with the model's name),
+    instead of stopping the whole DAG."""
+    return [str(path) for path in MODELS[wildcards.model].source.local_inputs() if path.exists()]
 
 
 def series_models(wildcards):
@@ -53,26 +55,58 @@ def model_resource(stage, name):
         layers_json = f"resources/models/{wildcards.model}/layers.json"
         if "shard" in wildcards.keys():
             return getattr(stage_resources(stage, layers_json, parse_shard(wildcards.shard)), name)
-        if stage == "esd" and SHARDS[wildcards.model] > 1:
+        # a model with a base computes its updates in its esd job (a sharded one's merge job too,
+        # which then asks for the whole model's estimate: more than the updates alone need)
+        with_base = stage == "esd" and MODELS[wildcards.model].base is not None
+        if stage == "esd" and SHARDS[wildcards.model] > 1 and not with_base:
             return getattr(MERGE, name)
-        return getattr(stage_resources(stage, layers_json), name)
+        return getattr(stage_resources(stage, layers_json, with_base=with_base), name)
 
     return resource
 
 
 def esd_input(wildcards):
-    """An unsharded model's esd job computes from the weights; a sharded one's merges its shards."""
+    """An unsharded model's esd job computes from the weights; a sharded one's merges its shards.
+    A model with a base (zoo column `base`) also computes its updates against the base's fetched
+    weights (zooscope.spectra.delta_esd), in the esd job itself also when it is sharded; its
+    meta.json names an adapter's factors. It runs after its base's esd job, so that the layers
+    it shares with its base come from the shared store (config esd.shared_cache) instead of
+    being computed by two jobs at once."""
     model, shards = wildcards.model, SHARDS[wildcards.model]
-    layers = f"resources/models/{model}/layers.json"
+    inputs = {"layers": f"resources/models/{model}/layers.json"}
     if shards == 1:
-        return {"weights": f"resources/models/{model}/model.safetensors", "layers": layers}
-    shard_files = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
-    return {"layers": layers, "shards": shard_files}
+        inputs["weights"] = f"resources/models/{model}/model.safetensors"
+    else:
+        inputs["shards"] = [f"results/esd/{model}/shards/{k}-of-{shards}.json" for k in range(1, shards + 1)]
+    base = MODELS[model].base
+    if base is not None:
+        inputs.update(fetched_model(model, "weights", "meta"), **fetched_model(base, "weights", "layers", prefix="base_"),
+                      base_index=f"results/esd/{base}/index.json")
+    return inputs
+
+
+def fetched_model(model, *files, prefix=""):
+    """Named paths of a model's fetch outputs (weights, layers, meta), keys prefixed by ``prefix``."""
+    names = {"weights": "model.safetensors", "layers": "layers.json", "meta": "meta.json"}
+    return {f"{prefix}{file}": f"resources/models/{model}/{names[file]}" for file in files}
+
+
+def fetch_base_input(wildcards):
+    """An adapter's fetch merges it into its base's fetched weights."""
+    row = MODELS[wildcards.model]
+    return fetched_model(row.base, "weights", "layers", prefix="base_") if row.adapter else {}
 
 
 def esd_computes(wildcards):
-    """Whether this esd/esd_shard job computes eigenvalues (not only merges shards)."""
-    return "shard" in wildcards.keys() or SHARDS[wildcards.model] == 1
+    """Whether this esd/esd_shard job computes eigenvalues or updates (not only merges shards)."""
+    return ("shard" in wildcards.keys() or SHARDS[wildcards.model] == 1
+            or MODELS[wildcards.model].base is not None)
+
+
+def esd_delta_top_k(wildcards):
+    """Config esd.delta_top_k for a model with a base; None for the others, which ignore it (so
+    that changing it reruns only the esd jobs of models with a base)."""
+    return RUN.esd.delta_top_k if MODELS[wildcards.model].base is not None else None
 
 
 def esd_gpu(wildcards):

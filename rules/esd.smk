@@ -1,7 +1,8 @@
 # Only the settings that change eigenvalues (zooscope.config.EsdSettings) are params of both
 # rules: a fit option must never rerun this stage. The device changes eigenvalues by rounding only,
-# so it reaches the script as a resource (esd_device), which is no rerun trigger: switching it
-# reruns nothing.
+# and the shared store (esd.shared_cache) only where they are kept, so both reach the script as
+# resources (esd_device, esd_shared_cache), which are no rerun trigger: switching them reruns
+# nothing. esd.delta_top_k is a param of the esd jobs of models with a base alone.
 
 
 rule esd_shard:
@@ -27,6 +28,7 @@ rule esd_shard:
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
         esd_device=RUN.esd.device,
+        esd_shared_cache=RUN.esd.shared_cache or "",
     script:
         "../scripts/esd.py"
 
@@ -38,6 +40,7 @@ rule esd:
         index="results/esd/{model}/index.json",
     params:
         esd=RUN.esd.settings.as_dict(),
+        delta_top_k=esd_delta_top_k,
     conda:
         "../envs/numeric.yaml"
     log:
@@ -52,5 +55,6 @@ rule esd:
         runtime=model_resource("esd", "runtime"),
         gpu=esd_gpu,
         esd_device=RUN.esd.device,
+        esd_shared_cache=RUN.esd.shared_cache or "",
     script:
         "../scripts/esd.py"

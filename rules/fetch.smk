@@ -1,5 +1,6 @@
 rule fetch:
     input:
+        unpack(fetch_base_input),
         source=file_source_input,
     output:
         weights="resources/models/{model}/model.safetensors",
@@ -8,8 +9,8 @@ rule fetch:
         tensors="resources/models/{model}/tensors.json",
     params:
         # What the outputs depend on (zooscope.zoo.ZooRow.fetch_form, the layer selection with
-        # config select filled in): a data set or a shard count given to a model must not
-        # refetch (retrain) it.
+        # config select filled in): a data set, a shard count or (but for an adapter) a base given
+        # to a model must not refetch (retrain) it.
         row=lambda wildcards: MODELS[wildcards.model].fetch_form(),
     conda:
         "../envs/torch.yaml"

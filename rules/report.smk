@@ -39,6 +39,7 @@ rule audit:
         models="results/zoo/models.tsv",
         metas=expand("resources/models/{model}/meta.json", model=MODELS),
         layers=expand("results/metrics/{model}/layers.tsv", model=MODELS),
+        layer_lists=expand("resources/models/{model}/layers.json", model=MODELS),
     output:
         table=report(
             "results/zoo/audit.tsv",
@@ -67,6 +68,7 @@ rule audit:
         models=list(MODELS),
         series=[row.series for row in MODELS.values()],
         fit=RUN.fit.as_dict(),
+        shared_cache=RUN.esd.shared_cache is not None,
     conda:
         "../envs/numeric.yaml"
     log:

@@ -6,6 +6,7 @@ from zooscope.report.audit_card import audit_table, card_blocks, summary_blocks,
 from zooscope.analysis.discrimination import noise_levels
 from zooscope.jobs import job
 from zooscope.analysis.metrics import read_layers_table
+from zooscope.spectra.shared_cache import zoo_sharing
 
 with job(snakemake, name="audit"):
     models = snakemake.params.models
@@ -18,7 +19,9 @@ with job(snakemake, name="audit"):
     level = FitSettings(**snakemake.params.fit).level
     audit = audit_table(series_of, layers, intervals)
     io.write_tsv(snakemake.output.table, audit)
-    summary = summary_blocks(audit, discrimination, level=level)
+    sharing = zoo_sharing(io.read_json(path) for path in snakemake.input.layer_lists)
+    summary = [*summary_blocks(audit, discrimination, level=level), ("h2", "Computed once across the zoo"),
+               ("p", sharing.sentence(snakemake.params.shared_cache))]
     io.write_text(snakemake.output.summary_md, to_markdown(summary))
     io.write_text(snakemake.output.summary_html, to_html(summary, title="zooscope: zoo summary"))
     for model, card_md, card_html in zip(models, snakemake.output.cards, snakemake.output.card_pages, strict=True):

@@ -40,7 +40,8 @@ def test_the_schema_defaults_are_the_dataclasses_defaults():
     objects = {"esd": EsdConfig().settings, "fit": FitSettings(), "jacobian": JacobianSettings(), "threads": Threads()}
     expected = {f"{group}.{field.name}": getattr(value, field.name)
                 for group, value in objects.items() for field in dataclasses.fields(value)}
-    expected.update({"esd.device": EsdConfig().device, "esd.shard_mb": EsdConfig().shard_mb})
+    expected.update({f"esd.{field.name}": getattr(EsdConfig(), field.name)
+                     for field in dataclasses.fields(EsdConfig) if field.name != "settings"})
     expected.update({f"select.{field.name}": list(value) if isinstance(value := getattr(Selection(), field.name), tuple)
                      else value for field in dataclasses.fields(Selection)})
     assert schema_defaults == expected
@@ -77,7 +78,8 @@ def test_bad_config_names_the_source_and_each_field():
 
 @pytest.mark.parametrize("key, group", [("min_evals", "fit"), ("device", "esd"), ("shard_mb", "esd"),
                                         ("randomize", "esd"), ("conv2d", "esd"), ("normalize", "esd"),
-                                        ("conv2d_fft_size", "esd")])
+                                        ("conv2d_fft_size", "esd"), ("shared_cache", "esd"),
+                                        ("delta_top_k", "esd")])
 def test_an_old_flat_key_names_its_new_place(key, group):
     with pytest.raises(ConfigError) as info:
         validate_config({"zoo": "z.tsv", key: 1}, CONFIG_SCHEMA)
@@ -105,7 +107,7 @@ def test_readme_config_table_is_generated_from_the_schema():
                              text=True, check=True).stdout
     assert table == printed == config_table(CONFIG_SCHEMA)
     rows = [line for line in table.splitlines()[2:]]
-    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 29
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 31
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 
 
@@ -188,3 +190,52 @@ def test_paths_are_resolved_once_against_the_sheet(tmp_path, monkeypatch):
     assert rows["c"].source.path == Path("/abs/c.pt")
     assert rows["d"].source.path is None and rows["d"].data == DataSpec("sets/d.npz", tmp_path / "sets" / "d.npz", 7)
     assert rows["d"].fetch_form() == {**rows["d"].as_dict(), "data": None, "shards": None}
+
+
+def test_base_column_errors_name_the_row(tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\n"
+                                 "a|s|train:mlp||\n"
+                                 "b|s|train:mlp||a\n"
+                                 "c|s|train:mlp||nobody\n"
+                                 "d|s|train:mlp||d\n"
+                                 "e|s|train:mlp||f\n"
+                                 "f|s|train:mlp||e\n"
+                                 "g|s|peft:lora||\n"
+                                 "h|s|file:lora||\n")
+    with pytest.raises(ConfigError) as info:
+        read_zoo_sheet(path, ZOO_SCHEMA)
+    message = str(info.value)
+    assert "row 4 (model 'c'): column 'base' names 'nobody', which is no model of this sheet" in message
+    assert "row 5 (model 'd'): column 'base' names the model itself" in message
+    assert "row 6 (model 'e'): its bases form a cycle (e -> f -> e)" in message
+    assert "row 7 (model 'f'): its bases form a cycle (f -> e -> f)" in message
+    assert "row 8 (model 'g'): an adapter (peft: source or adapter folder) needs" in message
+    assert "row 9 (model 'h'): an adapter" in message
+    assert "model 'b'" not in message and "model 'a'" not in message
+
+
+def test_a_chain_of_bases_is_valid(tmp_path):
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\n"
+                                 "a|s|train:mlp||\nb|s|train:mlp||a\nc|s|train:mlp||b\n")
+    assert [row.base for row in read_zoo_sheet(path, ZOO_SCHEMA)] == [None, "a", "b"]
+
+
+def test_a_file_folder_holding_an_adapter_is_a_peft_source_and_only_an_adapter_fetches_with_its_base(tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base|data\n"
+                                 "a|s|train:mlp|||\nb|s|file:lora||a|\nc|s|peft:lora||a|\nd|s|train:mlp||a|digits\n")
+    a, b, c, d = read_zoo_sheet(path, ZOO_SCHEMA)
+    assert (b.source.kind, b.source.text, b.adapter, c.adapter, d.adapter) == ("peft", "file:lora", True, True, False)
+    assert b.source.local_inputs() == [tmp_path / "lora" / "adapter_config.json",
+                                       tmp_path / "lora" / "adapter_model.safetensors"]
+    assert b.fetch_form()["base"] == "a" and d.fetch_form()["base"] is None
+    assert ZooRow.from_dict(d.as_dict()) == d
+
+
+def test_a_base_that_is_no_model_id_is_an_error(tmp_path):
+    path = write_sheet(tmp_path, "model|series|source|accuracy|base\na|s|train:mlp||\nb|s|train:mlp||a/b\n")
+    with pytest.raises(ConfigError, match="row 3 .*base"):
+        read_zoo_sheet(path, ZOO_SCHEMA)

@@ -432,7 +432,7 @@ def test_unknown_source(text):
     with pytest.raises(RowError) as error:
         parse_source(text, model="x")
     assert str(error.value) == (
-        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, "
+        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, peft:PATH, "
         "torchvision:NAME[@WEIGHTS], timm:NAME, hf:REPO[@REVISION]"
     )
 

@@ -85,3 +85,14 @@ def test_model_shards_column_wins_then_the_size_rule_for_file_sources(tmp_path):
     assert model_shards(None, tmp_path / "folder", 2.0) == 2
     assert model_shards(None, tmp_path / "missing", 1.0) == 1
     assert model_shards(None, None, 1.0) == 1  # a hub, train or random source: no weights on disk yet
+
+
+def test_an_esd_job_with_a_base_asks_for_its_updates_too():
+    from zooscope.resources import DELTA_BYTES_PER_ELEMENT, estimate
+
+    shapes = [[4096, 1024], [1024, 1024]]
+    alone, with_base = estimate("esd", shapes), estimate("esd", shapes, with_base=True)
+    extra_mb = with_base.mem_mb - alone.mem_mb
+    assert extra_mb == pytest.approx(4096 * 1024 * DELTA_BYTES_PER_ELEMENT / 2**20, abs=1)
+    assert with_base.runtime > alone.runtime
+    assert estimate("fit", shapes, with_base=True) == estimate("fit", shapes)

@@ -267,6 +267,10 @@ def test_the_device_reaches_the_esd_job_and_switching_it_reruns_nothing(finished
     """config esd.device is no rerun trigger (it changes eigenvalues by rounding only), yet the esd job
     computes where it says: cuda on a machine without a GPU fails there, naming the setting."""
     assert sum(job_counts(snakemake(finished_run, "-n", "--config", "esd={device: auto}").stdout).values()) == 0
+    # the shared store (esd.shared_cache) is where spectra are kept, not what they are: no trigger either
+    for store in ("elsewhere", "null"):
+        dry = snakemake(finished_run, "-n", "--config", f"esd={{shared_cache: {store}}}").stdout
+        assert sum(job_counts(dry).values()) == 0, store
     if __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU: an esd job with esd.device cuda would succeed")
     workdir = make_zoo(tmp_path / "cuda")

@@ -129,6 +129,77 @@ def _run_regress(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------------------------
+# zooscope compare
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from zooscope.config import EsdConfig, EsdSettings, FitSettings  # light: the config's defaults
+
+    parser.add_argument("model", metavar="A", type=Path,
+                        help="the fine-tuned model: a weights file (.safetensors, or a PyTorch file read "
+                        "weights-only), a *.index.json, a model folder, or a PEFT LoRA adapter folder "
+                        "(adapter_config.json + adapter_model.safetensors) of B")
+    parser.add_argument("base", metavar="B", type=Path, help="its base model, in the same forms but an adapter")
+    parser.add_argument("-o", "--out", metavar="FILE", type=Path, default=Path("compare.tsv"),
+                        help="the per-layer table, tab-separated (default: compare.tsv); its columns are "
+                        "layer, slice, type, N, M and the delta_ columns of layers.tsv (docs/finetunes.md)")
+    parser.add_argument("--conv2d", choices=("slices", "stacked", "fft"), default=EsdSettings.conv2d,
+                        help="how a Conv2d weight is analysed, as config esd.conv2d (default: %(default)s)")
+    parser.add_argument("--normalize", choices=("none", "N"), default=EsdSettings.normalize,
+                        help="eigenvalues as-is or divided by N, as config esd.normalize (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=EsdConfig.delta_top_k, metavar="K",
+                        help="top singular directions compared by delta_overlap, as config esd.delta_top_k "
+                        "(default: %(default)s)")
+    parser.add_argument("--min-evals", type=int, default=FitSettings.min_evals, metavar="N",
+                        help="fewest eigenvalues for delta_alpha, as config fit.min_evals (default: %(default)s)")
+
+
+# The columns the printed table shows (the file has them all).
+_PRINTED = (("layer", "layer"), ("slice", "slice"), ("delta_status", "status"), ("delta_relative_norm", "rel_norm"),
+            ("delta_lambda_max", "lambda_max"), ("delta_alpha", "alpha"), ("delta_stable_rank", "stable_rank"),
+            ("delta_overlap", "overlap"))
+
+
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from zooscope.io import write_rows_tsv
+    from zooscope.analysis.compare import COMPARE_COLUMNS, compare_weights
+    from zooscope.config import EsdSettings, FitSettings
+    from zooscope.sources.base import FetchError
+    from zooscope.spectra.delta_esd import BaseMismatchError
+
+    for path in (args.model, args.base):
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or folder")
+    if args.top_k < 1 or args.min_evals < 1:
+        raise UsageError("--top-k and --min-evals must be at least 1")
+    try:
+        result = compare_weights(args.model, args.base, EsdSettings(conv2d=args.conv2d, normalize=args.normalize),
+                                 FitSettings(min_evals=args.min_evals), top_k=args.top_k)
+    except (FetchError, BaseMismatchError) as exc:
+        # the message names A as model 'model' and B as 'base'
+        raise UsageError(f"comparing {args.model} (model) against {args.base} (base): {exc}") from exc
+    write_rows_tsv(args.out, COMPARE_COLUMNS, result.rows)
+    table = [[header for _, header in _PRINTED]] + [[_cell(row[column]) for column, _ in _PRINTED] for row in result.rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_PRINTED))]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    statuses = {}
+    for row in result.rows:
+        statuses.setdefault(row["layer"], row["delta_status"])
+    counts = ", ".join(f"{sum(s == status for s in statuses.values())} {status}"
+                       for status in ("ok", "skipped", "failed", "unchanged", "unmatched"))
+    print(f"{PROG} compare: {args.model} ({result.num_layers} layers) against {args.base} "
+          f"({result.num_base_layers} layers): {counts}; table in {args.out}")
+    return EXIT_OK
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         name="regress",
@@ -140,6 +211,18 @@ COMMANDS: tuple[Command, ...] = (
         "than 3 models or a constant metric the statistics are NaN.",
         add_arguments=_add_regress_arguments,
         run=_run_regress,
+    ),
+    Command(
+        name="compare",
+        help="the per-layer update of model A against its base B (delta spectra), without a workflow",
+        description="For every layer that A and B both have (same name, type and shape): the spectrum of "
+        "the update dW = W_A - W_B and its metrics (delta_lambda_max, delta_alpha, delta_log_norm, "
+        "delta_stable_rank), ||dW||_F / ||W_B||_F and the overlap of dW's top singular directions with "
+        "B's; layers of one model only, or of another shape, are listed with the reason. A LoRA adapter "
+        "folder as A is merged onto B, its updates computed from the factors. Prints the table and "
+        "writes it as a TSV.",
+        add_arguments=_add_compare_arguments,
+        run=_run_compare,
     ),
 )
 

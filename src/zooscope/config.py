@@ -34,7 +34,7 @@ CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "config.schema
 # The keys of the flat layout before config.yaml was grouped by stage, and where each is now.
 MOVED_KEYS = {
     "min_evals": "fit", "normalize": "esd", "conv2d": "esd", "conv2d_fft_size": "esd",
-    "randomize": "esd", "device": "esd", "shard_mb": "esd",
+    "randomize": "esd", "device": "esd", "shard_mb": "esd", "shared_cache": "esd", "delta_top_k": "esd",
 }
 
 
@@ -55,15 +55,27 @@ class EsdSettings:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def matrices(self) -> dict[str, Any]:
+        """The settings of a layer's matrices and their eigenvalues (the keywords of
+        zooscope.spectra.esd.layer_eigenvalues): all but ``randomize``. An update's spectrum
+        (zooscope.spectra.delta_esd) depends on these alone."""
+        return {"conv2d": self.conv2d, "normalize": self.normalize, "conv2d_fft_size": self.conv2d_fft_size}
+
 
 @dataclass(frozen=True)
 class EsdConfig:
     """Config group ``esd:``: the EsdSettings, where eigenvalues are computed (``device``: it changes
-    them by rounding only, so it is no cache key) and the size rule of sharding (``shard_mb``)."""
+    them by rounding only, so it is no cache key), the size rule of sharding (``shard_mb``), the
+    zoo's shared store (``shared_cache``: where spectra are kept, not what they are, so no cache key
+    either) and ``delta_top_k``, the top singular directions a model with a base compares
+    (zooscope.spectra.delta_esd): it changes only the updates' overlap, never a layer's eigenvalues,
+    so it is a param of the esd jobs of models with a base and of their updates' cache key alone."""
 
     settings: EsdSettings = EsdSettings()
     device: str = "cpu"
     shard_mb: float | None = None
+    shared_cache: str | None = "results/esd/_shared"
+    delta_top_k: int = 10
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,8 @@ class RunConfig:
         esd = dict(config["esd"])
         return cls(
             zoo=Path(config["zoo"]),
-            esd=EsdConfig(device=esd.pop("device"), shard_mb=esd.pop("shard_mb"), settings=EsdSettings(**esd)),
+            esd=EsdConfig(device=esd.pop("device"), shard_mb=esd.pop("shard_mb"), shared_cache=esd.pop("shared_cache"),
+                          delta_top_k=esd.pop("delta_top_k"), settings=EsdSettings(**esd)),
             fit=FitSettings(**config["fit"]),
             jacobian=JacobianSettings(**config["jacobian"]),
             threads=Threads(**config["threads"]),

@@ -20,6 +20,11 @@ loaded, shared node): esd does N*M^2 (Gram matrix) + 10*M^3 (eigvalsh) flops per
 A Conv weight (out, in, *kernel) counts as prod(kernel) matrices of out x in, whatever ``conv2d``
 is set to (an estimate; the slow rates leave room for other settings and the randomization ESD).
 
+A model with a base (zoo column ``base``) also computes each layer's update in its esd job
+(zooscope.spectra.delta_esd): the float64 update and the base's float64 copy add
+``DELTA_BYTES_PER_ELEMENT`` per element of the largest tensor, and the update's spectrum as much
+work again as the layer's own (``DELTA_WORK``).
+
 A sharded model's esd work is split by :func:`shard_layers` (the same flop count), each shard job
 asks for its own layers' estimate, and the job that merges the shards' indexes for ``MERGE``.
 """
@@ -37,6 +42,8 @@ ESD_BYTES_PER_ELEMENT = 32
 FIT_BYTES_PER_EIGENVALUE = 128
 ESD_FLOPS_PER_MINUTE = 3e10  # 0.5 GFLOP/s
 FIT_EVALS_PER_MINUTE = 1e6
+DELTA_BYTES_PER_ELEMENT = 16
+DELTA_WORK = 2.0
 
 
 @dataclass(frozen=True)
@@ -97,23 +104,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(k), int(shards)
 
 
-def estimate(stage: str, shapes) -> JobResources:
-    """Memory (MB) and run time (minutes) of the ``stage`` job of a model with these weight shapes."""
+def estimate(stage: str, shapes, *, with_base: bool = False) -> JobResources:
+    """Memory (MB) and run time (minutes) of the ``stage`` job of a model with these weight shapes
+    (``with_base``: an esd job that also computes the updates against a base)."""
     _check_stage(stage)
     matrices = [layer_matrices(shape) for shape in shapes]
     if stage == "esd":
         largest = max((math.prod(shape) for shape in shapes), default=0)
-        memory = largest * ESD_BYTES_PER_ELEMENT
-        minutes = sum(esd_flops(shape) for shape in shapes) / ESD_FLOPS_PER_MINUTE
+        memory = largest * (ESD_BYTES_PER_ELEMENT + (DELTA_BYTES_PER_ELEMENT if with_base else 0))
+        minutes = sum(esd_flops(shape) for shape in shapes) / ESD_FLOPS_PER_MINUTE * (DELTA_WORK if with_base else 1)
     else:
         memory = max((m for _, _, m in matrices), default=0) * FIT_BYTES_PER_EIGENVALUE
         minutes = sum(c * m for c, _, m in matrices) / FIT_EVALS_PER_MINUTE
     return JobResources(mem_mb=BASE_MB + math.ceil(memory / 2**20), runtime=BASE_MINUTES + math.ceil(minutes))
 
 
-def stage_resources(stage: str, layers_json: str | Path, shard: tuple[int, int] | None = None) -> JobResources:
+def stage_resources(stage: str, layers_json: str | Path, shard: tuple[int, int] | None = None, *,
+                    with_base: bool = False) -> JobResources:
     """The estimate for the model described by ``layers_json`` (``shard=(k, K)``: for its esd
-    shard k of K), or the stage's defaults if that file does not exist yet."""
+    shard k of K; ``with_base``: its esd job computes the updates against a base too), or the
+    stage's defaults if that file does not exist yet."""
     path = Path(layers_json)
     _check_stage(stage)
     if not path.is_file():
@@ -126,7 +136,7 @@ def stage_resources(stage: str, layers_json: str | Path, shard: tuple[int, int] 
         ) from exc
     if shard is not None:
         shapes = [shapes[i] for i in shard_layers(shapes, shard[1])[shard[0] - 1]]
-    return estimate(stage, shapes)
+    return estimate(stage, shapes, with_base=with_base)
 
 
 def model_shards(shards: int | None, path: Path | None, shard_mb: float | None) -> int:

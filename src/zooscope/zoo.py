@@ -2,11 +2,13 @@
 
 A row is a model id, its series, its ``source`` (a kind of zooscope.sources.registry and its
 argument), the reported accuracy, the option columns the kind declares, and the columns of the
-workflow: ``data``/``data_samples`` (the Jacobian stage) and ``shards`` (esd jobs). Every check a
-row needs happens here, without torch: the source against its kind's pattern, each option column
-against the options that kind declares (with the kind's own check of the values), ``data`` only
-on kinds whose models can be rebuilt, and paths (``file:`` sources, data) resolved against the
-sheet's folder, once. Rules pass a row's plain form (:meth:`ZooRow.as_dict`); scripts rebuild it.
+workflow: ``data``/``data_samples`` (the Jacobian stage), ``shards`` (esd jobs) and ``base`` (the
+row a model was fine-tuned from, or an adapter's: docs/finetunes.md). Every check a row needs
+happens here, without torch: the source against its kind's pattern, each option column against the
+options that kind declares (with the kind's own check of the values), ``data`` only on kinds whose
+models can be rebuilt, paths (``file:`` sources, data) resolved against the sheet's folder, once,
+and, across the rows (:func:`base_problems`), every base a row of the sheet, no cycle of bases,
+and a base for every adapter. Rules pass a row's plain form (:meth:`ZooRow.as_dict`); scripts rebuild it.
 """
 from __future__ import annotations
 
@@ -21,13 +23,13 @@ from typing import Any, Mapping
 from zooscope import config
 from zooscope.config import ConfigError
 from zooscope.sources.base import SourceKind
-from zooscope.sources.registry import KINDS, option_types, rebuildable, source_pattern
+from zooscope.sources.registry import KINDS, claiming_kind, option_types, rebuildable, source_pattern
 from zooscope.sources.selection import SELECTION_COLUMNS, Selection, parse_selection
 
-# The columns every sheet has; the Jacobian stage's (data, data_samples) and the esd stage's
-# (shards). Any other column is an option of the row's source kind.
+# The columns every sheet has; the Jacobian stage's (data, data_samples), the esd stage's
+# (shards, and base: the model's updates against it). Any other column is an option of the row's source kind.
 REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
-WORKFLOW_COLUMNS = ("data", "data_samples", "shards")
+WORKFLOW_COLUMNS = ("data", "data_samples", "shards", "base")
 # How a model's weights are taken in (docs/intake.md): which wrapper of a PyTorch checkpoint
 # (file: sources) and which layers are analysed (every source). Not options of a kind.
 CHECKPOINT_KEY = "checkpoint_key"
@@ -56,6 +58,12 @@ class Source:
     @property
     def spec(self) -> SourceKind:
         return KINDS[self.kind]
+
+    def local_inputs(self) -> list[Path]:
+        """The files on disk whose change refetches the model: the path, or its kind's files in it."""
+        if self.path is None:
+            return []
+        return [self.path / name for name in self.spec.local_files] or [self.path]
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "argument": self.argument, "text": self.text,
@@ -98,21 +106,28 @@ class ZooRow:
     shards: int | None = None  # the column; the count the workflow uses: zooscope.resources.model_shards
     checkpoint_key: str | None = None  # file: only (zooscope.sources.checkpoints)
     selection: Selection = Selection()  # the row's own cells; config select fills the rest at fetch
+    base: str | None = None  # the model id of another row (read_zoo_sheet checks it is one)
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the model is an adapter of its base (fetched onto the base's fetched model)."""
+        return self.source.spec.adapter
 
     def as_dict(self) -> dict[str, Any]:
         """The plain (JSON) form, for a rule's params; :meth:`from_dict` rebuilds the row."""
         return {
             "model": self.model, "series": self.series, "accuracy": self.accuracy, "options": dict(self.options),
             "source": self.source.as_dict(), "data": None if self.data is None else self.data.as_dict(),
-            "shards": self.shards,
+            "shards": self.shards, "base": self.base,
             "checkpoint_key": self.checkpoint_key,
             "selection": self.selection.to_meta(),
         }
 
     def fetch_form(self) -> dict[str, Any]:
-        """The plain form of what the fetch job's outputs depend on: the row without its data set
-        and shards (a model given a data set or a shard count must not be refetched, or retrained)."""
-        return replace(self, data=None, shards=None).as_dict()
+        """The plain form of what the fetch job's outputs depend on: the row without its data set,
+        shards and, but for an adapter, its base (a model given a data set, a shard count or a base
+        must not be refetched, or retrained)."""
+        return replace(self, data=None, shards=None, base=self.base if self.adapter else None).as_dict()
 
     @classmethod
     def from_dict(cls, plain: Mapping[str, Any]) -> ZooRow:
@@ -123,6 +138,7 @@ class ZooRow:
             data=None if data is None else DataSpec.from_dict(data), shards=plain.get("shards"),
             checkpoint_key=plain.get("checkpoint_key"),
             selection=parse_selection(plain.get("selection") or {}),
+            base=plain.get("base"),
         )
 
     def with_selection_defaults(self, defaults: Selection | Mapping[str, Any]) -> ZooRow:
@@ -166,8 +182,10 @@ def parse_row(row: Mapping[str, Any], sheet_dir: str | Path = ".") -> ZooRow:
     model = model_id(row)
     kind, argument = parse_source(row.get("source", ""), model)
     spec = KINDS[kind]
-    source = Source(kind, argument, str(row["source"]).strip(),
-                    resolve_path(argument, sheet_dir) if spec.local_path else None)
+    path = resolve_path(argument, sheet_dir) if spec.local_path else None
+    if path is not None and (claimed := claiming_kind(path)) is not None:
+        kind, spec = claimed, KINDS[claimed]  # e.g. a file: folder holding an adapter is a peft: source
+    source = Source(kind, argument, str(row["source"]).strip(), path)
     options = parse_options(row, spec, model)
     if spec.check is not None:
         try:
@@ -186,8 +204,18 @@ def parse_row(row: Mapping[str, Any], sheet_dir: str | Path = ".") -> ZooRow:
         model=model, series=None if is_empty(row.get("series")) else str(row["series"]), source=source,
         accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir, source.path),
         shards=None if is_empty(row.get("shards")) else positive(row["shards"], model, "shards"),
-        checkpoint_key=key, selection=selection,
+        checkpoint_key=key, selection=selection, base=parse_base(row.get("base"), model),
     )
+
+
+def parse_base(value: Any, model: str) -> str | None:
+    """The row's ``base`` cell: None, or a model id (that it names a row: :func:`base_problems`)."""
+    if is_empty(value):
+        return None
+    base = str(value).strip()
+    if not MODEL_ID.fullmatch(base):
+        raise RowError(f"model {model!r}: column 'base' must be a model id of this sheet, got {value!r}")
+    return base
 
 
 def model_id(row: Mapping[str, Any]) -> str:
@@ -330,6 +358,7 @@ def read_zoo_sheet(path: str | Path, schema: Mapping[str, Any]) -> list[ZooRow]:
 
     validator = jsonschema.Draft202012Validator(zoo_schema(schema))
     rows: list[ZooRow] = []
+    numbers: dict[str, int] = {}  # a parsed row's model -> its row number
     seen: dict[str, int] = {}
     problems: list[str] = []
     for number, raw in enumerate(reader, start=2):  # row 1 is the header
@@ -349,13 +378,44 @@ def read_zoo_sheet(path: str | Path, schema: Mapping[str, Any]) -> list[ZooRow]:
         if not errors:
             try:
                 rows.append(parse_row(cells, path.parent))
+                numbers.setdefault(rows[-1].model, number)
             except RowError as error:
                 problems.append(f"row {number}: {error}")
+    problems += base_problems(rows, numbers, set(seen))
     if problems:
         raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
     if not rows:
         raise ConfigError(f"{path}: the zoo sheet has no models")
     return rows
+
+
+def base_problems(rows: list[ZooRow], numbers: Mapping[str, int], models: set[str]) -> list[str]:
+    """The problems of the zoo column ``base`` (docs/finetunes.md), one line per row: a base that
+    names no row of the sheet (``models``: every model id it has, its invalid rows' too) or the row
+    itself, a cycle of bases, an adapter without a base. Whether a base shares layers with its
+    model is known once both are fetched (zooscope.spectra.delta_esd)."""
+    bases = {row.model: row.base for row in rows}
+    problems = []
+    for row in rows:
+        label = f"row {numbers[row.model]} (model '{row.model}')"
+        if row.base is None:
+            if row.adapter:
+                problems.append(f"{label}: an adapter (peft: source or adapter folder) needs the model it adapts "
+                                "in the column 'base'")
+        elif row.base == row.model:
+            problems.append(f"{label}: column 'base' names the model itself; name the model it was fine-tuned from")
+        elif row.base not in models:
+            problems.append(f"{label}: column 'base' names '{row.base}', which is no model of this sheet; add a row "
+                            "for the base model or correct the name")
+        else:
+            chain, current = [row.model], row.base
+            while current and current not in chain:
+                chain.append(current)
+                current = bases.get(current)
+            if current == row.model:
+                problems.append(f"{label}: its bases form a cycle ({' -> '.join([*chain, row.model])}); one of them "
+                                "must have no base")
+    return problems
 
 
 def _accuracy_cell(text: str | None) -> Any:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from zooscope.analysis.delta import DELTA_METRICS
 from zooscope.analysis.metrics import INTERVAL_COLUMNS, RELIABLE_METRICS, SUMMARY_METRICS
 from zooscope.sources.coverage import COVERAGE_COUNTS
 
@@ -17,8 +18,9 @@ MODEL_COLUMNS = (*MODEL_INFO_COLUMNS, *MODEL_METRICS)
 # The one list of columns that are not metrics, in models.tsv or in a table a user supplies (which
 # may say num_parameters): never taken as metrics when none are named (regressions, discrimination),
 # though a bookkeeping count can still be regressed on by name. The intervals of the model means
-# (docs/statistics.md) describe a metric's uncertainty; they are no metric of their own.
-NOT_METRICS = (*MODEL_INFO_COLUMNS, "num_parameters", *INTERVAL_COLUMNS)
+# (docs/statistics.md) describe a metric's uncertainty; they are no metric of their own; base: a
+# fine-tune's base model.
+NOT_METRICS = (*MODEL_INFO_COLUMNS, "base", "num_parameters", *INTERVAL_COLUMNS)
 
 
 def metric_columns(models: pd.DataFrame) -> list[str]:
@@ -31,7 +33,13 @@ def metric_columns(models: pd.DataFrame) -> list[str]:
 
 
 def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
-    """Join model metadata and summaries, in the given (zoo sheet) order."""
+    """Join model metadata and summaries, in the given (zoo sheet) order.
+
+    When some model has a base (its summary has a ``delta`` entry), the table also has the column
+    ``base`` and the means of the delta metrics (empty for the models without a base).
+    """
+    with_base = any("delta" in summary for summary in summaries)
+    delta = ["base", *DELTA_METRICS] if with_base else []
     rows = []
     for meta, summary in zip(metas, summaries, strict=True):
         if meta["model"] != summary["model"]:
@@ -46,12 +54,18 @@ def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
             **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed", "num_reliable")},
             **(summary.get("coverage") or {}),
             **summary["metrics"],
+            **({"base": summary.get("delta", {}).get("base") or ""} if with_base else {}),
         })
-    frame = pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
+    frame = pd.DataFrame(rows, columns=[*MODEL_COLUMNS, *delta])
     frame["accuracy"] = frame["accuracy"].astype(float)
-    for column in MODEL_METRICS:
+    for column in (*MODEL_METRICS, *delta[1:]):
         frame[column] = frame[column].astype(float)
     return frame
+
+
+def delta_metric_columns(models: pd.DataFrame) -> list[str]:
+    """The delta metrics that models.tsv has (those of zooscope.analysis.delta; none without bases)."""
+    return [column for column in DELTA_METRICS if column in models.columns]
 
 
 def join_jacobian(models: pd.DataFrame, jacobian_summaries: list[dict]) -> tuple[pd.DataFrame, list[str]]:

@@ -8,10 +8,15 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from zooscope.analysis.delta import (
+    DELTA_COLUMNS, DELTA_INTEGER_COLUMNS, DELTA_TEXT_COLUMNS, delta_cells, delta_columns_of, delta_counts,
+    delta_summary,
+)
 from zooscope.config import FitSettings
 from zooscope.fits.bootstrap import bootstrap_fit, percentile_interval
 from zooscope.fits.fingers import FINGERS, clip_fingers, peak_xmin_range
@@ -273,10 +278,16 @@ def spectrum_metrics(values: np.ndarray, fit: FitSettings = FitSettings(), *, sh
     return row
 
 
+def layer_columns(index: Mapping) -> tuple[str, ...]:
+    """The layers.tsv columns of an esd index: LAYER_COLUMNS, then DELTA_COLUMNS for a model with a
+    base (zooscope.analysis.delta)."""
+    return (*LAYER_COLUMNS, *DELTA_COLUMNS) if "delta" in index else LAYER_COLUMNS
+
+
 def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) -> list[dict]:
     """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
-    key of LAYER_COLUMNS: None where a metric does not apply, "" for an empty text column; a row
-    with bootstrap replicates also carries them under REPLICATES (for :func:`summarize`).
+    key of :func:`layer_columns`: None where a metric does not apply, "" for an empty text column; a
+    row with bootstrap replicates also carries them under REPLICATES (for :func:`summarize`).
 
     ``load_eigenvalues(record)`` gives a record's eigenvalue array; for a record with a
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
@@ -299,17 +310,27 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
             rows.append({**base, "slice": label,
                          **spectrum_metrics(row_values, fit, shape=(record["N"], record["M"]), randomized=row_rand,
                                             seed=seed)})
-    return [{**{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS},
+    rows = [{**{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS},
              **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
+    if "delta" in index:
+        # an update's point estimates (no intervals: the delta columns are means and ranks)
+        cells = delta_cells(index["delta"], load_eigenvalues, partial(spectrum_metrics, fit=fit.without_uncertainty()))
+        # the columns in layer_columns' order; a row's replicates stay last
+        rows = [{**{key: value for key, value in row.items() if key != REPLICATES},
+                 **delta_columns_of(cells, row["layer"], row["slice"]),
+                 **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
+    return rows
 
 
 def layers_frame(rows: list[dict]) -> "pd.DataFrame":
     """The rows of :func:`layer_rows` as a DataFrame, integer columns as nullable Int64."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=list(LAYER_COLUMNS))
-    for column in INTEGER_COLUMNS:
-        frame[column] = frame[column].astype("Int64")
+    columns = list(LAYER_COLUMNS) + [column for column in DELTA_COLUMNS if rows and column in rows[0]]
+    frame = pd.DataFrame(rows, columns=columns)
+    for column in (*INTEGER_COLUMNS, *DELTA_INTEGER_COLUMNS):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     return frame
 
 
@@ -323,7 +344,8 @@ def _mean(rows: list[Mapping], metric: str) -> float | None:
     return math.fsum(present) / len(present) if present else math.nan
 
 
-def summarize(model: str, rows: Iterable[Mapping], *, level: float = FitSettings.level) -> dict:
+def summarize(model: str, rows: Iterable[Mapping], delta: Mapping | None = None, *,
+              level: float = FitSettings.level) -> dict:
     """The per-model summary: the plain mean of each metric over the rows that were fitted.
 
     ``rows``: the layer rows (:func:`layer_rows`). A metric missing (None or NaN) from some fitted
@@ -332,7 +354,10 @@ def summarize(model: str, rows: Iterable[Mapping], *, level: float = FitSettings
     the reliable rows only (verdict in RELIABLE_VERDICTS: ``{metric}_reliable``), and their
     means get a percentile interval at ``level`` (``{metric}_lo``, ``_hi``): replicate r of the
     model mean is the mean of every fitted row's bootstrap replicate r (the rows' draws are
-    independent); NaN unless every fitted row has replicates.
+    independent); NaN unless every fitted row has replicates. ``delta``: the esd index's ``delta``
+    section of a model with a base: the summary then has the delta means
+    (zooscope.analysis.delta.delta_summary) and a ``delta`` entry (the base, layer counts by
+    update status, the base's layers the model lacks).
     """
     rows = list(rows)
     fitted = [row for row in rows if row["status"] == "ok"]
@@ -346,7 +371,12 @@ def summarize(model: str, rows: Iterable[Mapping], *, level: float = FitSettings
             # a degenerate resample (NaN) of one row leaves that replicate out of the mean
             lo, hi = percentile_interval(replicates.mean(axis=0), level)
         means[f"{metric}_lo"], means[f"{metric}_hi"] = lo, hi
+    extra = {}
+    if delta is not None:
+        means.update(delta_summary(rows))
+        extra["delta"] = {"base": delta["base"], **delta_counts(rows), "base_only": delta["base_only"]}
     return {
+        **extra,
         "model": model,
         "num_layers": len({row["layer"] for row in rows}),
         "num_rows": len(rows),
@@ -366,7 +396,8 @@ def read_layers_table(path) -> "pd.DataFrame":
     """Read a layers.tsv written by the fit stage, with text columns kept as text."""
     import pandas as pd
 
-    frame = pd.read_csv(path, sep="\t", dtype={"layer": str, **{column: str for column in TEXT_COLUMNS}})
-    for column in TEXT_COLUMNS:
-        frame[column] = frame[column].fillna("")
+    frame = pd.read_csv(path, sep="\t", dtype={"layer": str, **{column: str for column in (*TEXT_COLUMNS, *DELTA_TEXT_COLUMNS)}})
+    for column in (*TEXT_COLUMNS, *DELTA_TEXT_COLUMNS):
+        if column in frame:
+            frame[column] = frame[column].fillna("")
     return frame

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from zooscope.zoo import ZooRow
 
 # How a kind fetches one row: the parsed row and the job's threads -> the model in common form.
-Fetcher = Callable[["ZooRow", int], "Fetched"]
+# An adapter kind's fetch also takes the folder of its base's fetched model (SourceKind.adapter).
+Fetcher = Callable[["ZooRow", int], "Fetched"] | Callable[["ZooRow", int, Path], "Fetched"]
 # A kind's check of a row's argument and typed options; raises ValueError with the reason.
 RowCheck = Callable[[str, Mapping[str, Any]], None]
 
@@ -40,7 +41,12 @@ class SourceKind:
     the row's resolved path (file: is rebuildable only as a model folder with a config.json).
     ``rebuild``: a fresh module of a fetched model's architecture, from its meta.json (its weights
     are then loaded from model.safetensors: zooscope.jacobian.rebuild). ``local_path``: the
-    argument is a path, resolved against the sheet's folder once, when the row is parsed.
+    argument is a path, resolved against the sheet's folder once, when the row is parsed;
+    ``local_files``: the files of that path (a folder) whose change refetches the model (empty:
+    the path itself). ``adapter``: a model of the kind is its row's ``base`` changed (a LoRA
+    adapter): the row needs a base, and fetch gets the base's fetched folder as a third argument.
+    ``claims``: a path of a ``local_path`` kind (file:) that is really of this kind (a folder
+    holding an adapter_config.json), decided when the row is parsed.
     """
 
     name: str
@@ -54,6 +60,9 @@ class SourceKind:
     rebuildable: bool | Callable[[Path | None], bool] = False
     local_path: bool = False
     rebuild: Callable[[Mapping[str, Any]], Any] | None = None
+    local_files: tuple[str, ...] = ()
+    adapter: bool = False
+    claims: Callable[[Path], bool] | None = None
 
     def matches(self, argument: str) -> bool:
         return re.fullmatch(self.argument, argument) is not None

@@ -41,6 +41,7 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
 def fetch_model(
     row: ZooRow | Mapping[str, Any], out_dir: str | os.PathLike, *, sheet_dir: str | os.PathLike = ".",
     threads: int = 1, select: Selection | Mapping[str, Any] | None = None,
+    base_dir: str | os.PathLike | None = None,
 ) -> None:
     """Fetch one zoo-sheet row into ``out_dir``: model.safetensors, layers.json, meta.json, tensors.json.
 
@@ -50,13 +51,20 @@ def fetch_model(
     zooscope.sources.selection). Every file is written atomically and deterministically (no
     timings: reruns give identical bytes). A model left with no analysable weight is a FetchError
     that shows what its tensors were (coverage.summary), and nothing is written.
+    An adapter (a ``peft:`` row: zooscope.sources.peft) is merged onto its base, fetched into
+    ``base_dir``.
     """
     if not isinstance(row, ZooRow):
         row = parse_row(row, sheet_dir)
     if select:
         row = row.with_selection_defaults(select)
     start = time.perf_counter()
-    fetched = row.source.spec.fetch(row, threads)
+    if row.adapter:
+        if base_dir is None or row.base is None:
+            raise FetchError(f"model {row.model!r}: an adapter (peft: source) needs its base model in the column 'base'")
+        fetched = row.source.spec.fetch(row, threads, Path(base_dir))
+    else:
+        fetched = row.source.spec.fetch(row, threads)
     if not fetched.layers.layers:
         where = row.source.text + (f" ({row.source.path})" if row.source.path else "")
         raise FetchError(

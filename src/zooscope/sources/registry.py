@@ -8,6 +8,7 @@ and the fetch stage (zooscope.sources.fetch) its dispatch. Torch-free: the Snake
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Mapping
 
 from zooscope.sources.base import SourceKind
@@ -18,6 +19,7 @@ KIND_MODULES = (
     "zooscope.sources.file",
     "zooscope.sources.train",
     "zooscope.sources.random",
+    "zooscope.sources.peft",
     "zooscope.sources.torchvision",
     "zooscope.sources.timm",
     "zooscope.sources.hf",
@@ -45,3 +47,9 @@ def option_types() -> dict[str, type]:
 def rebuildable() -> tuple[str, ...]:
     """The kinds whose fetched models can be run again (the Jacobian stage's)."""
     return tuple(name for name, kind in KINDS.items() if kind.rebuildable)
+
+
+def claiming_kind(path: Path) -> str | None:
+    """The kind that claims a local path of another kind (a file: folder holding a PEFT adapter is
+    a peft: source), or None."""
+    return next((name for name, kind in KINDS.items() if kind.claims is not None and kind.claims(path)), None)

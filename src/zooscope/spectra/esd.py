@@ -27,6 +27,7 @@ from zooscope import io, resources
 from zooscope.config import EsdSettings
 
 from zooscope.spectra import spectrum
+from zooscope.spectra.shared_cache import SharedStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 ESD_VERSION = 3
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
+# The fields of a record that the shared store keeps (the rest is the layer's, or the key's).
+SHARED_FIELDS = ("slices", "N", "M")
 # Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd).
 PARALLEL_LAYERS_BELOW = 2048
 
@@ -104,8 +107,7 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSe
     rand_path = out_dir / f"{layer['name']}{RAND_SUFFIX}"
     try:
         weight = reader.get_tensor(layer["tensor"])
-        matrices = {"conv2d": settings.conv2d, "normalize": settings.normalize,
-                    "conv2d_fft_size": settings.conv2d_fft_size}
+        matrices = settings.matrices()
         labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **matrices, device=device)
         rand = (layer_eigenvalues(weight, layer["type"], **matrices, shuffle_seed=shuffle_seed(layer),
                                   device=device)[1]
@@ -126,7 +128,8 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSe
 
 
 def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings = EsdSettings(), *,
-                      device: str = "cpu", shard: tuple[int, int] | None = None, threads: int = 1) -> dict:
+                      device: str = "cpu", shard: tuple[int, int] | None = None, threads: int = 1,
+                      shared_cache: str | Path | None = None) -> dict:
     """Compute (or reuse) every layer's eigenvalues; return the index that the fit stage reads.
 
     ``settings`` (config ``esd:``) are the cache key with each layer's weights hash; with
@@ -135,6 +138,9 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     part of the cache key, since it changes the eigenvalues by rounding only. ``shard=(k, K)``
     computes only shard k of K (1-based) and returns that shard's index, for :func:`merge_shards`.
     ``threads``: the job's threads (its BLAS threads are already limited to them).
+    ``shared_cache``: the folder of the zoo's shared store (zooscope.spectra.shared_cache; config
+    ``esd.shared_cache``, None: off): an entry another model computed is taken from it instead of
+    computed, and a computed one is put there. The index is the same either way.
     """
     torch_device = spectrum.resolve_device(device)
     out_dir = Path(out_dir)
@@ -160,13 +166,23 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
         else:
             todo.append((position, layer, key))
     reader = io.SafetensorsReader(weights_path)  # one tensor's pages at a time (its docstring)
+    store = SharedStore(shared_cache) if shared_cache else None
+    shared: list[str] = []
 
     def compute(item) -> None:
         position, layer, key = item
-        record = _compute_entry(reader, layer, key, out_dir, settings, device=torch_device)
+        record = _shared_entry(store, layer, key, out_dir, settings.randomize) if store else None
+        origin = "shared" if record is not None else "computed"
+        if record is not None:
+            shared.append(layer["name"])  # list.append is atomic under the GIL
+        else:
+            record = _compute_entry(reader, layer, key, out_dir, settings, device=torch_device)
+            if store and record["status"] == "ok":
+                store.put(key, {field: record[field] for field in SHARED_FIELDS}, out_dir / record["file"],
+                          out_dir / record["rand_file"] if record["rand_file"] else None)
         io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", record)
         records[position] = record
-        log.info("[%d/%d] computed %s (%s)%s", position + 1, len(layers), layer["name"], layer["type"],
+        log.info("[%d/%d] %s %s (%s)%s", position + 1, len(layers), origin, layer["name"], layer["type"],
                  f": {record['reason']}" if record["status"] != "ok" else "")
 
     # Large matrices one after another, each with all the job's BLAS threads; small ones a layer
@@ -195,11 +211,24 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     reused = len(layers) - len(todo)
     if shard is None:  # a shard sees only its own layers; the merge removes stale entries
         _remove_stale_entries(out_dir, {layer["name"] for layer in layers})
-    log.info("%s%s: %d layers on %s, %d reused from the cache", layers_doc.get("model", ""),
-             f" shard {shard[0]} of {shard[1]}" if shard else "", len(records), torch_device or "cpu (numpy)",
-             reused)
+    log.info("%s%s: %d layers on %s, %d reused from the cache, %d from the shared store, %d computed",
+             layers_doc.get("model", ""), f" shard {shard[0]} of {shard[1]}" if shard else "", len(records),
+             torch_device or "cpu (numpy)", reused, len(shared), len(todo) - len(shared))
     index = {"model": layers_doc.get("model"), "settings": settings.as_dict(), "layers": records}
     return index if shard is None else {**index, "shard": list(shard)}
+
+
+def _shared_entry(store: SharedStore, layer: dict, key: str, out_dir: Path, randomize: bool) -> dict | None:
+    """The record of a layer whose entry the shared store has (its arrays placed in ``out_dir``)."""
+    npy_path, rand_path = out_dir / f"{layer['name']}.npy", out_dir / f"{layer['name']}{RAND_SUFFIX}"
+    fields = store.get(key, npy_path, rand_path if randomize else None)
+    if fields is None:
+        return None
+    if not randomize:
+        rand_path.unlink(missing_ok=True)
+    return {"name": layer["name"], "tensor": layer["tensor"], "type": layer["type"], "shape": list(layer["shape"]),
+            "depth": layer["depth"], "key": key, "file": npy_path.name,
+            "rand_file": rand_path.name if randomize else None, "status": "ok", "reason": "", **fields}
 
 
 def merge_shards(shard_indexes: list[dict], layers_path, out_dir) -> dict:
