@@ -26,6 +26,7 @@ import numpy as np, torch
 from torch import nn
 from zooscope.models import architectures
 from zooscope.jacobian import compute as jacobian
+from zooscope.jacobian import hessian
 from zooscope.jacobian.data import load_samples
 from zooscope.jobs import peak_rss
 from zooscope.layers import module_layers
@@ -52,8 +53,8 @@ grams = clock("gradients_s", lambda: jacobian.jacobian_grams(model, x, y))
 clock("fits_s", lambda: jacobian.jacobian_layer_rows(grams))
 clock("input_output_s", lambda: jacobian.input_output_singular_values(model, x))
 def slq():
-    matvec, dim = jacobian.hessian_matvec(model, x, y)
-    return jacobian.slq_density(matvec, dim, steps=20, probes=2)
+    matvec, dim = hessian.hessian_matvec(model, x, y)
+    return hessian.slq_density(matvec, dim, steps=20, probes=2)
 clock("hessian_s", slq)
 out["route"] = grams.route
 out["peak_mb"] = peak_rss() / 2**20

@@ -1,7 +1,7 @@
 """Peak memory of the fetch and esd stages on a synthetic sharded model (default 2 GiB of weights).
 
 Why: docs/sharding-and-resources.md promises that memory is bounded by the largest tensor, not the model: fetch reads
-a safetensors-sourced model one tensor at a time (zooscope.layers.TensorStore) and streams its
+a safetensors-sourced model one tensor at a time (zooscope.tensors.TensorStore) and streams its
 output (zooscope.sources.fetch.write_safetensors); esd reads one tensor at a time (safe_open). This
 builds a Hugging Face style sharded model (model-0000i-of-0000n.safetensors + index), runs each
 stage in a fresh subprocess (so nothing else is in its memory) and reports the child's peak RSS

@@ -9,6 +9,7 @@ from torch import nn
 
 from zooscope.config import JacobianSettings
 from zooscope.jacobian import compute as jacobian
+from zooscope.jacobian import hessian
 
 
 def tiny_mlp(seed=0, inputs=5, hidden=4, classes=3):
@@ -97,7 +98,7 @@ def test_input_output_singular_values_of_a_linear_map():
 
 def test_slq_on_an_explicit_diagonal_matrix():
     d = np.array([5.0, 3.0, 2.0, 1.0, 1.0, -0.5, 0.25])
-    density = jacobian.slq_density(lambda v: d * v, d.size, steps=d.size, probes=3)
+    density = hessian.slq_density(lambda v: d * v, d.size, steps=d.size, probes=3)
     assert density.weights.sum() == pytest.approx(1.0)
     # Rademacher probes: z^T D z = sum d_i z_i^2 = trace(D) exactly
     assert density.trace == pytest.approx(d.sum())
@@ -121,9 +122,9 @@ def test_slq_top_ritz_value_matches_explicit_hessian_of_a_tiny_model():
     # assemble the (32 x 32) Hessian from its blocks, parameters flattened in order w1, w2
     sizes = (w1.numel(), w2.numel())
     h = np.block([[blocks[i][j].reshape(sizes[i], sizes[j]).numpy() for j in range(2)] for i in range(2)])
-    matvec, dim = jacobian.hessian_matvec(model, x, y)
+    matvec, dim = hessian.hessian_matvec(model, x, y)
     assert dim == sum(sizes)
-    density = jacobian.slq_density(matvec, dim, steps=20, probes=2)
+    density = hessian.slq_density(matvec, dim, steps=20, probes=2)
     assert density.weights.sum() == pytest.approx(1.0)
     top = np.linalg.eigvalsh(h)[-1]
     assert density.top[0] == pytest.approx(top, rel=1e-3)

@@ -6,13 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from zooscope.layers import (
-    layers_from_module,
-    layers_from_state_dict,
-    natural_key,
-    num_parameters,
-    tensor_sha256,
-)
+from zooscope.layers import layers_from_module, layers_from_state_dict, natural_key
+from zooscope.tensors import num_parameters, tensor_sha256
 
 
 def summary(layer_list):

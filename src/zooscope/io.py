@@ -119,7 +119,7 @@ class SafetensorsDtype:
     floating: bool
 
 
-# The one table of the format's dtypes (zooscope.layers types tensors and converts from it).
+# The one table of the format's dtypes (zooscope.tensors types tensors and converts from it).
 # A numpy name without a byte order ("bfloat16") is ml_dtypes' (numpy_dtype).
 SAFETENSORS_DTYPES: dict[str, SafetensorsDtype] = {
     "F64": SafetensorsDtype("<f8", "float64", True), "F32": SafetensorsDtype("<f4", "float32", True),

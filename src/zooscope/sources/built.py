@@ -49,8 +49,8 @@ def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]
 
 def checkpoint_state(network: nn.Module, weights, layers: LayerList):
     """unanalysed_state of a module tree whose weights are a checkpoint read lazily
-    (zooscope.layers.RenamedTensors under the tree's names): still read one at a time."""
-    from zooscope.layers import RenamedTensors
+    (zooscope.tensors.RenamedTensors under the tree's names): still read one at a time."""
+    from zooscope.tensors import RenamedTensors
 
     stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
     keys = [key for key in network.state_dict(keep_vars=True) if key not in stored and key in weights]
@@ -77,7 +77,7 @@ def rebuild(meta: Mapping[str, Any]) -> nn.Module:
 
 def module_parameters(network: nn.Module) -> int:
     """All parameters of a module tree (shared ones once)."""
-    from zooscope.layers import num_parameters
+    from zooscope.tensors import num_parameters
 
     return num_parameters(network.parameters())
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from zooscope.io import SafetensorsReader, read_json, safetensors_dtype
-from zooscope.layers import (
-    FLOAT_DTYPES, LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters,
-    tensor_info,
+from zooscope.io import FLOAT_DTYPES, SafetensorsReader, read_json, safetensors_dtype
+from zooscope.tensors import (
+    LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
 )
 from zooscope.sources.base import CONVERT_HINT, FetchError
 

@@ -11,9 +11,9 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from zooscope.layers import (
-    FLOAT_DTYPES, LayerList, RenamedTensors, TensorInfo, describe_tensor, module_weights, tensor_info,
-)
+from zooscope.io import FLOAT_DTYPES
+from zooscope.layers import LayerList, module_weights
+from zooscope.tensors import RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
     from torch import nn

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import atomic_path, write_json
-from zooscope.layers import LayerList, stored_bytes, tensor_info
+from zooscope.layers import LayerList
+from zooscope.tensors import stored_bytes, tensor_info
 from zooscope.sources import coverage
 from zooscope.sources.base import Fetched, FetchError
 from zooscope.sources.selection import Selection

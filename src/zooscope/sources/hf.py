@@ -17,7 +17,7 @@ from zooscope.sources.base import Fetched, FetchError, SourceKind
 if TYPE_CHECKING:
     from torch import nn
 
-    from zooscope.layers import RenamedTensors, TensorStore
+    from zooscope.tensors import RenamedTensors, TensorStore
     from zooscope.sources.hubs import HubModel
     from zooscope.zoo import ZooRow
 
@@ -187,7 +187,7 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
     ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
     parameter is saved under one of its names, which then serves all of them.
     """
-    from zooscope.layers import RenamedTensors
+    from zooscope.tensors import RenamedTensors
 
     prefix = getattr(module, "base_model_prefix", "")
     aliases: dict[int, list[str]] = {}

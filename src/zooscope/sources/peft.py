@@ -216,7 +216,8 @@ def fetch_adapter(model: str, folder: Path, accuracy: float | None, base_dir: Pa
     import torch
 
     from zooscope import io
-    from zooscope.layers import LayerList, LazyTensors, Layer, tensor_sha256
+    from zooscope.layers import LayerList, Layer
+    from zooscope.tensors import LazyTensors, tensor_sha256
     from zooscope.sources.base import Fetched
 
     adapter = read_adapter(folder, model)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from zooscope.layers import as_float32
+from zooscope.tensors import as_float32
 from zooscope.sources.formats import (
     BIAS, KERAS_WEIGHTS_MEMBER, NORM, NOT_A_LAYER, RANK, TRAINING_STATE, FormatLayer, FormatWeights, NotAnalysed,
     StoredTensor, why_not,

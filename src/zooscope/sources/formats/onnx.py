@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zooscope.layers import as_float32
+from zooscope.tensors import as_float32
 from zooscope.sources.formats import (
     BIAS, NORM, RANK, TIED, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, why_not,
 )

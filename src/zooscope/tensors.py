@@ -1,0 +1,185 @@
+"""Stored tensors, read one at a time: lazy stores over safetensors files and other mappings, and
+what every stage needs of a single tensor (its dtype and shape without reading it, its identity
+for tied weights, its float32 widening, bytes and hash).
+
+Which of a model's tensors are layers, and under what names, is zooscope.layers' concern; this
+module knows nothing of modules or layer types.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import sys
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from zooscope.io import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsReader, safetensors_dtype
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+# torch is imported only where a torch tensor or module is at hand: a safetensors file's weights
+# are typed from its header and read as numpy arrays, so fetching a file: source needs no torch
+# (about 2 s of every fetch job's start-up).
+
+
+@functools.cache
+def safetensors_dtypes() -> dict[str, "torch.dtype"]:
+    """safetensors dtype names -> torch dtypes, from io.SAFETENSORS_DTYPES (imports torch)."""
+    import torch
+
+    return {name: getattr(torch, dtype.torch) for name, dtype in SAFETENSORS_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A stored tensor's safetensors dtype and shape, from a file header."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class LazyTensors(Mapping):
+    """Tensors made one at a time when asked, each by its ``makers`` entry (a read from a file, a
+    weight of a module tree, a view of one): a model's weights are never all in memory at once."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], Tensor]]):
+        self._makers = dict(makers)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._makers[key]()
+
+    def __contains__(self, key: object) -> bool:  # Mapping's default would make the tensor
+        return key in self._makers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+
+class TensorStore(LazyTensors):
+    """The tensors of safetensors files, read one at a time when asked, never all at once.
+
+    Why: a state dict of a large model read whole, then converted, holds it twice. Each access
+    maps just that tensor of its shard (io.SafetensorsReader says why per access): a numpy
+    array, or a torch tensor for a dtype numpy lacks (bfloat16, float8). ``describe`` gives a
+    tensor's dtype and shape (a TensorInfo) from the file header, without reading its data.
+    Safetensors files cannot alias tensors, so tied weights do not arise here.
+    """
+
+    def __init__(self, readers: Mapping[str, SafetensorsReader]):
+        """``readers``: each tensor key -> the reader of the file holding it (one per file, so
+        each header is read once)."""
+        super().__init__({key: partial(_read_tensor, reader, key) for key, reader in readers.items()})
+        self._readers = dict(readers)
+
+    def describe(self, key: str) -> TensorInfo:
+        entry = self._readers[key].header()[key]
+        return TensorInfo(entry["dtype"], tuple(entry["shape"]))
+
+    def num_parameters(self) -> int:
+        """Elements of the floating-point tensors, from the headers alone."""
+        return sum(int(np.prod(t.shape)) for t in map(self.describe, self) if t.dtype in FLOAT_DTYPES)
+
+
+class RenamedTensors(LazyTensors):
+    """The tensors of a mapping (a lazy store or a dict) under other names, read when asked:
+    ``names`` maps each name to the ``store``'s own (prefixes removed, a module's parameter names)."""
+
+    def __init__(self, store: Mapping[str, Any], names: Mapping[str, str]):
+        super().__init__({new: partial(store.__getitem__, old) for new, old in names.items()})
+        self.store, self.names = store, dict(names)
+
+    def describe(self, key: str) -> TensorInfo:
+        return tensor_info(self.store, self.names[key])
+
+
+def _read_tensor(reader: SafetensorsReader, key: str):
+    """The tensor as an array over a private map of the file's bytes (no copy:
+    io.SafetensorsReader), in its stored dtype (bf16 and f8 as ml_dtypes' types)."""
+    return reader.mapped(key)
+
+
+def tensor_info(tensors: Mapping[str, Any], key: str) -> TensorInfo:
+    """dtype and shape of a tensor of a lazy store (from its header, nothing read) or of a mapping."""
+    describe = getattr(tensors, "describe", None)
+    return describe(key) if describe else describe_tensor(tensors[key])
+
+
+def describe_tensor(value) -> TensorInfo:
+    """The safetensors dtype name and shape of a torch tensor or numpy array."""
+    if isinstance(value, TensorInfo):
+        return value
+    if isinstance(value, np.ndarray):
+        return TensorInfo(safetensors_dtype(value.dtype), tuple(value.shape))
+    names = {dtype: name for name, dtype in safetensors_dtypes().items()}
+    return TensorInfo(names.get(value.dtype, str(value.dtype).removeprefix("torch.")), tuple(value.shape))
+
+
+def is_torch_tensor(value: object) -> bool:
+    """Whether ``value`` is a torch tensor; without importing torch (no torch: no tensor)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def num_parameters(tensors: Iterable[Tensor]) -> int:
+    """Elements of the distinct floating-point torch tensors among ``tensors`` (tied ones once)."""
+    seen: set[tuple] = set()
+    total = 0
+    for tensor in tensors:
+        if is_torch_tensor(tensor) and tensor.is_floating_point():
+            key = storage_key(tensor)
+            if key not in seen:
+                seen.add(key)
+                total += tensor.numel()
+    return total
+
+
+def storage_key(tensor: Tensor) -> tuple:
+    """Identifies the memory a tensor views, so tied weights are recognised however reached."""
+    if tensor.numel() == 0 or tensor.is_meta:  # these have data_ptr 0 without sharing anything
+        return ("no data", id(tensor))
+    return (
+        tensor.device.type,
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tuple(tensor.stride()),
+        tensor.dtype,
+    )
+
+
+def tensor_sha256(tensor) -> str:
+    """sha256 of the float32 C-contiguous bytes: a layer's identity for the per-layer cache."""
+    return hashlib.sha256(float32_bytes(tensor)).hexdigest()
+
+
+def as_float32(tensor):
+    """A float32, contiguous CPU tensor (detached) or numpy array; no copy when it already is one
+    (a layer is hashed as its float32 widening, whatever its stored dtype)."""
+    if isinstance(tensor, np.ndarray):
+        return np.ascontiguousarray(tensor, dtype=np.float32)
+    import torch
+
+    return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def stored_bytes(tensor) -> memoryview:
+    """The C-contiguous bytes of a torch tensor or numpy array in its own dtype."""
+    if isinstance(tensor, np.ndarray):
+        return memoryview(np.ascontiguousarray(tensor).reshape(-1).view(np.uint8))
+    import torch
+
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def float32_bytes(tensor) -> memoryview:
+    """The bytes of :func:`as_float32` of a torch tensor or numpy array."""
+    array = as_float32(tensor)
+    return memoryview(array if isinstance(array, np.ndarray) else array.numpy()).cast("B")
