@@ -172,8 +172,9 @@ def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
         "  - row 4: model 'c': unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp",
         "  - row 5: model 'd': column 'label_noise' must be in [0, 1], got 1.5",
         "  - row 6: model 'e': column 'data' (the Jacobian stage) needs a model that can be run again, from a "
-        "file:, train:, random:, torchvision:, timm:, hf: source (file: only as a model folder with a config.json), "
-        "not file:weights.pt; leave the cell empty",
+        "file:, train:, random:, torchvision:, timm:, hf: source (file: only as a model folder whose config.json "
+        "names a transformers image classifier, architectures ...ForImageClassification: token inputs are not "
+        "supported), not file:weights.pt; leave the cell empty",
     ]
 
 

@@ -68,17 +68,29 @@ def test_data_columns_are_not_model_options(tmp_path):
 
 
 def test_data_on_a_source_that_cannot_be_rebuilt_is_a_sheet_error(tmp_path):
-    """A bare weights file has no architecture; a model folder with a config.json has (issue 14, item 8)."""
+    """A bare weights file has no architecture; a model folder has one when its config.json names
+    a transformers image classifier, the only transformers models the Jacobian stage runs (issue
+    14, item 8): a language model, a base model or an unreadable config.json is refused when the
+    sheet is read, not by the Jacobian job."""
     row = {"model": "w", "series": "s", "source": "file:w.safetensors", "accuracy": None, "data": "digits"}
     with pytest.raises(RowError, match=r"model 'w': column 'data' .* from a file:, train:, random:, torchvision:, "
-                                       r"timm:, hf: source \(file: only as a model folder with a config.json\), "
-                                       r"not file:w.safetensors"):
+                                       r"timm:, hf: source \(file: only as a model folder whose config.json names a "
+                                       r"transformers image classifier, architectures ...ForImageClassification: "
+                                       r"token inputs are not supported\), not file:w.safetensors"):
         parse_row(row, tmp_path)
     (tmp_path / "folder").mkdir()
     with pytest.raises(RowError, match="not file:folder"):
         parse_row({**row, "source": "file:folder"}, tmp_path)
-    (tmp_path / "folder" / "config.json").write_text("{}")
+    config = tmp_path / "folder" / "config.json"
+    for refused in ("{}", '{"architectures": ["LlamaForCausalLM"]}', '{"architectures": ["BertModel"]}',
+                    '{"architectures": ["ViTForImageClassificationX"]}', '{"architectures": "ViTForImageClassification"}',
+                    '{"architectures": [',  "[]"):
+        config.write_text(refused)
+        with pytest.raises(RowError, match="not file:folder"):
+            parse_row({**row, "source": "file:folder"}, tmp_path)
+    config.write_text('{"architectures": ["ViTForImageClassification"], "model_type": "vit"}')
     assert parse_row({**row, "source": "file:folder"}, tmp_path).data.name == "digits"
+    # hf: is not looked up when the sheet is read (no download then): its Jacobian job decides.
     for source in ("torchvision:resnet18", "timm:resnet18.a1_in1k", "hf:someone/model"):
         assert parse_row({**row, "source": source}, tmp_path).data.name == "digits"
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from zooscope.config import load_schema
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
-from zooscope.zoo import RowError, parse_source, read_zoo_sheet, zoo_schema
+from zooscope.zoo import RowError, parse_row, parse_source, read_zoo_sheet, zoo_schema
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -742,6 +742,7 @@ def test_a_transformers_image_classifier_runs_the_jacobian_stage(caches):
     torch.manual_seed(0)
     original = transformers.ResNetForImageClassification(config).eval()
     original.save_pretrained(caches / "classifier")
+    assert parse_row({**hub_row("file:classifier"), "data": "images.npz"}, caches).data.name == "images.npz"
     fetch_model(hub_row("file:classifier", model="resnet"), caches / "classifier-out", sheet_dir=caches)
     network, _ = rebuilt(caches / "classifier-out")
     rng = np.random.default_rng(0)
@@ -762,3 +763,7 @@ def test_a_language_model_is_refused_by_the_jacobian_stage(caches):
     fetch_model(hub_row("file:llama", model="lm"), caches / "lm", sheet_dir=caches)
     with pytest.raises(RebuildError, match="model 'lm': .*LlamaForCausalLM is not a transformers image classifier"):
         rebuilt(caches / "lm")
+    # ...and a file: folder of it with data is refused when the sheet is read, from its
+    # save_pretrained config.json, before any job (issue 14, item 8).
+    with pytest.raises(RowError, match="model 'lm': column 'data' .* not file:llama; leave the cell empty"):
+        parse_row({**hub_row("file:llama", model="lm"), "data": "tokens.npz"}, caches)

@@ -260,7 +260,8 @@ def parse_data(row: Mapping[str, Any], spec: SourceKind, model: str, sheet_dir: 
         raise RowError(
             f"model {model!r}: column 'data' (the Jacobian stage) needs a model that can be run again, "
             f"from a {', '.join(kind + ':' for kind in rebuildable())} source (file: only as a model folder "
-            f"with a config.json), not {row['source']}; leave the cell empty"
+            f"whose config.json names a transformers image classifier, architectures ...ForImageClassification: "
+            f"token inputs are not supported), not {row['source']}; leave the cell empty"
         )
     samples = row.get("data_samples")
     return data_spec(row["data"], sheet_dir,

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor, nn
 
 from zooscope.layers import layers_from_module, module_weights
+from zooscope.sources.hf import runnable_class
 from zooscope.sources.registry import KINDS, rebuildable
 from zooscope.sources.selection import parse_selection
 from zooscope.zoo import parse_source
@@ -77,7 +78,7 @@ def runnable(model: str, network: nn.Module) -> nn.Module:
     if not type(network).__module__.startswith("transformers."):
         return network
     cls = type(network)
-    if not cls.__name__.endswith("ForImageClassification"):
+    if not runnable_class(cls.__name__):
         raise RebuildError(
             f"model {model!r}: the Jacobian stage runs classifiers of float inputs (images, vectors: the data "
             f"column's x) and reads their logits; {cls.__name__} is not a transformers image classifier "

@@ -38,7 +38,8 @@ class SourceKind:
     (no error, no options). ``check`` validates the argument with the typed options when the
     sheet is parsed (no torch). ``rebuildable``: a fetched model can be run again as a module, so
     the data-dependent Jacobian stage can take it (a row's ``data`` column): True, or a check of
-    the row's resolved path (file: is rebuildable only as a model folder with a config.json).
+    the row's resolved path (file: is rebuildable only as a model folder whose config.json names
+    a transformers image classifier).
     ``rebuild``: a fresh module of a fetched model's architecture, from its meta.json (its weights
     are then loaded from model.safetensors: zooscope.jacobian.rebuild). ``local_path``: the
     argument is a path, resolved against the sheet's folder once, when the row is parsed;

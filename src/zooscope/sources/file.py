@@ -11,6 +11,7 @@ Snakefile imports the registry); the rest where it is used.
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -88,9 +89,20 @@ def fetch_format(row: ZooRow, file_format: str) -> Fetched:
 
 
 def rebuildable(path: Path | None) -> bool:
-    """A file: model can be run again when it is a model folder with a config.json (typed and
-    stored by its transformers module tree); a bare state dict has no architecture."""
-    return path is not None and (path / "config.json").is_file()
+    """A file: model can be run by the Jacobian stage when it is a model folder whose config.json
+    names a transformers image classifier (``architectures[0]``: zooscope.sources.hf.runnable_class);
+    a bare state dict has no architecture, and a language model or a base model is not run (its
+    token inputs). Read with json alone when the sheet is parsed (no torch, no transformers)."""
+    config = path / "config.json" if path is not None else None
+    if config is None or not config.is_file():
+        return False
+    from zooscope.sources.hf import runnable_class
+
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or [None]
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object: no tree either
+        return False
+    return runnable_class(architectures[0]) if isinstance(architectures, list) else False
 
 
 def rebuild(meta: Mapping[str, Any]):

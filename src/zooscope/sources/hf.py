@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The transformers models the Jacobian stage runs: image classifiers, pixel values in, logits out
+# (zooscope.jacobian.rebuild.runnable). A language model's token inputs are not supported.
+RUNNABLE_SUFFIX = "ForImageClassification"
+
+
+def runnable_class(name: object) -> bool:
+    """Whether a transformers class name (config.json's ``architectures[0]``) is one the Jacobian
+    stage can run; torch-free, so the zoo sheet's check can ask it of a file: folder."""
+    return isinstance(name, str) and name.endswith(RUNNABLE_SUFFIX)
+
+
 # A shard file named by a Hugging Face index: a plain file name in the repo's top folder.
 SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
 # Where a Hugging Face repo snapshot keeps its weights, most preferred first (index before single file).
