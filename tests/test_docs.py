@@ -187,3 +187,48 @@ def test_no_tracked_file_refers_outside_the_repository():
             hits += [f"{path.relative_to(REPO)}:{number}: {word}" for word in outside if word in line]
             hits += [f"{path.relative_to(REPO)}:{number}: {m[0]}" for m in named.finditer(line)]
     assert not hits, "files outside the repository are not there for users; write it into docs/:\n" + "\n".join(hits)
+
+
+# The column references: each output table's columns, as the code defines them, and the pages whose
+# tables describe them (a column is documented where a table row's first cell names it in backticks).
+COLUMN_PAGES = ("outputs.md", "statistics.md", "intake.md", "finetunes.md", "jacobian.md")
+
+
+def _documented_columns() -> dict[str, set[str]]:
+    """Per page: every backticked name in the first cell of a table row."""
+    found = {}
+    for name in COLUMN_PAGES:
+        cells = [line.split("|")[1] for line in _prose(REPO / "docs" / name).splitlines()
+                 if line.startswith("|") and line.count("|") > 2]
+        found[name] = {span for cell in cells for span in CODE_SPAN.findall(cell)}
+    return found
+
+
+def _output_columns() -> dict[str, tuple[str, ...]]:
+    from zooscope.analysis.aggregate import MODEL_COLUMNS
+    from zooscope.analysis.delta import DELTA_COLUMNS, DELTA_METRICS
+    from zooscope.analysis.metrics import LAYER_COLUMNS
+    from zooscope.analysis.regression import REGRESSION_COLUMNS
+    from zooscope.sources.coverage import COVERAGE_COLUMNS
+
+    return {
+        "layers.tsv": (*LAYER_COLUMNS, *DELTA_COLUMNS),
+        "models.tsv": (*MODEL_COLUMNS, "base", *DELTA_METRICS),
+        "coverage.tsv": COVERAGE_COLUMNS,
+        "regressions.tsv": REGRESSION_COLUMNS,
+    }
+
+
+@pytest.mark.parametrize("table", ["layers.tsv", "models.tsv", "coverage.tsv", "regressions.tsv"])
+def test_every_output_column_is_documented(table):
+    """Every column the code writes to the table has a row in a column reference of docs/."""
+    documented = set().union(*_documented_columns().values())
+    missing = [column for column in _output_columns()[table] if column not in documented]
+    assert not missing, f"{table} columns without a row in docs/{{{','.join(COLUMN_PAGES)}}}: {missing}"
+
+
+def test_the_column_check_reads_table_rows_only():
+    """The check can fail: a name in prose or in a later cell is not a column's documentation."""
+    documented = _documented_columns()["outputs.md"]
+    assert {"layer", "alpha", "num_tensors"} <= documented
+    assert "zooscope" not in documented and "esd.randomize" not in documented
