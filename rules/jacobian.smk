@@ -25,7 +25,7 @@ rule jacobian:
         "../scripts/jacobian.py"
 
 
-# The Jacobian figures of a series (zooscope.report.plots.plot_jacobian_series): its models with a data
+# The Jacobian figures of a series (zooscope.report.jacobian_plots.plot_jacobian_series): its models with a data
 # set side by side (the random-label experiment: the normal model next to the random-label one).
 rule plot_jacobian:
     input:

@@ -5,7 +5,7 @@ import pandas as pd
 from zooscope import io
 from zooscope.analysis.discrimination import discrimination, noise_levels
 from zooscope.jobs import job
-from zooscope.report.plots import plot_noise_ladder
+from zooscope.report.discrimination_plots import plot_noise_ladder
 
 with job(snakemake, name="discrimination"):
     models = pd.read_csv(snakemake.input.models, sep="\t")

@@ -3,7 +3,7 @@ from pathlib import Path
 from zooscope import io
 from zooscope.jobs import job
 from zooscope.analysis.metrics import read_layers_table
-from zooscope.report.plots import plot_model_esds
+from zooscope.report.esd_plots import plot_model_esds
 
 with job(snakemake, name="plot_esd"):
     plot_model_esds(

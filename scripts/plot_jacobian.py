@@ -4,7 +4,7 @@ import pandas as pd
 
 from zooscope import io
 from zooscope.jobs import job
-from zooscope.report.plots import jacobian_column_title, plot_jacobian_series
+from zooscope.report.jacobian_plots import jacobian_column_title, plot_jacobian_series
 
 with job(snakemake, name="plot_jacobian"):
     from safetensors.numpy import load_file  # the spectra files of zooscope.jacobian.compute, without torch

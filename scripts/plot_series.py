@@ -5,7 +5,7 @@ import pandas as pd
 from zooscope.config import FitSettings
 from zooscope.jobs import job
 from zooscope.analysis.metrics import read_layers_table
-from zooscope.report.plots import plot_series
+from zooscope.report.series_plots import plot_series
 
 with job(snakemake, name="plot_series"):
     plot_series(

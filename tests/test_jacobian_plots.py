@@ -1,4 +1,4 @@
-"""The Jacobian figures of a series (zooscope.report.plots.plot_jacobian_series): what each draws,
+"""The Jacobian figures of a series (zooscope.report.jacobian_plots.plot_jacobian_series): what each draws,
 read back from the figures, and their column titles."""
 import matplotlib.pyplot as plt
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from zooscope.report.plots import (
+from zooscope.report.jacobian_plots import (
     hessian_figure, jacobian_column_title, jacobian_esd_figure, jacobian_overlay_figure, plot_jacobian_series,
 )
 

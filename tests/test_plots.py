@@ -17,12 +17,11 @@ import pytest
 
 import matplotlib.pyplot as plt
 
-from zooscope.report.plots import (
+from zooscope.report.esd_plots import esd_figure, plot_esd
+from zooscope.report.series_plots import (
     correlation_flow_figure,
-    esd_figure,
     metric_vs_accuracy_figure,
     plot_correlation_flow,
-    plot_esd,
     plot_metric_vs_accuracy,
     plot_series_regressions,
 )
@@ -282,7 +281,7 @@ def model_with_esds(tmp_path, matrices):
 
 
 def test_the_randomization_figure_draws_both_spectra_and_the_mp_fit(tmp_path, figures):
-    from zooscope.report.plots import plot_randomization, randomization_figure
+    from zooscope.report.esd_plots import plot_randomization, randomization_figure
     from zooscope.spectra.esd import load_layer_eigenvalues
 
     rng = np.random.default_rng(0)
@@ -325,7 +324,7 @@ def test_the_randomization_figure_draws_both_spectra_and_the_mp_fit(tmp_path, fi
 
 
 def test_the_model_esds_one_figure_per_layer_with_a_panel_per_slice(tmp_path, figures):
-    from zooscope.report.plots import model_esd_figures, plot_model_esds
+    from zooscope.report.esd_plots import model_esd_figures, plot_model_esds
 
     rng = np.random.default_rng(1)
     kernel = rng.standard_t(3, size=(120, 80, 3, 3))  # 9 slices of 120 x 80
@@ -359,7 +358,7 @@ def test_the_model_esds_one_figure_per_layer_with_a_panel_per_slice(tmp_path, fi
 
 
 def test_relative_depth_maps_first_and_last_layer_to_0_and_1():
-    from zooscope.report.plots import relative_depth
+    from zooscope.report.series_plots import relative_depth
 
     np.testing.assert_allclose(relative_depth([2, 3, 4, 6]), [0.0, 0.25, 0.5, 1.0])
     np.testing.assert_allclose(relative_depth(pd.Series([5, 5])), [0.0, 0.0])
@@ -369,7 +368,7 @@ def test_relative_depth_maps_first_and_last_layer_to_0_and_1():
 
 def test_plot_noise_ladder(tmp_path, figures):
     from zooscope.analysis.discrimination import discrimination
-    from zooscope.report.plots import noise_ladder_figure, plot_noise_ladder
+    from zooscope.report.discrimination_plots import noise_ladder_figure, plot_noise_ladder
 
     models = pd.DataFrame({"model": ["c", "a", "b", "x"], "series": ["s", "s", "s", "t"],
                            "up": [3.0, 1.0, 2.0, 0.0], "swap": [3.0, 2.0, 1.0, 0.0], "flat": [1.0] * 4})

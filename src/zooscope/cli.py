@@ -109,7 +109,7 @@ def _run_regress(args: argparse.Namespace) -> int:
 
     plots = []
     if args.plots:
-        from zooscope.report.plots import plot_series_regressions
+        from zooscope.report.series_plots import plot_series_regressions
 
         try:
             plots = plot_series_regressions(models, regressions, out_dir / "plots")
