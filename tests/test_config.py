@@ -190,7 +190,7 @@ def test_paths_are_resolved_once_against_the_sheet(tmp_path, monkeypatch):
     assert rows["b"].source.path == tmp_path / "home" / "b.pt"
     assert rows["c"].source.path == Path("/abs/c.pt")
     assert rows["d"].source.path is None and rows["d"].data == DataSpec("sets/d.npz", tmp_path / "sets" / "d.npz", 7)
-    assert rows["d"].fetch_form() == {**rows["d"].as_dict(), "data": None, "shards": None}
+    assert rows["d"].fetch_form() == {**rows["d"].as_dict(), "data": None, "shards": None, "step": None}
 
 
 def test_base_column_errors_name_the_row(tmp_path):
@@ -240,3 +240,32 @@ def test_a_base_that_is_no_model_id_is_an_error(tmp_path):
     path = write_sheet(tmp_path, "model|series|source|accuracy|base\na|s|train:mlp||\nb|s|train:mlp||a/b\n")
     with pytest.raises(ConfigError, match="row 3 .*base"):
         read_zoo_sheet(path, ZOO_SCHEMA)
+
+
+def test_step_column_makes_a_series_a_trajectory_in_step_order(tmp_path):
+    from zooscope.zoo import trajectory_series
+
+    path = write_sheet(tmp_path, "model|series|source|accuracy|step\n"
+                                 "c|run|train:mlp||20\na|run|train:mlp||5\nb|run|train:mlp||1e1\nx|other|train:mlp||\n")
+    rows = read_zoo_sheet(path, ZOO_SCHEMA)
+    assert [row.step for row in rows] == [20.0, 5.0, 10.0, None]
+    assert trajectory_series(rows) == {"run": ["a", "b", "c"]}
+    assert ZooRow.from_dict(rows[0].as_dict()) == rows[0]
+    # a checkpoint's step is not what its weights depend on: giving one refetches nothing
+    assert rows[0].fetch_form()["step"] is None
+
+
+def test_step_column_errors_name_the_row(tmp_path):
+    path = write_sheet(tmp_path, "model|series|source|accuracy|step\n"
+                                 "a|run|train:mlp||1\n"
+                                 "b|run|train:mlp||two\n"
+                                 "c|run|train:mlp||1.0\n"
+                                 "d|run|train:mlp||\n"
+                                 "e|run2|train:mlp||1\n")
+    with pytest.raises(ConfigError) as info:
+        read_zoo_sheet(path, ZOO_SCHEMA)
+    message = str(info.value)
+    assert "model 'b': column 'step' must be a number, got 'two'" in message
+    assert "row 4 (model 'c'): step 1 of series 'run' is already the step of row 2 (model 'a')" in message
+    assert "row 5 (model 'd'): series 'run' is a training trajectory" in message
+    assert "model 'e'" not in message and "model 'a'" not in message.replace("of row 2 (model 'a')", "")

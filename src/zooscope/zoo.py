@@ -2,13 +2,15 @@
 
 A row is a model id, its series, its ``source`` (a kind of zooscope.sources.registry and its
 argument), the reported accuracy, the option columns the kind declares, and the columns of the
-workflow: ``data``/``data_samples`` (the Jacobian stage), ``shards`` (esd jobs) and ``base`` (the
-row a model was fine-tuned from, or an adapter's: docs/finetunes.md). Every check a row needs
+workflow: ``data``/``data_samples`` (the Jacobian stage), ``shards`` (esd jobs), ``base`` (the
+row a model was fine-tuned from, or an adapter's: docs/finetunes.md) and ``step`` (the training
+step of a checkpoint: the rows of a series with steps are one training run's trajectory). Every check a row needs
 happens here, without torch: the source against its kind's pattern, each option column against the
 options that kind declares (with the kind's own check of the values), ``data`` only on kinds whose
 models can be rebuilt, paths (``file:`` sources, data) resolved against the sheet's folder, once,
 and, across the rows (:func:`base_problems`), every base a row of the sheet, no cycle of bases,
-and a base for every adapter. Rules pass a row's plain form (:meth:`ZooRow.as_dict`); scripts rebuild it.
+a base for every adapter, and (:func:`step_problems`) a step for every row of a trajectory series,
+none twice. Rules pass a row's plain form (:meth:`ZooRow.as_dict`); scripts rebuild it.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from zooscope.sources.registry import KINDS, claiming_kind, option_types, rebuil
 from zooscope.sources.selection import SELECTION_COLUMNS, Selection, parse_selection
 
 # The columns every sheet has; the Jacobian stage's (data, data_samples), the esd stage's
-# (shards, and base: the model's updates against it). Any other column is an option of the row's source kind.
+# (shards, and base: the model's updates against it), the trajectory stage's (step). Any other column
+# is an option of the row's source kind.
 REQUIRED_COLUMNS = ("model", "series", "source", "accuracy")
-WORKFLOW_COLUMNS = ("data", "data_samples", "shards", "base")
+WORKFLOW_COLUMNS = ("data", "data_samples", "shards", "base", "step")
 # How a model's weights are taken in (docs/intake.md): which wrapper of a PyTorch checkpoint
 # (file: sources) and which layers are analysed (every source). Not options of a kind.
 CHECKPOINT_KEY = "checkpoint_key"
@@ -107,6 +110,7 @@ class ZooRow:
     checkpoint_key: str | None = None  # file: only (zooscope.sources.checkpoints)
     selection: Selection = Selection()  # the row's own cells; config select fills the rest at fetch
     base: str | None = None  # the model id of another row (read_zoo_sheet checks it is one)
+    step: float | None = None  # the checkpoint's training step (docs/finetunes.md, "Training trajectories")
 
     @property
     def adapter(self) -> bool:
@@ -118,16 +122,16 @@ class ZooRow:
         return {
             "model": self.model, "series": self.series, "accuracy": self.accuracy, "options": dict(self.options),
             "source": self.source.as_dict(), "data": None if self.data is None else self.data.as_dict(),
-            "shards": self.shards, "base": self.base,
+            "shards": self.shards, "base": self.base, "step": self.step,
             "checkpoint_key": self.checkpoint_key,
             "selection": self.selection.to_meta(),
         }
 
     def fetch_form(self) -> dict[str, Any]:
         """The plain form of what the fetch job's outputs depend on: the row without its data set,
-        shards and, but for an adapter, its base (a model given a data set, a shard count or a base
-        must not be refetched, or retrained)."""
-        return replace(self, data=None, shards=None, base=self.base if self.adapter else None).as_dict()
+        shards, step and, but for an adapter, its base (a model given a data set, a shard count, a
+        step or a base must not be refetched, or retrained)."""
+        return replace(self, data=None, shards=None, step=None, base=self.base if self.adapter else None).as_dict()
 
     @classmethod
     def from_dict(cls, plain: Mapping[str, Any]) -> ZooRow:
@@ -138,7 +142,7 @@ class ZooRow:
             data=None if data is None else DataSpec.from_dict(data), shards=plain.get("shards"),
             checkpoint_key=plain.get("checkpoint_key"),
             selection=parse_selection(plain.get("selection") or {}),
-            base=plain.get("base"),
+            base=plain.get("base"), step=plain.get("step"),
         )
 
     def with_selection_defaults(self, defaults: Selection | Mapping[str, Any]) -> ZooRow:
@@ -205,6 +209,7 @@ def parse_row(row: Mapping[str, Any], sheet_dir: str | Path = ".") -> ZooRow:
         accuracy=sheet_accuracy(row), options=options, data=parse_data(row, spec, model, sheet_dir, source.path),
         shards=None if is_empty(row.get("shards")) else positive(row["shards"], model, "shards"),
         checkpoint_key=key, selection=selection, base=parse_base(row.get("base"), model),
+        step=None if is_empty(row.get("step")) else convert(row["step"], float, model, "step"),
     )
 
 
@@ -383,6 +388,7 @@ def read_zoo_sheet(path: str | Path, schema: Mapping[str, Any]) -> list[ZooRow]:
             except RowError as error:
                 problems.append(f"row {number}: {error}")
     problems += base_problems(rows, numbers, set(seen))
+    problems += step_problems(rows, numbers)
     if problems:
         raise ConfigError(f"{path}: invalid zoo sheet:\n" + "\n".join(f"  - {p}" for p in problems))
     if not rows:
@@ -417,6 +423,40 @@ def base_problems(rows: list[ZooRow], numbers: Mapping[str, int], models: set[st
                 problems.append(f"{label}: its bases form a cycle ({' -> '.join([*chain, row.model])}); one of them "
                                 "must have no base")
     return problems
+
+
+def step_problems(rows: list[ZooRow], numbers: Mapping[str, int]) -> list[str]:
+    """The problems of the zoo column ``step``, one line per row: a series with a step in any row is
+    one training run (docs/finetunes.md), so every row of it needs a step, and no step may come twice
+    in it; a step needs a series."""
+    problems = []
+    trajectories = {row.series for row in rows if row.step is not None}
+    first: dict[tuple[str | None, float], str] = {}  # (series, step) -> the first row's label
+    for row in rows:
+        label = f"row {numbers[row.model]} (model '{row.model}')"
+        if row.step is None:
+            if row.series in trajectories:
+                problems.append(f"{label}: series '{row.series}' is a training trajectory (other rows have a "
+                                "'step'); give this checkpoint its step, or put the model in another series")
+        elif row.series is None:
+            problems.append(f"{label}: column 'step' needs a series (the training run the checkpoint belongs to)")
+        elif (row.series, row.step) in first:
+            problems.append(f"{label}: step {row.step:g} of series '{row.series}' is already the step of "
+                            f"{first[row.series, row.step]}; each checkpoint of a run has its own step")
+        else:
+            first[row.series, row.step] = label
+    return problems
+
+
+def trajectory_series(rows: list[ZooRow]) -> dict[str, list[str]]:
+    """The series that are training trajectories (their rows have steps): series -> its models in
+    step order (the sheet's order breaks no tie: steps are unique in a series)."""
+    series: dict[str, list[ZooRow]] = {}
+    for row in rows:
+        if row.step is not None and row.series is not None:
+            series.setdefault(row.series, []).append(row)
+    return {name: [row.model for row in sorted(members, key=lambda row: row.step)]
+            for name, members in sorted(series.items())}
 
 
 def _accuracy_cell(text: str | None) -> Any:

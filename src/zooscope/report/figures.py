@@ -56,8 +56,6 @@ def as_float(value: Any) -> float:
         return math.nan
 
 
-
-
 def ccdf_points(values) -> tuple[np.ndarray, np.ndarray]:
     """The positive, finite ``values`` sorted, and P(value >= x) at each, ties included (the CCDF
     of :func:`plot_esd`)."""
@@ -72,7 +70,6 @@ def power_law_line(drawn: np.ndarray, alpha: float, xmin: float, xmax: float) ->
     share = float(np.mean(drawn >= xmin)) if drawn.size else 1.0
     xs = np.geomspace(xmin, max(xmax, xmin * (1 + 1e-9)), 200)
     return xs, max(share, 1.0 / max(drawn.size, 1)) * (xs / xmin) ** (1.0 - alpha)
-
 
 
 def panel_grid(panels: int, title: str | None):
@@ -98,7 +95,6 @@ def layout_grid(fig, *, single: bool):
     else:  # tight_layout over a grid of log axes costs more than the drawing
         fig.subplots_adjust(left=0.04, right=0.99, bottom=0.04, top=0.93, wspace=0.22, hspace=0.4)
     return fig
-
 
 
 def line_style(i: int) -> dict[str, Any]:
