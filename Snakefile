@@ -49,6 +49,7 @@ include: "rules/esd.smk"
 include: "rules/fit.smk"
 include: "rules/jacobian.smk"
 include: "rules/aggregate.smk"
+include: "rules/trajectory.smk"
 include: "rules/plots.smk"
 include: "rules/report.smk"
 
@@ -64,4 +65,6 @@ rule all:
         "results/plots/discrimination",
         "results/zoo/audit.tsv",
         "results/zoo/summary.html",
+        expand("results/plots/trajectory/{series}", series=TRAJECTORIES),
+        ["results/zoo/trajectories.tsv"] if TRAJECTORIES else [],
     default_target: True

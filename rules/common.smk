@@ -6,7 +6,7 @@ from pathlib import Path
 
 from zooscope.config import load_schema, run_config
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
-from zooscope.zoo import read_zoo_sheet
+from zooscope.zoo import read_zoo_sheet, trajectory_series
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
 
@@ -21,6 +21,17 @@ MODELS = {
     for row in read_zoo_sheet(ZOO_SHEET, load_schema(SCHEMAS / "zoo.schema.yaml"))
 }
 SERIES = sorted({row.series for row in MODELS.values()})
+# The training trajectories (zoo column `step`): series -> its checkpoints in step order.
+TRAJECTORIES = trajectory_series(list(MODELS.values()))
+# The report's categories: a model with a base (a fine-tune, an adapter) is shown under
+# FINETUNE_CATEGORY, the figures of a trajectory under TRAJECTORY_CATEGORY, all else by series.
+FINETUNE_CATEGORY = "Fine-tunes and adapters"
+TRAJECTORY_CATEGORY = "Trajectories"
+
+
+def model_category(model):
+    row = MODELS[model]
+    return FINETUNE_CATEGORY if row.base is not None else row.series
 # Esd shards per model (zoo column `shards`, else config `esd.shard_mb`; zooscope.resources). An
 # adapter's weights are its base's size, unknown before the fetch: sized by its column alone.
 SHARDS = {
@@ -39,6 +50,10 @@ def file_source_input(wildcards):
     reruns the model. A missing path is left to the fetch job to report (with the model's name),
     instead of stopping the whole DAG."""
     return [str(path) for path in MODELS[wildcards.model].source.local_inputs() if path.exists()]
+
+
+def trajectory_models(wildcards):
+    return TRAJECTORIES[wildcards.series]
 
 
 def series_models(wildcards):

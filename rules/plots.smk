@@ -7,7 +7,7 @@ rule plot_esd:
             directory("results/plots/esd/{model}"),
             patterns=["{name}.png"],
             caption="../report/esd.rst",
-            category=lambda wildcards: MODELS[wildcards.model].series,
+            category=lambda wildcards: model_category(wildcards.model),
             subcategory="{model}",
             labels={"model": "{model}", "figure": "{name}"},
         ),

@@ -1,6 +1,8 @@
 # Zoo-wide analyses (good versus bad, per-model audit) and what `snakemake --report` shows:
 # every report() output has a caption in report/ and is grouped by series (category) and model
-# (subcategory); zoo-wide tables and the summary go under "Zoo".
+# (subcategory); zoo-wide tables and the summary go under "Zoo", a fine-tune's or adapter's figures
+# and card under "Fine-tunes and adapters", a training run's figures under "Trajectories"
+# (rules/common.smk: model_category).
 
 
 rule discrimination:
@@ -59,10 +61,10 @@ rule audit:
             report(
                 f"results/audit/{model}.html",
                 caption="../report/audit_card.rst",
-                category=row.series,
+                category=model_category(model),
                 subcategory=model,
             )
-            for model, row in MODELS.items()
+            for model in MODELS
         ],
     params:
         models=list(MODELS),

@@ -57,10 +57,10 @@ def checkpoints_table(metas: Sequence[Mapping], summaries: Sequence[Mapping],
 
 
 def trajectory_metrics(checkpoints: pd.DataFrame) -> list[str]:
-    """The metrics followed over the steps: accuracy first where any checkpoint has one, then the
-    models.tsv metrics (step is no metric)."""
-    metrics = [column for column in metric_columns(checkpoints) if column != "step"]
-    return (["accuracy"] if checkpoints["accuracy"].notna().any() else []) + metrics
+    """The metrics followed over the steps: accuracy first, then the models.tsv metrics (step is no
+    metric), each where some checkpoint has a value (not, say, rand_distance without esd.randomize)."""
+    metrics = ["accuracy", *(column for column in metric_columns(checkpoints) if column != "step")]
+    return [metric for metric in metrics if checkpoints[metric].notna().any()]
 
 
 def spread(final: float, lo: float = math.nan, hi: float = math.nan) -> tuple[float, float, str]:

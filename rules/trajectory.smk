@@ -1,0 +1,48 @@
+# Training trajectories (zoo column `step`, docs/finetunes.md): per series of checkpoints its
+# settling table and figures, from its own checkpoints' files only (adding a checkpoint to one run
+# reruns that run's job and the zoo table, no other run's); then the zoo's table of all runs.
+
+
+rule trajectory:
+    input:
+        metas=lambda wildcards: expand("resources/models/{model}/meta.json", model=trajectory_models(wildcards)),
+        summaries=lambda wildcards: expand(
+            "results/metrics/{model}/summary.json", model=trajectory_models(wildcards)
+        ),
+        layers=lambda wildcards: expand("results/metrics/{model}/layers.tsv", model=trajectory_models(wildcards)),
+    output:
+        table="results/trajectories/{series}.tsv",
+        plots=report(
+            directory("results/plots/trajectory/{series}"),
+            patterns=["{name}.png"],
+            caption="../report/trajectory.rst",
+            category=TRAJECTORY_CATEGORY,
+            subcategory="{series}",
+            labels={"series": "{series}", "figure": "{name}"},
+        ),
+    params:
+        steps=lambda wildcards: {model: MODELS[model].step for model in trajectory_models(wildcards)},
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/trajectory/{series}.log",
+    script:
+        "../scripts/trajectory.py"
+
+
+rule trajectories:
+    input:
+        expand("results/trajectories/{series}.tsv", series=TRAJECTORIES),
+    output:
+        report(
+            "results/zoo/trajectories.tsv",
+            caption="../report/trajectories.rst",
+            category="Zoo",
+            subcategory="tables",
+        ),
+    conda:
+        "../envs/numeric.yaml"
+    log:
+        "logs/trajectories.log",
+    script:
+        "../scripts/trajectories.py"
