@@ -407,8 +407,9 @@ def base_problems(rows: list[ZooRow], numbers: Mapping[str, int], models: set[st
         label = f"row {numbers[row.model]} (model '{row.model}')"
         if row.base is None:
             if row.adapter:
-                problems.append(f"{label}: an adapter (peft: source or adapter folder) needs the model it adapts "
-                                "in the column 'base'")
+                what = ("a finetune: source" if row.source.kind == "finetune"
+                        else "an adapter (peft: source or adapter folder)")
+                problems.append(f"{label}: {what} needs the model it adapts in the column 'base'")
         elif row.base == row.model:
             problems.append(f"{label}: column 'base' names the model itself; name the model it was fine-tuned from")
         elif row.base not in models:

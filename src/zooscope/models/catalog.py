@@ -58,11 +58,18 @@ class TrainingConfig:
     batch_size: int
     label_noise: float = 0.0
     seed: int = 0
+    # Train on the samples of the digits 0 .. classes - 1 only (a base model of part of the task;
+    # the network keeps its 10 outputs and is tested on all ten digits).
+    classes: int = 10
+    # Stop after this many epochs of the ``epochs``-long schedule (a checkpoint of that run: its
+    # learning rate is the run's at that point); 0: the whole run.
+    stop_epoch: int = 0
 
 
 # The training option columns of a train: row and their types (the fields of TrainingConfig).
 TRAINING_OPTION_TYPES: dict[str, type] = {
     "label_noise": float, "epochs": int, "lr": float, "batch_size": int, "seed": int,
+    "classes": int, "stop_epoch": int,
 }
 
 # Per-architecture defaults, measured on 2 cores with 1 thread: the MLP's 80 epochs let a

@@ -93,7 +93,8 @@ class TrainingResult:
             **asdict(self.config),
             "threads": self.threads,
             "optimizer": "Adam, one-cycle lr schedule",
-            "train_samples": len(load_digits_split().y_train),
+            "train_samples": len(training_part(load_digits_split().x_train, load_digits_split().y_train,
+                                               self.config.classes)[1]),
             "test_samples": len(load_digits_split().y_test),
         }
 
@@ -140,17 +141,20 @@ def held_out_accuracy(model: nn.Module) -> float:
 def train(model: nn.Module, config: TrainingConfig, *, threads: int = 1) -> TrainingResult:
     """Train ``model`` in place on the (noisy) digits training labels; measure both accuracies.
 
+    ``config.classes`` below 10 trains on the samples of the digits 0 .. classes - 1 only (their
+    labels then noised); ``config.stop_epoch`` stops the run's schedule early (a checkpoint).
     Train accuracy is on the labels the model was trained on (noisy ones included), test
-    accuracy on the clean test split. Deterministic for a given config and ``threads``.
+    accuracy on the clean test split (all ten digits). Deterministic for a given config and ``threads``.
     """
     data = load_digits_split()
-    labels = noisy_labels(data.y_train, config.label_noise, config.seed)
+    x, clean = training_part(data.x_train, data.y_train, config.classes)
+    labels = noisy_labels(clean, config.label_noise, config.seed)
     start = time.perf_counter()
     with deterministic_torch(config.seed, threads):
-        _fit(model, data.x_train, labels, config)
+        _fit(model, x, labels, config)
     seconds = time.perf_counter() - start
     result = TrainingResult(
-        train_accuracy=accuracy(model, data.x_train, labels),
+        train_accuracy=accuracy(model, x, labels),
         test_accuracy=accuracy(model, data.x_test, data.y_test),
         config=config,
         threads=threads,
@@ -161,6 +165,14 @@ def train(model: nn.Module, config: TrainingConfig, *, threads: int = 1) -> Trai
         type(model).__name__, config.epochs, seconds, result.train_accuracy, result.test_accuracy,
     )
     return result
+
+
+def training_part(x: Tensor, labels: Tensor, classes: int) -> tuple[Tensor, Tensor]:
+    """The training samples of the digits 0 .. classes - 1 (all of them for 10 classes)."""
+    if classes >= 10:
+        return x, labels
+    keep = labels < classes
+    return x[keep], labels[keep]
 
 
 def _fit(model: nn.Module, x: Tensor, y: Tensor, config: TrainingConfig) -> None:
@@ -174,7 +186,7 @@ def _fit(model: nn.Module, x: Tensor, y: Tensor, config: TrainingConfig) -> None
     )
     order = torch.Generator().manual_seed(config.seed)
     model.train()
-    for _ in range(config.epochs):
+    for _ in range(config.stop_epoch or config.epochs):
         permutation = torch.randperm(len(x), generator=order)
         for batch in permutation.split(config.batch_size):
             optimizer.zero_grad(set_to_none=True)

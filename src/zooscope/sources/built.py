@@ -31,13 +31,22 @@ def training_setup(arch: str, options: Mapping[str, Any]) -> tuple[dict[str, int
     """Architecture options and the training config: the architecture's defaults plus the row's."""
     architecture = arch_options(arch, options)
     given = {key: value for key, value in options.items() if key in TRAINING_OPTION_TYPES}
-    config = dataclasses.replace(TRAINING_DEFAULTS[arch], **given)
+    return architecture, checked_training(dataclasses.replace(TRAINING_DEFAULTS[arch], **given))
+
+
+def checked_training(config: TrainingConfig) -> TrainingConfig:
+    """The training config, its values checked (ValueError naming the column)."""
     if not 0.0 <= config.label_noise <= 1.0:
         raise ValueError(f"column 'label_noise' must be in [0, 1], got {config.label_noise}")
     for name in ("epochs", "batch_size", "lr"):
         if not getattr(config, name) > 0:
             raise ValueError(f"column {name!r} must be positive, got {getattr(config, name)}")
-    return architecture, config
+    if not 2 <= config.classes <= 10:
+        raise ValueError(f"column 'classes' must be 2 .. 10 (train on the digits 0 .. classes - 1), got {config.classes}")
+    if not 0 <= config.stop_epoch <= config.epochs:
+        raise ValueError(f"column 'stop_epoch' must be 0 (the whole run) .. epochs ({config.epochs}), "
+                         f"got {config.stop_epoch}")
+    return config
 
 
 def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]:

@@ -18,6 +18,7 @@ from zooscope.sources.base import SourceKind
 KIND_MODULES = (
     "zooscope.sources.file",
     "zooscope.sources.train",
+    "zooscope.sources.finetune",
     "zooscope.sources.random",
     "zooscope.sources.peft",
     "zooscope.sources.torchvision",
