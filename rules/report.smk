@@ -69,6 +69,7 @@ rule audit:
     params:
         models=list(MODELS),
         series=[row.series for row in MODELS.values()],
+        bases={model: row.base for model, row in MODELS.items()},
         fit=RUN.fit.as_dict(),
         shared_cache=RUN.esd.shared_cache is not None,
     conda:

@@ -25,6 +25,7 @@ with job(snakemake, name="audit"):
     io.write_text(snakemake.output.summary_md, to_markdown(summary))
     io.write_text(snakemake.output.summary_html, to_html(summary, title="zooscope: zoo summary"))
     for model, card_md, card_html in zip(models, snakemake.output.cards, snakemake.output.card_pages, strict=True):
-        blocks = card_blocks(model, audit, discrimination, noise.get(model), level=level)
+        blocks = card_blocks(model, audit, discrimination, noise.get(model), level=level, layers=layers[model],
+                             base=snakemake.params.bases[model])
         io.write_text(card_md, to_markdown(blocks))
         io.write_text(card_html, to_html(blocks, title=f"zooscope: audit card of {model}"))

@@ -89,3 +89,15 @@ def _number(value):
 
 def _missing(value) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
+def noise_edge_ratio(lambda_max: float, log_norm: float, n: int, m: int) -> float:
+    """How far an update's largest eigenvalue lies beyond a random matrix's: ``lambda_max`` of
+    dW^T dW over the Marchenko-Pastur bulk edge sigma^2 (sqrt(N) + sqrt(M))^2 of an N x M matrix of
+    i.i.d. entries with the update's own size, sigma^2 = ||dW||_F^2 / (N M) (``log_norm`` = log10
+    ||dW||_F^2). About 1 for an update that is noise (its ESD is the random matrix's); well above 1
+    when the update has directions of its own (spikes: learned, low-rank structure). NaN without a norm."""
+    if not (math.isfinite(lambda_max) and math.isfinite(log_norm)) or n < 1 or m < 1:
+        return math.nan
+    edge = 10.0 ** log_norm / (n * m) * (math.sqrt(n) + math.sqrt(m)) ** 2
+    return lambda_max / edge if edge > 0 else math.nan

@@ -204,15 +204,21 @@ def _collapse(row: Mapping) -> str:
 
 
 def card_blocks(model: str, audit: pd.DataFrame, discrimination: pd.DataFrame,
-                noise: float | None = None, *, level: float = FitSettings.level) -> list[tuple]:
+                noise: float | None = None, *, level: float = FitSettings.level,
+                layers: pd.DataFrame | None = None, base: str | None = None) -> list[tuple]:
     """The audit card of one model as blocks (heading, paragraphs, a table); ``level`` is that of
-    the intervals (config fit.level)."""
+    the intervals (config fit.level). A model with a ``base`` also gets the words on its update
+    (zooscope.report.update_card), from its ``layers`` (layers.tsv with the delta_ columns)."""
     row = audit.set_index("model", drop=False).loc[model].to_dict()
     blocks: list[tuple] = [("h1", f"Audit card: {model}"),
                            ("p", f"Series `{row['series']}`" + (f", trained with {noise:.0%} of its labels shuffled." if noise is not None
                                                                  else "."))]
     blocks += [("h2", "What its spectra show"), ("p", _verdict(row)), ("p", verdict_rules(level)),
                ("p", _collapse(row)), ("p", _comparison(row, audit, level))]
+    if base is not None and layers is not None and "delta_status" in layers:
+        from zooscope.report.update_card import update_blocks
+
+        blocks += update_blocks(layers, base)
     sentences = discrimination_sentences(discrimination, row["series"])
     if sentences:
         blocks += [("h2", "Its series as a good-versus-bad test"), ("ul", sentences)]
