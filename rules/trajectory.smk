@@ -1,6 +1,8 @@
 # Training trajectories (zoo column `step`, docs/finetunes.md): per series of checkpoints its
 # settling table and figures, from its own checkpoints' files only (adding a checkpoint to one run
 # reruns that run's job and the zoo table, no other run's); then the zoo's table of all runs.
+# Its figures are labelled by name alone: with a second, constant label (the series) the report
+# app lists one row for the two figures of a run and shows only the first.
 
 
 rule trajectory:
@@ -18,7 +20,7 @@ rule trajectory:
             caption="../report/trajectory.rst",
             category=TRAJECTORY_CATEGORY,
             subcategory="{series}",
-            labels={"series": "{series}", "figure": "{name}"},
+            labels={"figure": "{name}"},
         ),
     params:
         steps=lambda wildcards: {model: MODELS[model].step for model in trajectory_models(wildcards)},

@@ -15,13 +15,16 @@ import pytest
 from conftest import REPO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-HEADER = "model\tseries\tsource\taccuracy\twidth\tdepth\tlabel_noise\tepochs\tseed\n"
+HEADER = "model\tseries\tsource\taccuracy\twidth\tdepth\tlabel_noise\tepochs\tseed\tbase\tlr\tlora_rank\tstop_epoch\tstep\n"
 ROWS = [
-    "n0\tnoise\ttrain:mlp\t\t64\t1\t0\t6\t1\n",
-    "n50\tnoise\ttrain:mlp\t\t64\t1\t0.5\t6\t1\n",
-    "n100\tnoise\ttrain:mlp\t\t64\t1\t1\t6\t1\n",
-    "r1\tbaseline\trandom:mlp\t\t64\t1\t\t\t1\n",
-]
+    "n0\tnoise\ttrain:mlp\t\t64\t1\t0\t6\t1\t\t\t\t\t\n",
+    "n50\tnoise\ttrain:mlp\t\t64\t1\t0.5\t6\t1\t\t\t\t\t\n",
+    "n100\tnoise\ttrain:mlp\t\t64\t1\t1\t6\t1\t\t\t\t\t\n",
+    "r1\tbaseline\trandom:mlp\t\t64\t1\t\t\t1\t\t\t\t\t\n",
+    # a full fine-tune and a LoRA adapter of n0 (finetune: sources), and a training run's checkpoints
+    "ft\ttuned\tfinetune:full\t\t\t\t\t3\t\tn0\t0.003\t\t\t\n",
+    "lora\ttuned\tfinetune:lora\t\t\t\t\t3\t\tn0\t0.01\t2\t\t\n",
+] + [f"run{k}\trun\ttrain:mlp\t\t64\t1\t\t6\t2\t\t\t\t{k}\t{k}\n" for k in (2, 4, 6)]
 NOISE = {"n0": 0.0, "n50": 0.5, "n100": 1.0}
 
 
@@ -97,6 +100,12 @@ def test_audit_cards_and_summary_say_it_in_words(run):
     for verdict, column in (("uncertain", "num_uncertain"), ("no power law", "num_no_power_law")):
         assert audit.loc["n0", column] == (layers["verdict"] == verdict).sum()
     assert "have a reliable verdict" in summary
+    # a fine-tune's card says how large its update is, where, and whether it is noise; a rank-2
+    # update's largest eigenvalue is at least N M / (2 (sqrt N + sqrt M)^2) > 2.5 bulk edges (64 x 64, 10 x 64)
+    tuned, lora = ((run / "results" / "audit" / f"{model}.md").read_text() for model in ("ft", "lora"))
+    assert "## Its update against its base `n0`" in tuned and "of their norm" in tuned and "the most: `net." in tuned
+    assert "looks like learned structure: in every changed matrix" in lora
+    assert "## Its update" not in (run / "results" / "audit" / "n0.md").read_text()
 
 
 def test_lint_is_clean(run):
@@ -139,5 +148,11 @@ def test_report_shows_every_plot_in_chromium(run, tmp_path):
     assert where["results/plots/discrimination/noise.png"] == ("noise", "series figures")
     assert where["results/audit/r1.html"] == ("baseline", "r1")
     assert where["results/zoo/summary.html"] == ("Zoo", "summary")
+    # fine-tunes and adapters, and training trajectories, have a category each
+    for model in ("ft", "lora"):
+        assert where[f"results/audit/{model}.html"] == ("Fine-tunes and adapters", model)
+        assert where[f"results/plots/esd/{model}/net.0.png"] == ("Fine-tunes and adapters", model)
+    for figure in ("metrics_vs_step", "alpha_heatmap"):
+        assert where[f"results/plots/trajectory/run/{figure}.png"] == ("Trajectories", "run")
     downloads = {entry["download"] for entry in shown if "download" in entry}
-    assert downloads == {"models.tsv", "regressions.tsv", "discrimination.tsv", "audit.tsv"}
+    assert downloads == {"models.tsv", "regressions.tsv", "discrimination.tsv", "audit.tsv", "trajectories.tsv"}
