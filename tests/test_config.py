@@ -167,7 +167,7 @@ def test_every_row_is_checked_when_the_sheet_is_read(tmp_path):
     problems = str(info.value).splitlines()[1:]
     assert problems == [
         "  - row 2: model 'a': unknown option column 'dropout'; valid option columns: channels, depth, width, "
-        "label_noise, epochs, lr, batch_size, seed",
+        "label_noise, epochs, lr, batch_size, seed, classes, stop_epoch, lora_rank, lora_alpha",
         "  - row 3: model 'b': option column 'width' does not apply to torchvision: sources; they take none",
         "  - row 4: model 'c': unknown architecture 'resnet'; valid architectures: cnn, lenet, mlp",
         "  - row 5: model 'd': column 'label_noise' must be in [0, 1], got 1.5",

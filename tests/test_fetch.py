@@ -433,6 +433,7 @@ def test_unknown_source(text):
         parse_source(text, model="x")
     assert str(error.value) == (
         f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, peft:PATH, "
+        "finetune:full|lora, "
         "torchvision:NAME[@WEIGHTS], timm:NAME, hf:REPO[@REVISION]"
     )
 

@@ -18,9 +18,9 @@ from zooscope.sources.base import SourceKind
 KIND_MODULES = (
     "zooscope.sources.file",
     "zooscope.sources.train",
-    "zooscope.sources.finetune",
     "zooscope.sources.random",
     "zooscope.sources.peft",
+    "zooscope.sources.finetune",
     "zooscope.sources.torchvision",
     "zooscope.sources.timm",
     "zooscope.sources.hf",
