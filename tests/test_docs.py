@@ -209,6 +209,7 @@ def _output_columns() -> dict[str, tuple[str, ...]]:
     from zooscope.analysis.delta import DELTA_COLUMNS, DELTA_METRICS
     from zooscope.analysis.metrics import LAYER_COLUMNS
     from zooscope.analysis.regression import REGRESSION_COLUMNS
+    from zooscope.analysis.trajectory import TRAJECTORY_COLUMNS
     from zooscope.sources.coverage import COVERAGE_COLUMNS
 
     return {
@@ -216,10 +217,11 @@ def _output_columns() -> dict[str, tuple[str, ...]]:
         "models.tsv": (*MODEL_COLUMNS, "base", *DELTA_METRICS),
         "coverage.tsv": COVERAGE_COLUMNS,
         "regressions.tsv": REGRESSION_COLUMNS,
+        "trajectories.tsv": TRAJECTORY_COLUMNS,
     }
 
 
-@pytest.mark.parametrize("table", ["layers.tsv", "models.tsv", "coverage.tsv", "regressions.tsv"])
+@pytest.mark.parametrize("table", ["layers.tsv", "models.tsv", "coverage.tsv", "regressions.tsv", "trajectories.tsv"])
 def test_every_output_column_is_documented(table):
     """Every column the code writes to the table has a row in a column reference of docs/."""
     documented = set().union(*_documented_columns().values())
