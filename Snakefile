@@ -56,15 +56,24 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        "results/zoo/models.tsv",
-        "results/zoo/regressions.tsv",
+        f"{RESULTS}/models.tsv",
+        f"{RESULTS}/regressions.tsv",
         expand("results/plots/esd/{model}", model=MODELS),
-        expand("results/plots/series/{series}", series=SERIES),
-        expand("results/plots/jacobian/{series}", series=JACOBIAN_SERIES),
-        "results/zoo/discrimination.tsv",
-        "results/plots/discrimination",
-        "results/zoo/audit.tsv",
-        "results/zoo/summary.html",
+        expand(f"{RESULTS}/plots/series/{{series}}", series=SERIES),
+        expand(f"{RESULTS}/plots/jacobian/{{series}}", series=JACOBIAN_SERIES),
+        f"{RESULTS}/discrimination.tsv",
+        f"{RESULTS}/plots/discrimination",
+        f"{RESULTS}/audit.tsv",
+        f"{RESULTS}/summary.html",
         expand("results/plots/trajectory/{series}", series=TRAJECTORIES),
-        ["results/zoo/trajectories.tsv"] if TRAJECTORIES else [],
+        [f"{RESULTS}/trajectories.tsv"] if TRAJECTORIES else [],
     default_target: True
+
+
+# The run summary and the exit status (finish_run in rules/common.smk).
+onsuccess:
+    finish_run(errored=False)
+
+
+onerror:
+    finish_run(errored=True)

@@ -5,16 +5,16 @@ rule aggregate:
         jacobian=expand("results/jacobian/{model}/summary.json", model=JACOBIAN_MODELS),
     output:
         models=report(
-            "results/zoo/models.tsv", caption="../report/models.rst", category="Zoo", subcategory="tables"
+            f"{RESULTS}/models.tsv", caption="../report/models.rst", category="Zoo", subcategory="tables"
         ),
         regressions=report(
-            "results/zoo/regressions.tsv", caption="../report/regressions.rst", category="Zoo", subcategory="tables"
+            f"{RESULTS}/regressions.tsv", caption="../report/regressions.rst", category="Zoo", subcategory="tables"
         ),
     params:
         fit=RUN.fit.as_dict(),
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/aggregate.log",
+        f"logs/{ZOO}/aggregate.log",
     script:
         "../scripts/aggregate.py"

@@ -2,9 +2,11 @@
 # zooscope.zoo.ZooRow), and the input functions of every rule. Parsed by every job: keep it cheap
 # (no numpy/torch here). Rules pass settings in their plain form (as_dict()); scripts rebuild them.
 import re
+import sys
 from pathlib import Path
 
 from zooscope.config import load_schema, run_config
+from zooscope.failures import attempt, results_folder
 from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
 from zooscope.zoo import read_zoo_sheet, trajectory_series
 
@@ -32,6 +34,10 @@ TRAJECTORY_CATEGORY = "Trajectories"
 def model_category(model):
     row = MODELS[model]
     return FINETUNE_CATEGORY if row.base is not None else row.series
+# One results folder per zoo (docs/failures.md): its tables and figures under RESULTS, its
+# zoo-wide logs under logs/ZOO; per-model results (resources/models, results/esd, results/metrics,
+# results/jacobian, results/plots/esd) are shared by every zoo of the working directory.
+ZOO, RESULTS = results_folder(ZOO_SHEET, RUN.results)
 # Esd shards per model (zoo column `shards`, else config `esd.shard_mb`; zooscope.resources). An
 # adapter's weights are its base's size, unknown before the fetch: sized by its column alone.
 SHARDS = {
@@ -54,6 +60,11 @@ def file_source_input(wildcards):
 
 def trajectory_models(wildcards):
     return TRAJECTORIES[wildcards.series]
+def attempt_of(output):
+    """The `attempt` parameter of a per-model rule whose JSON output is `output` (a pattern of
+    the wildcards): a failure record there asks for the next attempt, which Snakemake's params
+    rerun trigger turns into a retry (zooscope.failures, docs/failures.md)."""
+    return lambda wildcards: attempt(output.format(**wildcards))
 
 
 def series_models(wildcards):
@@ -148,3 +159,15 @@ def jacobian_data_input(wildcards):
     missing path is left to the job to report (as for file: sources)."""
     path = MODELS[wildcards.model].data.path  # None: the built-in digits
     return [str(path)] if path is not None and path.exists() else []
+
+
+# The run summary (zooscope.report.run_summary): every failed model and every model with failed
+# or skipped layers, on the console and in logs/{zoo}/run-summary.txt; it sets the exit status.
+def finish_run(errored):
+    from zooscope.report.run_summary import run_summary, write_summary
+
+    summary = run_summary(ZOO, MODELS, lambda model: f"results/metrics/{model}/summary.json",
+                          on_layer_failure=RUN.on_layer_failure, errored=errored)
+    status = write_summary(summary, f"logs/{ZOO}/run-summary.txt")
+    if status and not errored:
+        sys.exit(status)

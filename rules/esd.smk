@@ -17,6 +17,7 @@ rule esd_shard:
         shard=r"[1-9][0-9]*-of-[1-9][0-9]*",
     params:
         esd=RUN.esd.settings.as_dict(),
+        attempt=attempt_of("results/esd/{model}/shards/{shard}.json"),
     conda:
         "../envs/numeric.yaml"
     log:
@@ -41,6 +42,7 @@ rule esd:
     params:
         esd=RUN.esd.settings.as_dict(),
         delta_top_k=esd_delta_top_k,
+        attempt=attempt_of("results/esd/{model}/index.json"),
     conda:
         "../envs/numeric.yaml"
     log:

@@ -12,6 +12,7 @@ rule fetch:
         # config select filled in): a data set, a shard count or (but for an adapter) a base given
         # to a model must not refetch (retrain) it.
         row=lambda wildcards: MODELS[wildcards.model].fetch_form(),
+        attempt=attempt_of("resources/models/{model}/meta.json"),
     conda:
         "../envs/torch.yaml"
     log:

@@ -8,6 +8,7 @@ rule fit:
         coverage="results/metrics/{model}/coverage.tsv",
     params:
         fit=RUN.fit.as_dict(),
+        attempt=attempt_of("results/metrics/{model}/summary.json"),
     conda:
         "../envs/numeric.yaml"
     log:

@@ -16,6 +16,7 @@ rule jacobian:
         settings=RUN.jacobian.as_dict(),
         # of the fit settings only this one: a fit option must not rerun the Jacobian stage
         min_evals=RUN.fit.min_evals,
+        attempt=attempt_of("results/jacobian/{model}/summary.json"),
     conda:
         "../envs/torch.yaml"
     log:
@@ -40,7 +41,7 @@ rule plot_jacobian:
         ),
     output:
         report(
-            directory("results/plots/jacobian/{series}"),
+            directory(f"{RESULTS}/plots/jacobian/{{series}}"),
             patterns=["{name}.png"],
             caption="../report/jacobian.rst",
             category="{series}",
@@ -52,6 +53,6 @@ rule plot_jacobian:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/plots/jacobian/{series}.log",
+        f"logs/{ZOO}/plots/jacobian/{{series}}.log",
     script:
         "../scripts/plot_jacobian.py"

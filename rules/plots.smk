@@ -24,11 +24,11 @@ rule plot_series:
         layers=lambda wildcards: expand(
             "results/metrics/{model}/layers.tsv", model=series_models(wildcards)
         ),
-        models="results/zoo/models.tsv",
-        regressions="results/zoo/regressions.tsv",
+        models=f"{RESULTS}/models.tsv",
+        regressions=f"{RESULTS}/regressions.tsv",
     output:
         report(
-            directory("results/plots/series/{series}"),
+            directory(f"{RESULTS}/plots/series/{{series}}"),
             patterns=["{name}.png"],
             caption="../report/series.rst",
             category="{series}",
@@ -41,6 +41,6 @@ rule plot_series:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/plots/series/{series}.log",
+        f"logs/{ZOO}/plots/series/{{series}}.log",
     script:
         "../scripts/plot_series.py"

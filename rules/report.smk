@@ -7,18 +7,18 @@
 
 rule discrimination:
     input:
-        models="results/zoo/models.tsv",
+        models=f"{RESULTS}/models.tsv",
         metas=expand("resources/models/{model}/meta.json", model=MODELS),
     output:
         table=report(
-            "results/zoo/discrimination.tsv",
+            f"{RESULTS}/discrimination.tsv",
             caption="../report/discrimination.rst",
             category="Zoo",
             subcategory="tables",
         ),
         # one figure per label-noise series, shown with that series' figures
         plots=report(
-            directory("results/plots/discrimination"),
+            directory(f"{RESULTS}/plots/discrimination"),
             patterns=["{series}.png"],
             caption="../report/noise_ladder.rst",
             category="{series}",
@@ -28,7 +28,7 @@ rule discrimination:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/discrimination.log",
+        f"logs/{ZOO}/discrimination.log",
     script:
         "../scripts/discrimination.py"
 
@@ -37,29 +37,29 @@ rule discrimination:
 # cheaper than a job per model (each job pays the interpreter's start-up).
 rule audit:
     input:
-        discrimination="results/zoo/discrimination.tsv",
-        models="results/zoo/models.tsv",
+        discrimination=f"{RESULTS}/discrimination.tsv",
+        models=f"{RESULTS}/models.tsv",
         metas=expand("resources/models/{model}/meta.json", model=MODELS),
         layers=expand("results/metrics/{model}/layers.tsv", model=MODELS),
         layer_lists=expand("resources/models/{model}/layers.json", model=MODELS),
     output:
         table=report(
-            "results/zoo/audit.tsv",
+            f"{RESULTS}/audit.tsv",
             caption="../report/audit.rst",
             category="Zoo",
             subcategory="tables",
         ),
-        summary_md="results/zoo/summary.md",
+        summary_md=f"{RESULTS}/summary.md",
         summary_html=report(
-            "results/zoo/summary.html",
+            f"{RESULTS}/summary.html",
             caption="../report/summary.rst",
             category="Zoo",
             subcategory="summary",
         ),
-        cards=expand("results/audit/{model}.md", model=MODELS),
+        cards=expand(f"{RESULTS}/audit/{{model}}.md", model=MODELS),
         card_pages=[
             report(
-                f"results/audit/{model}.html",
+                f"{RESULTS}/audit/{model}.html",
                 caption="../report/audit_card.rst",
                 category=model_category(model),
                 subcategory=model,
@@ -75,6 +75,6 @@ rule audit:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/audit.log",
+        f"logs/{ZOO}/audit.log",
     script:
         "../scripts/audit.py"

@@ -37,7 +37,7 @@ rule trajectories:
         expand("results/trajectories/{series}.tsv", series=TRAJECTORIES),
     output:
         report(
-            "results/zoo/trajectories.tsv",
+            f"{RESULTS}/trajectories.tsv",
             caption="../report/trajectories.rst",
             category="Zoo",
             subcategory="tables",
@@ -45,6 +45,6 @@ rule trajectories:
     conda:
         "../envs/numeric.yaml"
     log:
-        "logs/trajectories.log",
+        f"logs/{ZOO}/trajectories.log",
     script:
         "../scripts/trajectories.py"

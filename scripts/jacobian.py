@@ -1,7 +1,11 @@
 from zooscope import io
-from zooscope.jobs import job
+from zooscope.failures import write_failed_jacobian
+from zooscope.jobs import run_model_job
 
-with job(snakemake, name="jacobian") as log:
+output = snakemake.output
+
+
+def body(log):
     import torch
 
     from zooscope.config import JacobianSettings
@@ -18,10 +22,21 @@ with job(snakemake, name="jacobian") as log:
                             min_evals=snakemake.params.min_evals)
     log.info("%s: %d of %d samples of %s, %s route, %d gradient passes", meta["model"], len(samples.y),
              samples.total, samples.source, result.route, result.passes)
-    io.write_tsv(snakemake.output.layers, result.layers)
-    write_spectra(snakemake.output.spectra, result.spectra)
-    io.write_json(snakemake.output.summary, {
+    io.write_tsv(output.layers, result.layers)
+    write_spectra(output.spectra, result.spectra)
+    io.write_json(output.summary, {
         "model": meta["model"], "data": samples.source, "num_samples": len(samples.y),
         "data_total": samples.total, "route": result.route, "passes": result.passes,
         "loss": result.loss, "accuracy": result.accuracy, "metrics": result.metrics,
     })
+
+
+def write_failed(failure):
+    from zooscope.jacobian.compute import JACOBIAN_LAYER_COLUMNS
+
+    write_failed_jacobian(output.layers, output.summary, output.spectra, snakemake.wildcards.model,
+                          JACOBIAN_LAYER_COLUMNS, failure)
+
+
+run_model_job(snakemake, name="jacobian", stage="jacobian", body=body, record=output.summary,
+              upstream=[snakemake.input.meta], write_failed=write_failed)

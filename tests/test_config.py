@@ -68,7 +68,7 @@ def test_bad_config_names_the_source_and_each_field():
     assert message.startswith("config.yaml")
     assert "field 'esd.conv2d'" in message and "'blocks'" in message
     assert "field 'fit.min_evals'" in message
-    assert "'typo' was unexpected" in message
+    assert "unknown key 'typo'; valid keys: " in message and "fit" in message
     with pytest.raises(ConfigError, match="'zoo' is a required property"):
         validate_config({}, CONFIG_SCHEMA)
     with pytest.raises(ConfigError, match="field 'fit.fingers'") as info:
@@ -109,6 +109,14 @@ def test_readme_config_table_is_generated_from_the_schema():
     rows = [line for line in table.splitlines()[2:]]
     assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 31
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
+def test_config_typos_get_the_closest_key():
+    with pytest.raises(ConfigError) as info:
+        validate_config({"zoo": "z.tsv", "fit": {"min_eval": 3, "flor": 1e-5}, "on_layer_fail": "warn"},
+                        CONFIG_SCHEMA)
+    message = str(info.value)
+    assert "unknown key 'min_eval' in 'fit'; did you mean 'min_evals'?" in message
+    assert "unknown key 'flor' in 'fit'; did you mean 'floor'?" in message
+    assert "unknown key 'on_layer_fail'; did you mean 'on_layer_failure'?" in message
 
 
 def test_zoo_sheet_rows_and_options(tmp_path):
@@ -126,7 +134,8 @@ def test_zoo_sheet_rows_and_options(tmp_path):
 @pytest.mark.parametrize("row, fragments", [
     ("../evil|s|train:mlp|", ["row 2", "model '../evil'", "field 'model'"]),
     ("a/b|s|train:mlp|", ["row 2", "field 'model'"]),
-    ("a|s|hub:x|", ["row 2", "field 'source'"]),
+    ("a|s|hub:x|", ["row 2", "unknown source 'hub:x'", "a source is one of: file:PATH (e.g. "]),
+    ("a|s|tim:resnet50|", ["row 2", "did you mean timm:NAME"]),
     ("a|s|train:mlp|high", ["row 2", "field 'accuracy'", "'high'"]),
     ("a|s|train:mlp|120", ["row 2", "field 'accuracy'"]),
     ("a||train:mlp|", ["row 2", "'series'"]),

@@ -431,16 +431,22 @@ def test_parse_source(text, expected):
 def test_unknown_source(text):
     with pytest.raises(RowError) as error:
         parse_source(text, model="x")
-    assert str(error.value) == (
-        f"unknown source {text!r} for model 'x'; valid sources: file:PATH, train:ARCH, random:ARCH, peft:PATH, "
-        "finetune:full|lora, "
-        "torchvision:NAME[@WEIGHTS], timm:NAME, hf:REPO[@REVISION]"
-    )
+    message = str(error.value)
+    assert message.startswith(f"unknown source {text!r} for model 'x'; ")
+    # every kind, with an example of it, in the registry's order
+    listed = "a source is one of: " + ", ".join(f"{syntax} (e.g. {example})" for syntax, example in [
+        ("file:PATH", "file:weights/model.safetensors"), ("train:ARCH", "train:mlp"), ("random:ARCH", "random:cnn"),
+        ("peft:PATH", "peft:adapters/my-lora"), ("finetune:full|lora", "finetune:lora"),
+        ("torchvision:NAME[@WEIGHTS]", "torchvision:resnet50@IMAGENET1K_V1"),
+        ("timm:NAME", "timm:resnet50.a1_in1k"), ("hf:REPO[@REVISION]", "hf:openai-community/gpt2@main")])
+    assert message.endswith(listed)
+    # a kind misspelt or without its argument: the closest kind first
+    assert ("did you mean train:ARCH (e.g. train:mlp)?" in message) == text.startswith("train")
 
 
 def test_unknown_source_through_fetch(tmp_path):
     row = {"model": "x", "series": "s", "source": "foo:bar", "accuracy": None}
-    with pytest.raises(RowError, match=r"unknown source 'foo:bar' for model 'x'; valid sources: "):
+    with pytest.raises(RowError, match=r"unknown source 'foo:bar' for model 'x'; a source is one of: file:PATH "):
         fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
 
 

@@ -25,7 +25,7 @@ def test_jacobian_stage(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "--cores", "2", "results/zoo/models.tsv", "results/plots/jacobian/s"],
+         "--cores", "2", "results/zoo/models.tsv", "results/zoo/plots/jacobian/s"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -38,7 +38,7 @@ def test_jacobian_stage(tmp_path):
                             "hessian/weights"}
     assert list(spectra["gram/net.0"].shape) == [layers.loc[0, "rank"]]
     # the series' figures: its three models with data side by side
-    figures = tmp_path / "results" / "plots" / "jacobian" / "s"
+    figures = tmp_path / "results" / "zoo" / "plots" / "jacobian" / "s"
     assert sorted(p.name for p in figures.glob("*.png")) == [
         "hessian.png", "input_output.png", "jacobian_diag.png", "jacobian_esd.png"]
     models = pd.read_csv(tmp_path / "results" / "zoo" / "models.tsv", sep="\t").set_index("model")

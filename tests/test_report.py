@@ -82,7 +82,7 @@ def test_audit_cards_and_summary_say_it_in_words(run):
         assert (f"`{row.metric}` (tau" in exact) == bool(row.separates), row.metric
     audit = pd.read_csv(run / "results" / "zoo" / "audit.tsv", sep="\t").set_index("model")
     for model in ("n0", "n50", "n100", "r1"):
-        card = (run / "results" / "audit" / f"{model}.md").read_text()
+        card = (run / "results" / "zoo" / "audit" / f"{model}.md").read_text()
         counts = audit.loc[model]
         assert card.startswith(f"# Audit card: {model}\n")
         assert (f"well-trained {counts.num_well_trained}, under-trained {counts.num_under_trained}, "
@@ -144,9 +144,9 @@ def test_report_shows_every_plot_in_chromium(run, tmp_path):
     assert sorted(entry["path"] for entry in images) == drawn
     where = {entry["path"]: (entry["category"], entry["subcategory"]) for entry in shown if "path" in entry}
     assert where["results/plots/esd/n50/net.0.rand.png"] == ("noise", "n50")
-    assert where["results/plots/series/noise/correlation_flow.png"] == ("noise", "series figures")
-    assert where["results/plots/discrimination/noise.png"] == ("noise", "series figures")
-    assert where["results/audit/r1.html"] == ("baseline", "r1")
+    assert where["results/zoo/plots/series/noise/correlation_flow.png"] == ("noise", "series figures")
+    assert where["results/zoo/plots/discrimination/noise.png"] == ("noise", "series figures")
+    assert where["results/zoo/audit/r1.html"] == ("baseline", "r1")
     assert where["results/zoo/summary.html"] == ("Zoo", "summary")
     # fine-tunes and adapters, and training trajectories, have a category each
     for model in ("ft", "lora"):

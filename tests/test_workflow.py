@@ -1,5 +1,6 @@
 """Workflow tests: the real snakemake CLI on a tiny zoo in a temporary working directory."""
 import base64
+import json
 import os
 import shutil
 import signal
@@ -83,7 +84,7 @@ def test_run_produces_every_artifact(finished_run):
         "head.weight": {"shape": "10x90", "dtype": "F32", "analysed": False, "reason": "below min_evals"},
     }
     for series in ("files", "baseline", "trained"):
-        assert (w / "results" / "plots" / "series" / series / "correlation_flow.png").is_file()
+        assert (w / "results" / "zoo" / "plots" / "series" / series / "correlation_flow.png").is_file()
 
 
 def test_models_and_regressions_tables(finished_run):
@@ -155,7 +156,7 @@ def test_identical_inputs_give_byte_identical_tables(finished_run, tmp_path):
     snakemake(second, "--cores", "1")
     for table in ("results/zoo/models.tsv", "results/zoo/regressions.tsv",
                   "results/metrics/tiny/layers.tsv", "results/metrics/file1/layers.tsv",
-                  "results/zoo/discrimination.tsv", "results/zoo/audit.tsv", "results/audit/tiny.md"):
+                  "results/zoo/discrimination.tsv", "results/zoo/audit.tsv", "results/zoo/audit/tiny.md"):
         assert (finished_run / table).read_bytes() == (second / table).read_bytes(), table
 
 
@@ -189,10 +190,15 @@ def test_bad_models_fail_alone_with_a_clear_message(tmp_path):
     assert "corrupt" in output and "corrupt.safetensors" in output
     for model in ("file0", "file1", "file2", "rand", "tiny"):
         assert (workdir / "results" / "metrics" / model / "summary.json").is_file()
-    for model in ("missing", "corrupt", "nolayers"):
-        assert not (workdir / "resources" / "models" / model / "model.safetensors").exists()
     assert "'nolayers': no analysable weight in file:weights/norms.pt" in output
     assert "norms.pt): 3 tensors: 0 analysed; left out: 1 bias, 1 norm, 1 integer buffer" in output
+    # the failed models are records (zooscope.failures), without weights, listed in the zoo table
+    models = pd.read_csv(workdir / "results" / "zoo" / "models.tsv", sep="\t", keep_default_na=False).set_index("model")
+    for model in ("missing", "corrupt", "nolayers"):
+        meta = json.loads((workdir / "resources" / "models" / model / "meta.json").read_text())
+        assert meta["failed"]["stage"] == "fetch" and model in meta["failed"]["reason"]
+        assert (workdir / "resources" / "models" / model / "model.safetensors").stat().st_size == 16
+        assert models.loc[model, "status"] == "failed" and models.loc[model, "failed_stage"] == "fetch"
     # bad layers become rows with a status and a reason; the model itself completes
     layers = pd.read_csv(workdir / "results" / "metrics" / "degenerate" / "layers.tsv", sep="\t",
                          keep_default_na=False).set_index("layer")

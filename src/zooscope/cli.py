@@ -51,7 +51,7 @@ def _add_regress_arguments(parser: argparse.ArgumentParser) -> None:
         "(.gz etc. also read). Needs the columns 'model' (name), 'series' (architecture "
         "series the model is compared within), 'accuracy' (reported accuracy, e.g. top-1 in "
         "percent) and one numeric column per metric; empty cells are missing values. "
-        "For example results/zoo/models.tsv, or metrics published by others.",
+        "For example results/{zoo}/models.tsv, or metrics published by others.",
     )
     parser.add_argument(
         "-o",

@@ -148,6 +148,10 @@ class RunConfig:
     threads: Threads = Threads()
     # Config group select: the layer selection of every model (zooscope.sources.selection)
     select: Selection = Selection()
+    # the zoo's results folder (None: results/ and the sheet's stem; zooscope.failures.results_folder)
+    results: str | None = None
+    # warn | fail: whether a failed layer fails the run (zooscope.report.run_summary)
+    on_layer_failure: str = "warn"
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
@@ -161,6 +165,8 @@ class RunConfig:
             jacobian=JacobianSettings(**config["jacobian"]),
             threads=Threads(**config["threads"]),
             select=parse_selection(config["select"]),
+            results=config["results"],
+            on_layer_failure=config["on_layer_failure"],
         )
 
 
@@ -233,8 +239,24 @@ def describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "required":
         return error.message
     if error.validator == "additionalProperties":
-        return f"unknown key: {error.message}"
+        return _unknown_keys(error, field)
     return f"field '{field}': {error.message}"
+
+
+def _unknown_keys(error: jsonschema.ValidationError, field: str) -> str:
+    """'unknown key min_eval, did you mean min_evals?': each unexpected key with the closest
+    valid key of its level (difflib), else the valid keys."""
+    import difflib
+
+    valid = sorted(error.schema.get("properties", {}))
+    where = f" in '{field}'" if field else ""
+    parts = []
+    for key in sorted(set(error.instance) - set(valid), key=str):
+        close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+        parts.append(f"unknown key '{key}'{where}; did you mean '{close[0]}'?" if close
+                     else f"unknown key '{key}'{where}; valid keys: {', '.join(valid)}")
+    return "; ".join(parts) or f"unknown key: {error.message}"
+
 
 
 # ----------------------------------------------------------------------------- README's table

@@ -16,7 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # Tables are written with this float format so that the same inputs give byte-identical files.
 FLOAT_FORMAT = "%.12g"
@@ -31,6 +31,9 @@ def safe_filename(name: Any) -> str:
     """
     cleaned = _UNSAFE_CHARACTERS.sub("_", str(name)) or "_"
     return "_" + cleaned[1:] if cleaned[0] in ".-" else cleaned
+# Called before every rename into place (zooscope.jobs sets it): raises when the snakemake process
+# that started the job is gone, so a job orphaned by a killed run never completes an output.
+before_replace: Callable[[], None] | None = None
 
 
 @contextlib.contextmanager
@@ -47,6 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

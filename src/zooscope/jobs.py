@@ -1,17 +1,39 @@
 """What every rule script shares: logging into the rule's log file, CPU threads pinned to the
-rule's ``threads`` (so ``--cores all`` never oversubscribes the machine with BLAS threads), and the
-job's peak memory (:func:`peak_rss`, the one reading of it: job logs and benchmarks)."""
+rule's ``threads`` (so ``--cores all`` never oversubscribes the machine with BLAS threads), the
+job's peak memory (:func:`peak_rss`, the one reading of it: job logs and benchmarks), and, for the
+per-model stages, a model's failure turned into a failure record (zooscope.failures).
+
+Messages are read once (docs/failures.md): an error's one-line reason goes to the console
+(stderr) once, its traceback only into the job's log file.
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
+import json
+import os
 import re
 import resource
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
+from zooscope import io
+from zooscope.failures import Failure, attempt, count_failure, first_failure
+
+log = logging.getLogger("zooscope")
+# Exit statuses of the worker process of a per-model job (run_model_job).
+_FAILED, _INTERRUPTED = 3, 130
+# How often the job checks that its snakemake process is alive (seconds).
+WATCH_INTERVAL = 0.2
+#: An environment variable: a cap (MB) on the memory each per-model job's work may map beyond what
+#: the job holds when its work starts (interpreter, imports: RLIMIT_AS set to that plus the cap),
+#: so that a model too large for the machine fails as a model (MemoryError) instead of drawing
+#: the kernel's out-of-memory killer onto the whole machine.
+MEMORY_LIMIT_ENV = "ZOOSCOPE_JOB_MEMORY_LIMIT_MB"
 _STATUS = Path("/proc/self/status")
 
 
@@ -34,40 +56,243 @@ def peak_rss() -> int:
     return usage if sys.platform == "darwin" else usage * 1024
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """The console's line: the message, never the traceback (that goes to the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(record)
+
+
+class _FileOnly(logging.Filter):
+    """Records logged with ``extra={"file_only": True}`` stay out of the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
+
+
+def _wildcards(snakemake) -> str:
+    return ", ".join(f"{k}={v}" for k, v in snakemake.wildcards.items())
+
+
+@contextlib.contextmanager
+def _logging(snakemake, name: str) -> Iterator[logging.Logger]:
+    log.setLevel(logging.INFO)
+    pattern = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(_ConsoleFormatter(pattern))
+    console.addFilter(_FileOnly())
+    handlers: list[logging.Handler] = [console]
+    if snakemake.log:
+        file_handler = logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(pattern))
+        handlers.append(file_handler)
+    for handler in handlers:
+        log.addHandler(handler)
+    started = time.perf_counter()
+    # which code ran: with two checkouts, each workflow's jobs run its own (the Snakefile)
+    log.info("%s (%s) with %d thread(s), zooscope from %s", name, _wildcards(snakemake), snakemake.threads,
+             Path(__file__).resolve().parent)
+    _WORKER_PEAK[0] = 0
+    try:
+        yield log
+    finally:
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # the whole process: start-up and imports too
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # a per-model job's worker
+        log.info("%s (%s) took %.1f s; process CPU %.1f s user, %.1f s system; peak RSS %.2f GiB",
+                 name, _wildcards(snakemake), time.perf_counter() - started, usage.ru_utime + children.ru_utime,
+                 usage.ru_stime + children.ru_stime, max(peak_rss(), _WORKER_PEAK[0]) / 2**30)
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+
+
+# The peak RSS of the job's worker (a per-model job), which the worker reports when it ends.
+_WORKER_PEAK = [0]
+
+
+class ParentGone(RuntimeError):
+    """The process that started this one died: nothing more is renamed into place."""
+
+
+def _guard_outputs() -> None:
+    """From now on, an output is renamed into place only while this process's parent (snakemake,
+    or for a worker the job's process) is alive (zooscope.io.before_replace)."""
+    parent = os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:
+            raise ParentGone(f"the process {parent} that started this job is gone: output not written")
+
+    io.before_replace = check
+
+
+def _log_hint(snakemake) -> str:
+    return f" (traceback: {snakemake.log[0]})" if snakemake.log else ""
+
+
 @contextlib.contextmanager
 def job(snakemake, *, name: str) -> Iterator[logging.Logger]:
-    """Run a rule script's body with logging to ``snakemake.log[0]`` and stderr.
+    """Run a zoo-level rule script's body with logging to ``snakemake.log[0]`` and stderr.
 
-    An exception is logged with its message (which names the model and layer) and re-raised, so
-    Snakemake marks the job failed and removes its outputs.
+    An exception is logged (its reason on the console, its traceback in the log file) and the
+    job exits with status 1, so Snakemake marks it failed and removes its outputs.
     """
     from threadpoolctl import threadpool_limits
 
-    logger = logging.getLogger("zooscope")
-    logger.setLevel(logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if snakemake.log:
-        handlers.append(logging.FileHandler(snakemake.log[0], mode="w", encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        logger.addHandler(handler)
-    wildcards = ", ".join(f"{k}={v}" for k, v in snakemake.wildcards.items())
-    started = time.perf_counter()
-    # which code ran: with two checkouts, each workflow's jobs run its own (the Snakefile)
-    logger.info("%s (%s) with %d thread(s), zooscope from %s", name, wildcards, snakemake.threads,
-                Path(__file__).resolve().parent)
+    _guard_outputs()
+    with _logging(snakemake, name):
+        try:
+            with threadpool_limits(limits=snakemake.threads):
+                yield log
+        except Exception as error:
+            log.error("%s (%s) failed: %s%s", name, _wildcards(snakemake), error, _log_hint(snakemake),
+                      exc_info=True)
+            raise SystemExit(1) from None
+
+
+def run_model_job(snakemake, *, name: str, stage: str, body: Callable[[logging.Logger], None],
+                  write_failed: Callable[[Failure], None], record: str, upstream: Sequence[str] = (),
+                  cap_memory: bool = False) -> None:
+    """Run a per-model job; a failure of its model becomes a failure record (zooscope.failures).
+
+    ``upstream``: the JSON inputs that may carry an earlier stage's failure record; with one, the
+    job writes its outputs as that record (``write_failed``) without running ``body``. Otherwise
+    ``body`` runs in a forked worker process, so that any way it can fail (an exception, a
+    MemoryError under config's memory cap, the out-of-memory killer's SIGKILL, a crash in native
+    code) is seen by this process, which then writes the failure record, counts the failure of
+    the job whose JSON output is ``record`` (zooscope.failures.count_failure) and exits 0. Ctrl-C (SIGINT) or SIGTERM is an interruption, not a model failure: nothing is
+    written and the job exits non-zero. When the snakemake process that started the job dies,
+    the worker is killed and nothing more is written (docs/failures.md, "Interrupted runs").
+    ``cap_memory``: the worker's memory is capped by MEMORY_LIMIT_ENV when it is set (the numpy
+    stages esd and fit; torch's own libraries map more than a cap sized for a model would allow).
+    """
+    _guard_outputs()
+    with _logging(snakemake, name):
+        failure = first_failure(upstream)
+        if failure is not None:
+            log.info("%s of %s not run: its %s stage failed: %s", name, _wildcards(snakemake), failure.stage,
+                     failure.reason, extra={"file_only": True})
+            write_failed(failure)
+            return
+        status, reason = _run_worker(snakemake, body, cap_memory)
+        if status == "ok":
+            return
+        if status == "interrupted":
+            log.warning("%s (%s) interrupted: %s", name, _wildcards(snakemake), reason)
+            raise SystemExit(_INTERRUPTED)
+        log.error("%s of %s failed: %s%s; the zoo tables list the model as failed and the next run "
+                  "retries it", name, _wildcards(snakemake), reason, _log_hint(snakemake))
+        write_failed(Failure(stage=stage, reason=reason, attempt=attempt(record)))
+        count_failure(record)
+
+
+def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
+    """Fork a worker that runs ``body``; ("ok" | "failed" | "interrupted", reason)."""
+    snakemake_pid = os.getppid()  # the process that started this job (snakemake, here or on a node)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        os.close(read_end)
+        code = _FAILED
+        try:  # the worker never returns into the job's code, whatever happens
+            _die_with_parent()
+            _guard_outputs()
+            code = _worker(snakemake, body, write_end, cap_memory)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if os.getppid() != snakemake_pid:  # snakemake died: this job's outputs are not wanted
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                log.warning("the snakemake process %d that started this job is gone: stopped without "
+                            "writing its outputs", snakemake_pid)
+                os._exit(_INTERRUPTED)
+            time.sleep(WATCH_INTERVAL)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the worker stops too
+        os.waitpid(pid, 0)
+        return "interrupted", "Ctrl-C (SIGINT)"
+    with os.fdopen(read_end, encoding="utf-8", errors="replace") as pipe:
+        try:
+            report = json.loads(pipe.read() or "{}")
+        except ValueError:
+            report = {}
+    reason, _WORKER_PEAK[0] = str(report.get("reason", "")).strip(), int(report.get("peak_rss", 0))
+    if os.WIFEXITED(status):
+        code = os.WEXITSTATUS(status)
+        if code == 0:
+            return "ok", ""
+        if code == _INTERRUPTED:
+            return "interrupted", reason or "interrupted"
+        return "failed", reason or (f"the job's worker exited with status {code} without a Python error "
+                                    "(native code; its own message, if any, is on the console)")
+    number = os.WTERMSIG(status)
+    if number in (signal.SIGINT, signal.SIGTERM):
+        return "interrupted", f"stopped by {signal.Signals(number).name}"
+    name = signal.Signals(number).name
+    hint = " (the kernel's out-of-memory killer, a job memory limit, or kill -9)" if number == signal.SIGKILL else ""
+    return "failed", f"the job was killed by {name}{hint}"
+
+
+def _worker(snakemake, body, write_end: int, cap_memory: bool) -> int:
+    """The worker's body; its exit status. The reason of a failure goes to the parent by a pipe."""
+    from threadpoolctl import threadpool_limits
+
+    limit = os.environ.get(MEMORY_LIMIT_ENV) if cap_memory else None
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     try:
         with threadpool_limits(limits=snakemake.threads):
-            yield logger
-    except Exception as error:
-        logger.error("%s failed (%s): %s", name, wildcards, error, exc_info=True)
-        raise
-    finally:
-        usage = resource.getrusage(resource.RUSAGE_SELF)  # the whole process: start-up and imports too
-        logger.info("%s (%s) took %.1f s; process CPU %.1f s user, %.1f s system; peak RSS %.2f GiB",
-                    name, wildcards, time.perf_counter() - started, usage.ru_utime, usage.ru_stime,
-                    peak_rss() / 2**30)
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
+            if limit:  # a soft limit: lifted again below, to report the failure
+                _start_blas()
+                size = _mapped_bytes() + int(float(limit) * 2**20)
+                resource.setrlimit(resource.RLIMIT_AS, (size if hard == resource.RLIM_INFINITY else min(size, hard),
+                                                        hard))
+            body(log)
+        code, reason = 0, ""
+    except KeyboardInterrupt:
+        code, reason = _INTERRUPTED, "Ctrl-C (SIGINT)"
+    except MemoryError as error:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        cap = f" (the job's work capped at {limit} MB by {MEMORY_LIMIT_ENV})" if limit else ""
+        code, reason = _FAILED, f"out of memory{cap}: {error or 'MemoryError'}"
+        log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
+    except BaseException as error:  # noqa: BLE001 - every failure of the model becomes its record
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        code, reason = _FAILED, str(error) or type(error).__name__
+        log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
+    with os.fdopen(write_end, "w", encoding="utf-8") as pipe:
+        json.dump({"reason": " ".join(reason.split()), "peak_rss": peak_rss()}, pipe)
+    for handler in log.handlers:
+        handler.flush()
+    return code
+
+
+def _start_blas() -> None:
+    """Let the BLAS start its threads and their buffers before a memory cap: OpenBLAS exits the
+    process (no MemoryError) when it cannot allocate them later."""
+    if "numpy" in sys.modules:
+        import numpy as np
+
+        block = np.ones((384, 384))
+        block @ block
+
+
+def _mapped_bytes() -> int:
+    """The process's address space now (Linux: VmSize), 0 where unknown."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            return int(next(line for line in status if line.startswith("VmSize:")).split()[1]) * 1024
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGKILL when the job's process dies (a killed or cancelled job)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

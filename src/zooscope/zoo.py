@@ -164,14 +164,30 @@ def parse_source(text: Any, model: str | None = None) -> tuple[str, str]:
     kind, sep, argument = str(text).strip().partition(":")
     where = f" for model {model!r}" if model is not None else ""
     if not sep or kind not in KINDS or not argument.strip():
-        raise RowError(
-            f"unknown source {text!r}{where}; valid sources: {', '.join(k.syntax for k in KINDS.values())}"
-        )
+        raise RowError(f"unknown source {text!r}{where}; {source_kinds(kind)}")
     argument = argument.strip()
     spec = KINDS[kind]
     if not spec.matches(argument):
         raise RowError(f"invalid source {text!r}{where}; expected {spec.syntax}, e.g. {spec.example}")
     return kind, argument
+
+
+def source_kinds(kind: str = "") -> str:
+    """The sources a sheet may name, each with an example; the closest kind to ``kind`` first."""
+    import difflib
+
+    close = difflib.get_close_matches(kind, list(KINDS), n=1, cutoff=0.6) if kind else []
+    hint = f"did you mean {KINDS[close[0]].syntax} (e.g. {KINDS[close[0]].example})? " if close else ""
+    return hint + "a source is one of: " + ", ".join(f"{k.syntax} (e.g. {k.example})" for k in KINDS.values())
+
+
+def source_problem(text: Any) -> str:
+    """Why a ``source`` cell is invalid, in words (the schema's own message is its regex)."""
+    try:
+        parse_source(text)
+    except RowError as error:
+        return str(error)
+    return f"invalid source {text!r}; {source_kinds()}"
 
 
 def resolve_path(text: str, sheet_dir: str | Path) -> Path:
@@ -375,7 +391,8 @@ def read_zoo_sheet(path: str | Path, schema: Mapping[str, Any]) -> list[ZooRow]:
         cells["accuracy"] = _accuracy_cell(cells.get("accuracy"))
         label = f"row {number} (model '{cells.get('model')}')"
         errors = sorted(validator.iter_errors(cells), key=str)
-        problems += [f"{label}: {config.describe(error)}" for error in errors]
+        problems += [f"{label}: {source_problem(cells['source']) if list(error.absolute_path) == ['source'] else config.describe(error)}"
+                     for error in errors]
         model = cells.get("model")
         if model in seen:
             problems.append(f"{label}: duplicate model id, first used in row {seen[model]}")

@@ -1,4 +1,7 @@
-"""The aggregate stage: one row per model (models.tsv) from each model's meta.json and summary.json."""
+"""The aggregate stage: one row per model (models.tsv) from each model's meta.json and summary.json.
+
+A failed model (zooscope.failures) keeps its row: ``status`` failed, the ``failed_stage`` and the
+``reason``, the sheet's facts (series, source, accuracy) and empty metrics."""
 from __future__ import annotations
 
 import pandas as pd
@@ -6,11 +9,12 @@ import pandas as pd
 from zooscope.analysis.delta import DELTA_METRICS
 from zooscope.analysis.metrics import INTERVAL_COLUMNS, RELIABLE_METRICS, SUMMARY_METRICS
 from zooscope.sources.coverage import COVERAGE_COUNTS
+from zooscope.failures import model_status
 
 # Columns of models.tsv that describe a model rather than measure it.
 MODEL_INFO_COLUMNS = (
     "model", "series", "source", "accuracy", "accuracy_source", "num_params", "num_layers",
-    "num_fitted", "num_skipped", "num_failed", "num_reliable", *COVERAGE_COUNTS,
+    "num_fitted", "num_skipped", "num_failed", "num_reliable", *COVERAGE_COUNTS, "status", "failed_stage", "reason",
 )
 # The per-model metric columns: the means over fitted rows, over reliable rows, and the intervals.
 MODEL_METRICS = (*SUMMARY_METRICS, *RELIABLE_METRICS, *INTERVAL_COLUMNS)
@@ -53,6 +57,7 @@ def models_table(metas: list[dict], summaries: list[dict]) -> pd.DataFrame:
             "num_params": meta.get("num_params"),
             **{key: summary[key] for key in ("num_layers", "num_fitted", "num_skipped", "num_failed", "num_reliable")},
             **(summary.get("coverage") or {}),
+            **dict(zip(("status", "failed_stage", "reason"), model_status(summary))),
             **summary["metrics"],
             **({"base": summary.get("delta", {}).get("base") or ""} if with_base else {}),
         })

@@ -3,7 +3,7 @@
 A series whose models carry a noise level (the ``label_noise`` training option of the zoo row,
 recorded in meta.json under ``options``) is a controlled good-to-bad ladder: the same
 architecture trained on more and more shuffled labels. For every metric of models.tsv and every
-such series, results/zoo/discrimination.tsv gives Kendall's tau-b between the metric and the
+such series, results/{zoo}/discrimination.tsv gives Kendall's tau-b between the metric and the
 noise level (scipy.stats.kendalltau, signed). |tau| = 1 means the metric puts the models in
 exactly the order of their noise level; its sign says whether the metric grows (+) or shrinks
 (-) with noise. Only the order counts, so the table reads the same for a metric and any monotone

@@ -301,7 +301,9 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
         base = {"layer": record["name"], "type": record["type"], "depth": record["depth"],
                 "N": record["N"], "M": record["M"]}
         if record["status"] != "ok":
-            rows.append({**base, "slice": "", "status": record["status"], "reason": record["reason"]})
+            # the eigenvalues a matrix of it would have had: M (N >= M), where its shape is known
+            rows.append({**base, "slice": "", "num_evals": record["M"], "status": record["status"],
+                         "reason": record["reason"]})
             continue
         values = load_eigenvalues(record)
         randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
@@ -384,8 +386,21 @@ def summarize(model: str, rows: Iterable[Mapping], delta: Mapping | None = None,
         "num_skipped": sum(row["status"] == "skipped" for row in rows),
         "num_failed": sum(row["status"] == "failed" for row in rows),
         "num_reliable": len(reliable),
+        "problems": layer_problems(rows),
         "metrics": means,
     }
+
+
+def layer_problems(rows: Iterable[Mapping]) -> dict[str, dict[str, int]]:
+    """The reasons of the rows that were not fitted, counted: {status: {reason: count}}, in
+    sorted order (the run summary lists them, zooscope.report.run_summary)."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            by_reason = counts.setdefault(row["status"], {})
+            reason = row.get("reason") or ""
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    return {status: dict(sorted(reasons.items())) for status, reasons in sorted(counts.items())}
 
 
 def _missing(value) -> bool:

@@ -3,7 +3,7 @@
 For every architecture series and every metric: ordinary least squares of accuracy on the
 metric (statsmodels), with n, slope, intercept, R^2, RMSE, Pearson r, Spearman rho and Kendall
 tau (see docs/method.md, "Per series: regressions against accuracy"). The same function runs on tables this workflow
-made (``results/zoo/models.tsv``) and on any per-model table a user supplies, for example metrics
+made (``results/{zoo}/models.tsv``) and on any per-model table a user supplies, for example metrics
 published by others; :func:`read_models_table` reads such a table.
 
 Conventions:
@@ -56,7 +56,7 @@ __all__ = [
     "read_models_table",
 ]
 
-#: The per-model metric columns the workflow produces (``results/zoo/models.tsv``), in order.
+#: The per-model metric columns the workflow produces (``results/{zoo}/models.tsv``), in order.
 METRIC_COLUMNS: tuple[str, ...] = SUMMARY_METRICS
 
 #: Columns every models table must have.
@@ -67,6 +67,7 @@ REGRESSION_COLUMNS: tuple[str, ...] = (
     "series",
     "metric",
     "n",
+    "num_left_out",
     "slope",
     "intercept",
     "r2",
@@ -93,7 +94,7 @@ MIN_N = 3
 #: Pairs-bootstrap resamples of each regression's R^2 and Kendall tau.
 RESAMPLES = 1000
 
-_STAT_COLUMNS = REGRESSION_COLUMNS[3:-1]  # the float columns; most_influential is text
+_STAT_COLUMNS = REGRESSION_COLUMNS[4:-1]  # the float columns (after num_left_out); most_influential is text
 _PAIRS_PER_BLOCK = 1 << 22  # elements of a block of pairwise sign matrices
 
 
@@ -300,17 +301,23 @@ def regress(models: pd.DataFrame, metrics: Sequence[str] | None = None, *,
     series_text = np.array([str(s) for s in series_col], dtype=object)
     accuracy = _as_float(models["accuracy"])
 
+    # A table with a ``status`` column (models.tsv): failed models are left out, and counted.
+    failed = (models["status"].astype(str) == "failed").to_numpy() if "status" in models else np.zeros(len(models), bool)
+
     rows = []
     for series in sorted(set(series_text[has_series])):
         in_series = has_series & (series_text == series)
-        y = accuracy[in_series]
-        names = models["model"].to_numpy(dtype=object)[in_series]
+        used = in_series & ~failed
+        y = accuracy[used]
+        names = models["model"].to_numpy(dtype=object)[used]
         for metric in chosen:
-            x = _as_float(models[metric])[in_series]
-            rows.append({"series": series, "metric": metric, **regress_one(x, y, names, level=level)})
+            x = _as_float(models[metric])[used]
+            rows.append({"series": series, "metric": metric, **regress_one(x, y, names, level=level),
+                         "num_left_out": int(np.sum(in_series & failed))})
 
     table = pd.DataFrame(rows, columns=list(REGRESSION_COLUMNS))
-    table = table.astype({"series": object, "metric": object, "n": np.int64, "most_influential": object})
+    table = table.astype({"series": object, "metric": object, "n": np.int64, "num_left_out": np.int64,
+                          "most_influential": object})
     table = table.astype({c: np.float64 for c in _STAT_COLUMNS})
     return table.reset_index(drop=True)
 

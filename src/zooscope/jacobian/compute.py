@@ -306,7 +306,7 @@ JACOBIAN_SUMMARY_COLUMNS = (
     "rank", "effective_rank", "lambda_max", "log_spectral_norm", "log_norm", "stable_rank", "alpha",
     "alpha_weighted", "diag_max", "diag_alpha",
 )
-# Every per-model column the stage adds to results/zoo/models.tsv, in order.
+# Every per-model column the stage adds to results/{zoo}/models.tsv, in order.
 JACOBIAN_METRICS = (
     *(f"jac_{column}" for column in JACOBIAN_SUMMARY_COLUMNS),
     "jac_io_alpha", "jac_io_log_spectral_norm", "jac_io_stable_rank", "jac_io_effective_rank",

@@ -1,5 +1,5 @@
 """Per-model audit: layer verdicts, correlation traps and scale collapse, in a table
-(results/zoo/audit.tsv) and in plain words (an audit card per model, and a zoo summary that says
+(results/{zoo}/audit.tsv) and in plain words (an audit card per model, and a zoo summary that says
 which metrics separate each label-noise series, from discrimination.tsv).
 
 Scale collapse (Martin, Peng & Mahoney 2021: GPT against GPT-2, whose layers have smaller spectral norms and larger
@@ -41,7 +41,10 @@ AUDIT_COLUMNS = (
     "model", "series", "num_matrices", *VERDICT_COUNTS.values(), "num_reliable",
     "num_with_traps", "num_traps", "num_collapsed", "scale_collapse", "alpha", "alpha_lo", "alpha_hi",
     "alpha_reliable", "series_median_alpha", "log_spectral_norm", "series_median_log_spectral_norm",
+    "status", "failed_stage", "reason",
 )
+# The columns of models.tsv that say whether a model completed (zooscope.analysis.aggregate).
+STATUS_COLUMNS = ("status", "failed_stage", "reason")
 
 
 def _fitted(layers: pd.DataFrame) -> pd.DataFrame:
@@ -52,12 +55,14 @@ def _fitted(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.DataFrame],
-                intervals: Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
+                intervals: Mapping[str, tuple[float, float]] | None = None,
+                status_of: Mapping[str, tuple[str, str, str]] | None = None) -> pd.DataFrame:
     """One row per model (in the order of ``series_of``: model -> series) with the counts of its
     layer verdicts (layers.tsv's ``verdict``: docs/statistics.md), correlation traps (matrices
     whose shuffled ESD has eigenvalues above its MP bulk, and their total) and scale collapse (see
     the module docstring). ``layers_by_model`` holds each model's layers.tsv; ``intervals`` maps a
-    model to the interval of its mean alpha (models.tsv's alpha_lo, alpha_hi), NaN without."""
+    model to the interval of its mean alpha (models.tsv's alpha_lo, alpha_hi), NaN without;
+    ``status_of`` each model's (status, failed_stage, reason) from models.tsv (None: every model ok)."""
     intervals = intervals or {}
     fitted = {model: _fitted(layers_by_model[model]) for model in series_of}
     references = {}
@@ -93,6 +98,7 @@ def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.D
             "series_median_alpha": ref_alpha,
             "log_spectral_norm": float(np.mean(norm)) if len(frame) else math.nan,
             "series_median_log_spectral_norm": ref_norm,
+            **dict(zip(STATUS_COLUMNS, (status_of or {}).get(model, ("ok", "", "")))),
         })
     return pd.DataFrame(rows, columns=list(AUDIT_COLUMNS))
 
@@ -146,6 +152,8 @@ def verdict_rules(level: float) -> str:
 
 def _verdict(row: Mapping) -> str:
     n = int(row["num_matrices"])
+    if row.get("status") == "failed":
+        return f"This model has no result: its {row['failed_stage']} stage failed ({row['reason']})."
     if n == 0:
         return "No matrix of this model could be fitted, so its spectra say nothing about its training."
     parts = [f"Of its {n} fitted {'matrix' if n == 1 else 'matrices'} (layers, or slices of Conv2D layers): "
@@ -250,7 +258,7 @@ def summary_blocks(audit: pd.DataFrame, discrimination: pd.DataFrame, *,
     blocks.append(("h2", "Good versus bad: which metrics separate the label-noise series"))
     if not noise_series:
         blocks.append(("p", "No series of this zoo has models with a label_noise option, so no metric was "
-                            "tested on a good-versus-bad ladder (results/zoo/discrimination.tsv is empty)."))
+                            "tested on a good-versus-bad ladder (the zoo's discrimination.tsv is empty)."))
     for series in noise_series:
         blocks.append(("ul", discrimination_sentences(discrimination, series)))
     collapsed = audit.loc[audit["scale_collapse"].astype(bool), "model"].tolist()

@@ -16,6 +16,7 @@ same index, the same entries, as one unsharded job writes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -112,8 +113,13 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSe
         rand = (layer_eigenvalues(weight, layer["type"], **matrices, shuffle_seed=shuffle_seed(layer),
                                   device=device)[1]
                 if settings.randomize else None)
+    except MemoryError:  # not the layer's fault: the model fails (zooscope.failures), to be retried
+        raise
     except Exception as error:  # a bad layer becomes a failed row, never a failed model
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
+        with contextlib.suppress(ValueError, IndexError):  # its shape is still known
+            record["N"], record["M"] = spectrum.analysed_shape(
+                layer["shape"], layer["type"], conv2d=settings.conv2d, fft_size=settings.conv2d_fft_size)
         npy_path.unlink(missing_ok=True)
         rand_path.unlink(missing_ok=True)
         return record

@@ -229,6 +229,20 @@ def conv2d_fft_shape(kernel_shape, n: int) -> tuple[int, int]:
     return max(out_channels, in_channels) * n * n, min(out_channels, in_channels) * n * n
 
 
+def analysed_shape(shape, layer_type: str, *, conv2d: str = "slices", fft_size: int | None = None
+                   ) -> tuple[int, int]:
+    """(N, M), N >= M, of the matrices a layer of this weight shape is analysed as (what
+    :func:`layer_matrices` or the ``fft`` method gives), from its shape alone: a layer that
+    fails keeps its shape in layers.tsv."""
+    shape = [int(d) for d in shape]
+    if layer_type == "Conv2d" and conv2d == "fft":
+        return conv2d_fft_shape(shape, conv2d_fft_size(shape, fft_size))
+    rows, cols = shape[0], shape[1]
+    if len(shape) == 4 and layer_type == "Conv2d" and conv2d == "stacked":
+        rows = shape[0] * shape[2] * shape[3]
+    return max(rows, cols), min(rows, cols)
+
+
 def conv2d_fft_eigenvalues(weight: np.ndarray, n: int | None = None, *, normalize: str = "none") -> np.ndarray:
     """Eigenvalues of A^T A for the Conv2d operator A on n x n inputs with circular padding.
 
