@@ -4,7 +4,7 @@ Not run by pytest; reads files only (it runs nothing):
 
     python benchmarks/demo_figures.py [--run DIR]    # DIR: the folder `snakemake --cores all` ran in
 
-It reads DIR/results (zoo/models.tsv, zoo/discrimination.tsv, jacobian/*/summary.json),
+It reads DIR/results (demo/models.tsv, demo/discrimination.tsv, jacobian/*/summary.json),
 DIR/resources/models/*/meta.json (training accuracies), the job logs DIR/logs/**/*.log (each ends
 with "took W s; process CPU U s user, S s system") and the newest DIR/.snakemake/log/*.log (job
 count, elapsed time), and prints, in Markdown, every figure the documentation quotes:
@@ -137,7 +137,7 @@ def jacobian_phases(run: Path, models: list[dict[str, str]]) -> list[str]:
 
 
 def discrimination_figures(run: Path) -> list[str]:
-    rows = read_tsv(run / "results" / "zoo" / "discrimination.tsv")
+    rows = read_tsv(run / "results" / "demo" / "discrimination.tsv")
     lines = ["", "## Metrics that order each label-noise series exactly (|tau| = 1)", ""]
     for series in dict.fromkeys(r["series"] for r in rows):
         mine = [r for r in rows if r["series"] == series]
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the folder the demo ran in (default: this checkout)")
     run = parser.parse_args().run
-    models = read_tsv(run / "results" / "zoo" / "models.tsv")
+    models = read_tsv(run / "results" / "demo" / "models.tsv")
     lines = (run_figures(run) + accuracy_figures(run, models) + label_noise_table(run, models)
              + jacobian_phases(run, models) + discrimination_figures(run))
     print("\n".join(lines))

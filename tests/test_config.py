@@ -8,6 +8,7 @@ import yaml
 
 from conftest import REPO
 from zooscope.config import (
+    RunConfig,
     ConfigError, EsdConfig, EsdSettings, FitSettings, JacobianSettings, Threads, config_table, load_schema, run_config,
     schema_keys, validate_config,
 )
@@ -44,6 +45,8 @@ def test_the_schema_defaults_are_the_dataclasses_defaults():
                      for field in dataclasses.fields(EsdConfig) if field.name != "settings"})
     expected.update({f"select.{field.name}": list(value) if isinstance(value := getattr(Selection(), field.name), tuple)
                      else value for field in dataclasses.fields(Selection)})
+    top = RunConfig(zoo=Path("z.tsv"))
+    expected.update({"results": top.results, "on_layer_failure": top.on_layer_failure})
     assert schema_defaults == expected
     for name, sub in schema_keys(CONFIG_SCHEMA):  # and every key is documented
         assert len(sub.get("description", "")) > 20, name

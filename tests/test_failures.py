@@ -141,7 +141,7 @@ def make_zoo(workdir):
     save_file(healthy(30), str(workdir / "weights" / "pickle.safetensors"))  # the fixes' replacements
     save_file(healthy(31), str(workdir / "weights" / "hub.safetensors"))
     (workdir / "zoo.tsv").write_text(HEADER + "\n".join(rows) + "\n")
-    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nrandomize: false\n")
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nesd:\n  randomize: false\n")
     return workdir
 
 
@@ -173,10 +173,12 @@ def processes_with_open(path: Path) -> dict[int, int]:
     return found
 
 
-def wait_for_worker(log: Path, timeout=120) -> tuple[int, int]:
+def wait_for_worker(log: Path, process, timeout=120) -> tuple[int, int]:
     """(job pid, worker pid) of the per-model job writing ``log``: the worker is its child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"snakemake ended ({process.returncode}) before the job of {log} ran")
         holders = processes_with_open(log.resolve()) if log.exists() else {}
         for pid, parent in holders.items():
             if parent in holders:
@@ -186,9 +188,13 @@ def wait_for_worker(log: Path, timeout=120) -> tuple[int, int]:
 
 
 def dry_run_jobs(workdir, env=None) -> set[tuple[str, str]]:
-    """(rule, model or "") of every job a dry run would run, from its job blocks ("rule NAME:"
-    and, for a job with wildcards, its "wildcards: model=..." line)."""
-    output = snakemake(workdir, "--cores", "2", "-n", env=env).stdout
+    """(rule, model or "") of every job a dry run would run."""
+    return _jobs_of(snakemake(workdir, "--cores", "2", "-n", env=env).stdout)
+
+
+def _jobs_of(output: str) -> set[tuple[str, str]]:
+    """The jobs of a dry run's output, from its job blocks ("rule NAME:" and, for a job with
+    wildcards, its "wildcards: model=..." line)."""
     jobs, job = set(), None
     for line in output.splitlines():
         rule = re.fullmatch(r"(?:local)?rule (\w+):", line.strip())
@@ -211,7 +217,7 @@ def matrix(tmp_path_factory):
     env = run_env(HF_HUB_OFFLINE="1", TORCH_HOME=str(workdir / "torch-home"), **{MEMORY_LIMIT_ENV: str(MEMORY_CAP_MB)})
     process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env=env)
-    _, worker = wait_for_worker(workdir / "logs" / "fetch" / "killed.log")
+    _, worker = wait_for_worker(workdir / "logs" / "fetch" / "killed.log", process)
     os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer would
     output, _ = process.communicate(timeout=600)
     return workdir, process.returncode, output
@@ -311,6 +317,23 @@ def test_after_the_fixed_run_every_model_completed_and_nothing_is_left(fixed):
 # ------------------------------------------------------------------------------------- units
 
 
+def test_the_failure_counter_is_the_attempt_parameter(tmp_path):
+    from zooscope.failures import FAILED, attempt, count_failure, counter_path, model_status, read_failure
+
+    output = tmp_path / "meta.json"
+    assert attempt(output) == 0 and read_failure(output) is None  # nothing yet
+    output.write_text(json.dumps({"model": "m", FAILED: {"stage": "fetch", "reason": "gone", "attempt": 0}}))
+    count_failure(output)
+    count_failure(output)
+    assert attempt(output) == 2 and counter_path(output).name == ".meta.json.failures"
+    assert read_failure(output).reason == "gone"
+    output.write_text(json.dumps({"model": "m"}))  # a completed output leaves the count alone
+    assert attempt(output) == 2 and read_failure(output) is None
+    assert model_status({FAILED: {"stage": "esd", "reason": "out of memory"}}) == ("failed", "esd", "out of memory")
+    assert model_status({"num_fitted": 0, "num_skipped": 2, "num_failed": 1, "num_rows": 3})[:2] == ("failed", "fit")
+    assert model_status({"num_fitted": 1}) == ("ok", "", "")
+
+
 def outcome(model, status="ok", problems=None, stage="", reason=""):
     return ModelOutcome(model, status, stage, reason, problems or {})
 
@@ -333,7 +356,7 @@ def test_exit_status_rule(outcomes, policy, status):
 def slow_zoo(workdir):
     workdir.mkdir(parents=True)
     (workdir / "zoo.tsv").write_text(HEADER + f"slow\ts\ttrain:mlp\t\t{FOREVER}\n")
-    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nrandomize: false\n")
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nesd:\n  randomize: false\n")
     return workdir
 
 
@@ -350,7 +373,7 @@ def test_an_interrupted_run_leaves_no_output_and_no_orphan(tmp_path, how):
     workdir = slow_zoo(tmp_path / how)
     process = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1"], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env=run_env(), start_new_session=True)
-    job, worker = wait_for_worker(workdir / "logs" / "fetch" / "slow.log")
+    job, worker = wait_for_worker(workdir / "logs" / "fetch" / "slow.log", process)
     if how == "SIGINT":  # Ctrl-C: the terminal signals the whole foreground process group
         os.killpg(process.pid, signal.SIGINT)
     else:  # only snakemake dies; its job must notice and stop
@@ -365,3 +388,31 @@ def test_an_interrupted_run_leaves_no_output_and_no_orphan(tmp_path, how):
     if how == "SIGKILL":
         snakemake(workdir, "--unlock")
     assert ("fetch", "slow") in dry_run_jobs(workdir)
+
+
+# ----------------------------------------------------------------- one results folder per zoo
+
+
+def test_a_second_zoo_shares_the_models_and_keeps_its_own_tables(matrix):
+    """A second sheet in the same folder: its model shared with the first zoo is not recomputed,
+    its new model is, and its tables go to results/other/, beside results/zoo/."""
+    workdir, _, _ = matrix
+    save_file(healthy(40), str(workdir / "weights" / "extra.safetensors"))
+    (workdir / "other.tsv").write_text(HEADER + f"good0\ts\t{_file('good0.safetensors')}\t70\t\n"
+                                       f"extra\ts\t{_file('extra.safetensors')}\t90\t\n")
+    before = (workdir / "results" / "zoo" / "models.tsv").read_bytes()
+    output = snakemake(workdir, "--cores", "2", "-n", "--config", "zoo=other.tsv").stdout
+    assert "results/other/models.tsv" in output and "results/zoo/" not in output
+    expected = zoo_jobs() | {(rule, "extra") for rule in MODEL_JOBS}
+    assert _jobs_of(output) == expected
+    assert (workdir / "results" / "zoo" / "models.tsv").read_bytes() == before
+
+
+def test_a_zoo_named_like_a_shared_folder_is_refused(tmp_path):
+    from zooscope.config import ConfigError
+    from zooscope.failures import results_folder
+
+    assert results_folder("zoos/demo.tsv") == ("demo", "results/demo")
+    assert results_folder("zoos/demo.tsv", "out/mine") == ("mine", "out/mine")
+    with pytest.raises(ConfigError, match="--config results=results/OTHER_NAME"):
+        results_folder("zoos/esd.tsv")
