@@ -127,7 +127,9 @@ CASES = [
          lambda w: None, _replace_row("killed", "train:mlp", epochs="1")),
 ]
 GOOD = ("good0", "good1", "good2")
-FAILED = [case.model for case in CASES if case.stage]
+# A model without a layer that can be fitted is "unfitted", not failed: a property of its weights.
+UNFITTED = ("nothing",)
+FAILED = [case.model for case in CASES if case.stage and case.model not in UNFITTED]
 
 
 def make_zoo(workdir):
@@ -235,6 +237,7 @@ def test_the_run_completes_every_other_model_and_exits_1(matrix):
     for model in [*GOOD, *(case.model for case in CASES if not case.stage)]:
         assert models.loc[model, "status"] == "ok", model
         assert (workdir / "results" / "zoo" / "audit" / f"{model}.md").is_file()
+    assert set(models.loc[list(UNFITTED), "status"]) == {"unfitted"}
     # every zoo-wide output exists: the tables were made over what completed
     for name in ("regressions.tsv", "discrimination.tsv", "audit.tsv", "summary.html"):
         assert (workdir / "results" / "zoo" / name).is_file()
@@ -247,11 +250,13 @@ def test_the_tables_list_the_failure(matrix, case):
     audit = read_table(workdir / "results" / "zoo" / "audit.tsv")
     summary = (workdir / "logs" / "zoo" / "run-summary.txt").read_text()
     row = models.loc[case.model]
+    status = "unfitted" if case.model in UNFITTED else "failed"
     if case.stage:
-        assert (row["status"], row["failed_stage"]) == ("failed", case.stage)
+        assert (row["status"], row["failed_stage"]) == (status, case.stage)
         assert case.reason in row["reason"]
-        assert (audit.loc[case.model, "status"], audit.loc[case.model, "failed_stage"]) == ("failed", case.stage)
-        assert f"  {case.model}: {case.stage} failed: {row['reason']}" in summary
+        assert (audit.loc[case.model, "status"], audit.loc[case.model, "failed_stage"]) == (status, case.stage)
+        assert (f"  {case.model}: {case.stage} failed: {row['reason']}" if status == "failed"
+                else f"  {case.model}: {row['reason']}") in summary
         assert "weights_only=False" not in output + row["reason"]
         assert row["accuracy"] == 71  # the sheet's facts stay
         # its reason once on the console from the job that failed (none for a model without
@@ -330,7 +335,7 @@ def test_the_failure_counter_is_the_attempt_parameter(tmp_path):
     output.write_text(json.dumps({"model": "m"}))  # a completed output leaves the count alone
     assert attempt(output) == 2 and read_failure(output) is None
     assert model_status({FAILED: {"stage": "esd", "reason": "out of memory"}}) == ("failed", "esd", "out of memory")
-    assert model_status({"num_fitted": 0, "num_skipped": 2, "num_failed": 1, "num_rows": 3})[:2] == ("failed", "fit")
+    assert model_status({"num_fitted": 0, "num_skipped": 2, "num_failed": 1, "num_rows": 3})[:2] == ("unfitted", "fit")
     assert model_status({"num_fitted": 1}) == ("ok", "", "")
 
 
@@ -343,6 +348,7 @@ def outcome(model, status="ok", problems=None, stage="", reason=""):
     ([outcome("a", problems={"failed": {"NaN": 1}})], "warn", 0),
     ([outcome("a", problems={"failed": {"NaN": 1}})], "fail", 1),
     ([outcome("a"), outcome("b", "failed", stage="fetch", reason="gone")], "warn", 1),
+    ([outcome("a", "unfitted", {"skipped": {"few": 2}}, "fit", "no layer could be fitted")], "fail", 0),
 ])
 def test_exit_status_rule(outcomes, policy, status):
     summary = RunSummary("z", tuple(outcomes), policy)

@@ -94,13 +94,14 @@ def count_failure(output: str | os.PathLike) -> None:
 
 def model_status(summary: dict) -> tuple[str, str, str]:
     """(status, failed_stage, reason) of a model from its summary.json: ``failed`` with the
-    record's stage and reason; ``failed`` at stage fit when no layer could be fitted (a property
-    of the model, not a job failure: not retried); else ``ok``."""
+    record's stage and reason; ``unfitted`` (stage fit) when no layer could be fitted, a property
+    of the model's weights, not a job's failure: not retried, not left out of the regressions on
+    the Jacobian's metrics; else ``ok``."""
     if summary.get(FAILED):
         failure = Failure.from_json(summary[FAILED])
         return "failed", failure.stage, failure.reason
     if not summary.get("num_fitted"):
-        return "failed", "fit", (f"no layer could be fitted ({summary.get('num_skipped', 0)} skipped, "
+        return "unfitted", "fit", (f"no layer could be fitted ({summary.get('num_skipped', 0)} skipped, "
                                  f"{summary.get('num_failed', 0)} failed of {summary.get('num_rows', 0)} matrices)")
     return "ok", "", ""
 

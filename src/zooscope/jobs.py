@@ -161,8 +161,9 @@ def run_model_job(snakemake, *, name: str, stage: str, body: Callable[[logging.L
     ``body`` runs in a forked worker process, so that any way it can fail (an exception, a
     MemoryError under config's memory cap, the out-of-memory killer's SIGKILL, a crash in native
     code) is seen by this process, which then writes the failure record, counts the failure of
-    the job whose JSON output is ``record`` (zooscope.failures.count_failure) and exits 0. Ctrl-C (SIGINT) or SIGTERM is an interruption, not a model failure: nothing is
-    written and the job exits non-zero. When the snakemake process that started the job dies,
+    the job whose JSON output is ``record`` (zooscope.failures.count_failure) and exits 0.
+    Ctrl-C (SIGINT) or SIGTERM is an interruption, not a model failure: nothing is written and
+    the job exits non-zero. When the snakemake process that started the job dies,
     the worker is killed and nothing more is written (docs/failures.md, "Interrupted runs").
     ``cap_memory``: the worker's memory is capped by MEMORY_LIMIT_ENV when it is set (the numpy
     stages esd and fit; torch's own libraries map more than a cap sized for a model would allow).
@@ -266,7 +267,8 @@ def _worker(snakemake, body, write_end: int, cap_memory: bool) -> int:
         code, reason = _FAILED, str(error) or type(error).__name__
         log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
     with os.fdopen(write_end, "w", encoding="utf-8") as pipe:
-        json.dump({"reason": " ".join(reason.split()), "peak_rss": peak_rss()}, pipe)
+        # one line, and short: the pipe is read once the worker has exited, so it must not fill up
+        json.dump({"reason": " ".join(reason.split())[:4000], "peak_rss": peak_rss()}, pipe)
     for handler in log.handlers:
         handler.flush()
     return code

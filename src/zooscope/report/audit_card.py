@@ -152,7 +152,7 @@ def verdict_rules(level: float) -> str:
 
 def _verdict(row: Mapping) -> str:
     n = int(row["num_matrices"])
-    if row.get("status") == "failed":
+    if row.get("status") == "failed":  # (an "unfitted" model is told below: n == 0)
         return f"This model has no result: its {row['failed_stage']} stage failed ({row['reason']})."
     if n == 0:
         return "No matrix of this model could be fitted, so its spectra say nothing about its training."

@@ -2,10 +2,11 @@
 console and in ``logs/{zoo}/run-summary.txt``, every model that failed or has failed or skipped
 layers, with the reasons counted, and the run's exit status (docs/failures.md):
 
-- a failed model (zooscope.failures: a failure record, or no layer that could be fitted) makes
-  the run exit with status 1, after every table was written over the models that completed;
+- a failed model (zooscope.failures: a failure record) makes the run exit with status 1, after
+  every table was written over the models that completed;
 - a failed layer does so only with config ``on_layer_failure: fail`` (default ``warn``);
-- skipped layers (fewer than ``min_evals`` eigenvalues) never do.
+- skipped layers (fewer than ``min_evals`` eigenvalues) and models without a layer that could be
+  fitted (status ``unfitted``) never do.
 
 Reads only the models' summary.json files (no pandas: the Snakefile imports this module).
 """
@@ -57,14 +58,21 @@ class RunSummary:
         return int(self.on_layer_failure == "fail" and self.failed_layers > 0)
 
     def text(self) -> str:
-        counts = {status: sum(o.status == status for o in self.outcomes) for status in ("ok", "failed", "missing")}
+        counts = {status: sum(o.status == status for o in self.outcomes)
+                  for status in ("ok", "unfitted", "failed", "missing")}
         skipped = sum(sum(o.problems.get("skipped", {}).values()) for o in self.outcomes)
-        lines = [f"zooscope run summary of zoo {self.zoo}: {len(self.outcomes)} models, {counts['ok']} completed, "
-                 f"{counts['failed']} failed" + (f", {counts['missing']} not run" if counts["missing"] else "")
+        lines = [f"zooscope run summary of zoo {self.zoo}: {len(self.outcomes)} models, "
+                 f"{counts['ok'] + counts['unfitted']} completed"
+                 + (f" ({counts['unfitted']} without a fitted layer)" if counts["unfitted"] else "")
+                 + f", {counts['failed']} failed" + (f", {counts['missing']} not run" if counts["missing"] else "")
                  + f"; {self.failed_layers} layer matrices failed, {skipped} skipped"]
         if self.failed_models:
             lines.append("Failed models (the zoo tables list them with status failed; the next run retries them):")
             lines += [f"  {o.model}: {o.stage} failed: {o.reason}" for o in self.failed_models]
+        unfitted = [o for o in self.outcomes if o.status == "unfitted"]
+        if unfitted:
+            lines.append("Models without a fitted layer (status unfitted; their weight metrics are empty):")
+            lines += [f"  {o.model}: {o.reason}" for o in unfitted]
         with_problems = [o for o in self.outcomes if o.problems]
         if with_problems:
             lines.append("Models with failed or skipped layers (results/metrics/MODEL/layers.tsv, column reason):")
