@@ -166,8 +166,11 @@ def jacobian_data_input(wildcards):
 def finish_run(errored):
     from zooscope.report.run_summary import run_summary, write_summary
 
-    summary = run_summary(ZOO, MODELS, lambda model: f"results/metrics/{model}/summary.json",
-                          on_layer_failure=RUN.on_layer_failure, errored=errored)
+    summary = run_summary(
+        ZOO, MODELS, lambda model: f"results/metrics/{model}/summary.json",
+        on_layer_failure=RUN.on_layer_failure, errored=errored,
+        jacobian_path=lambda model: f"results/jacobian/{model}/summary.json" if model in JACOBIAN_MODELS else None,
+    )
     status = write_summary(summary, f"logs/{ZOO}/run-summary.txt")
     if status and not errored:
         sys.exit(status)

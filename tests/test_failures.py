@@ -339,6 +339,17 @@ def test_the_failure_counter_is_the_attempt_parameter(tmp_path):
     assert model_status({"num_fitted": 1}) == ("ok", "", "")
 
 
+def test_a_failed_jacobian_stage_fails_the_run(tmp_path):
+    from zooscope.io import write_json
+    from zooscope.report.run_summary import run_summary
+
+    write_json(tmp_path / "m.fit.json", {"model": "m", "num_fitted": 2, "num_rows": 2})
+    write_json(tmp_path / "m.jac.json", {"model": "m", "metrics": {}, "failed": {"stage": "jacobian", "reason": "x"}})
+    summary = run_summary("z", ["m"], lambda m: str(tmp_path / f"{m}.fit.json"),
+                          jacobian_path=lambda m: str(tmp_path / f"{m}.jac.json"))
+    assert summary.exit_status == 1 and "  m: jacobian failed: x" in summary.text()
+
+
 def outcome(model, status="ok", problems=None, stage="", reason=""):
     return ModelOutcome(model, status, stage, reason, problems or {})
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from zooscope.failures import model_status
+from zooscope.failures import model_status, read_failure
 
 ON_LAYER_FAILURE = ("warn", "fail")
 
@@ -103,8 +103,12 @@ def _read(path: str) -> dict | None:
 
 
 def run_summary(zoo: str, models: Iterable[str], summary_path: Callable[[str], str], *,
-                on_layer_failure: str = "warn", errored: bool = False) -> RunSummary:
-    """The summary of a zoo's models from their summary.json (``summary_path(model)``)."""
+                on_layer_failure: str = "warn", errored: bool = False,
+                jacobian_path: Callable[[str], str | None] = lambda model: None) -> RunSummary:
+    """The summary of a zoo's models from their summary.json (``summary_path(model)``). A model
+    whose weights completed but whose Jacobian summary (``jacobian_path(model)``, None: no data
+    set) is a failure record counts as failed at stage jacobian here; in models.tsv it stays ok
+    with empty ``jac_`` columns (its weight metrics are valid)."""
     if on_layer_failure not in ON_LAYER_FAILURE:
         raise ValueError(f"on_layer_failure must be one of {', '.join(ON_LAYER_FAILURE)}, not {on_layer_failure!r}")
     outcomes = []
@@ -114,6 +118,10 @@ def run_summary(zoo: str, models: Iterable[str], summary_path: Callable[[str], s
             outcomes.append(ModelOutcome(model, "missing"))
             continue
         status, stage, reason = model_status(summary)
+        jacobian = jacobian_path(model)
+        failure = read_failure(jacobian) if jacobian and status != "failed" else None
+        if failure is not None:
+            status, stage, reason = "failed", failure.stage, failure.reason
         outcomes.append(ModelOutcome(model, status, stage, reason, summary.get("problems") or {}))
     return RunSummary(zoo, tuple(outcomes), on_layer_failure, errored)
 
