@@ -26,7 +26,7 @@ from zooscope.report.run_summary import ModelOutcome, RunSummary
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 HEADER = "model\tseries\tsource\taccuracy\tepochs\n"
 # Enough for the tiny models' esd and fit jobs, too little for the eigenvalues of a 3000 x 3000 matrix
-# (its float64 copy and Gram matrix: about 140 MB). Fetch jobs are not capped (zooscope.jobs).
+# (its float64 copy and Gram matrix: about 140 MB, held for seconds). Fetch jobs are not capped.
 MEMORY_CAP_MB = 100
 # A model that trains for this many epochs is still training when the test kills its job.
 FOREVER = 100000
@@ -98,16 +98,16 @@ def _nan_layer():
 CASES = [
     Case("missing", _file("missing.safetensors"), "fetch", "weights file not found",
          lambda w: None, _save("missing.safetensors", healthy(20))),
-    Case("corrupt", _file("corrupt.safetensors"), "fetch", "cannot read safetensors file",
+    Case("corrupt", _file("corrupt.safetensors"), "fetch", "is not a weights file zooscope reads",
          lambda w: (w / "weights" / "corrupt.safetensors").write_bytes(b"\x10" + b"\x00" * 7 + b"not a header"),
          _save("corrupt.safetensors", healthy(21))),
-    Case("pickle", _file("pickle.pt"), "fetch", "refusing to load weights/pickle.pt",
+    Case("pickle", _file("pickle.pt"), "fetch", "refusing to load weights/pickle.pt: loading it would run pickled code",
          lambda w: write_pickle(w / "weights" / "pickle.pt"), _replace_row("pickle", _file("pickle.safetensors")),
          ),
     Case("hub", "torchvision:zooscope_no_such_net", "fetch", "zooscope_no_such_net",
          lambda w: None, _replace_row("hub", _file("hub.safetensors"))),
-    Case("nan", _file("nan.safetensors"), "", "NaN or Inf",
-         _save("nan.safetensors", _nan_layer()), _save("nan.safetensors", healthy(22))),
+    Case("nanlayer", _file("nanlayer.safetensors"), "", "NaN or Inf",
+         _save("nanlayer.safetensors", _nan_layer()), _save("nanlayer.safetensors", healthy(22))),
     Case("degenerate", _file("degenerate.safetensors"), "", "degenerate spectrum",
          _save("degenerate.safetensors", {**healthy(12), "zero.weight": np.zeros((100, 80), np.float32)}),
          _save("degenerate.safetensors", healthy(23))),
@@ -270,7 +270,7 @@ def test_the_tables_list_the_failure(matrix, case):
         assert len(bad) == 1
         assert re.search(rf"  {case.model}: 1 (failed|skipped): .*{re.escape(case.reason)}", summary)
         # a row that was not fitted keeps every field that is known
-        expected_shape = {"nan": (100, 80), "degenerate": (100, 80), "small": (30, 10)}[case.model]
+        expected_shape = {"nanlayer": (100, 80), "degenerate": (100, 80), "small": (30, 10)}[case.model]
         assert (bad.iloc[0]["N"], bad.iloc[0]["M"], bad.iloc[0]["num_evals"]) == (*expected_shape, expected_shape[1])
         assert bad.iloc[0]["type"] == "Linear" and bad.iloc[0]["depth"] != ""
 

@@ -149,15 +149,13 @@ def write_failed_index(path: str | os.PathLike, model: str, settings: dict, fail
 
 def write_failed_fit(layers_path: str | os.PathLike, summary_path: str | os.PathLike, model: str,
                      failure: Failure) -> None:
-    """A failed fit job's outputs: a layers.tsv without rows, a summary without metrics."""
-    from zooscope.analysis.metrics import LAYER_COLUMNS, SUMMARY_METRICS
+    """A failed fit job's outputs: a layers.tsv without rows, the summary of no rows (every key a
+    summary has, zooscope.analysis.metrics.summarize) with the record."""
+    from zooscope.analysis.metrics import LAYER_COLUMNS, summarize
     from zooscope.io import write_json, write_rows_tsv
 
     write_rows_tsv(layers_path, LAYER_COLUMNS, [])
-    write_json(summary_path, _record({
-        "model": model, "num_layers": 0, "num_rows": 0, "num_fitted": 0, "num_skipped": 0, "num_failed": 0,
-        "problems": {}, "metrics": {metric: None for metric in SUMMARY_METRICS},
-    }, failure))
+    write_json(summary_path, _record(summarize(model, []), failure))
 
 
 # ------------------------------------------------------------------ one results folder per zoo

@@ -29,10 +29,10 @@ log = logging.getLogger("zooscope")
 _FAILED, _INTERRUPTED = 3, 130
 # How often the job checks that its snakemake process is alive (seconds).
 WATCH_INTERVAL = 0.2
-#: An environment variable: a cap (MB) on the memory each per-model job's work may map beyond what
-#: the job holds when its work starts (interpreter, imports: RLIMIT_AS set to that plus the cap),
-#: so that a model too large for the machine fails as a model (MemoryError) instead of drawing
-#: the kernel's out-of-memory killer onto the whole machine.
+#: An environment variable: a cap (MB) on the resident memory the work of an esd or fit job may
+#: add to what the job holds when its work starts. The job's process watches its worker and kills
+#: it above the cap (as a cgroup's memory limit would), so that a model too large for the machine
+#: fails as a model instead of drawing the kernel's out-of-memory killer onto the whole machine.
 MEMORY_LIMIT_ENV = "ZOOSCOPE_JOB_MEMORY_LIMIT_MB"
 _STATUS = Path("/proc/self/status")
 
@@ -165,8 +165,9 @@ def run_model_job(snakemake, *, name: str, stage: str, body: Callable[[logging.L
     Ctrl-C (SIGINT) or SIGTERM is an interruption, not a model failure: nothing is written and
     the job exits non-zero. When the snakemake process that started the job dies,
     the worker is killed and nothing more is written (docs/failures.md, "Interrupted runs").
-    ``cap_memory``: the worker's memory is capped by MEMORY_LIMIT_ENV when it is set (the numpy
-    stages esd and fit; torch's own libraries map more than a cap sized for a model would allow).
+    ``cap_memory``: the worker is killed when its resident memory grows by more than
+    MEMORY_LIMIT_ENV (when set: the numpy stages esd and fit; torch's own libraries take more than a
+    cap sized for a model's matrices would allow).
     """
     _guard_outputs()
     with _logging(snakemake, name):
@@ -199,15 +200,21 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
         try:  # the worker never returns into the job's code, whatever happens
             _die_with_parent()
             _guard_outputs()
-            code = _worker(snakemake, body, write_end, cap_memory)
+            code = _worker(snakemake, body, write_end)
         finally:
             os._exit(code)
     os.close(write_end)
+    cap = _memory_cap() if cap_memory else None
+    start, over = _rss(pid), None
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
                 break
+            if cap is not None and over is None and _rss(pid) - start > cap:
+                over = (f"out of memory: the job's work used more than {cap / 2**20:g} MB of memory, the cap "
+                        f"of {MEMORY_LIMIT_ENV}")
+                os.kill(pid, signal.SIGKILL)
             if os.getppid() != snakemake_pid:  # snakemake died: this job's outputs are not wanted
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -224,6 +231,8 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
         except ValueError:
             report = {}
     reason, _WORKER_PEAK[0] = str(report.get("reason", "")).strip(), int(report.get("peak_rss", 0))
+    if over is not None:
+        return "failed", over
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
         if code == 0:
@@ -240,30 +249,20 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
     return "failed", f"the job was killed by {name}{hint}"
 
 
-def _worker(snakemake, body, write_end: int, cap_memory: bool) -> int:
+def _worker(snakemake, body, write_end: int) -> int:
     """The worker's body; its exit status. The reason of a failure goes to the parent by a pipe."""
     from threadpoolctl import threadpool_limits
 
-    limit = os.environ.get(MEMORY_LIMIT_ENV) if cap_memory else None
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     try:
         with threadpool_limits(limits=snakemake.threads):
-            if limit:  # a soft limit: lifted again below, to report the failure
-                _start_blas()
-                size = _mapped_bytes() + int(float(limit) * 2**20)
-                resource.setrlimit(resource.RLIMIT_AS, (size if hard == resource.RLIM_INFINITY else min(size, hard),
-                                                        hard))
             body(log)
         code, reason = 0, ""
     except KeyboardInterrupt:
         code, reason = _INTERRUPTED, "Ctrl-C (SIGINT)"
     except MemoryError as error:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-        cap = f" (the job's work capped at {limit} MB by {MEMORY_LIMIT_ENV})" if limit else ""
-        code, reason = _FAILED, f"out of memory{cap}: {error or 'MemoryError'}"
+        code, reason = _FAILED, f"out of memory: {error or 'MemoryError'}"
         log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
     except BaseException as error:  # noqa: BLE001 - every failure of the model becomes its record
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         code, reason = _FAILED, str(error) or type(error).__name__
         log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
     with os.fdopen(write_end, "w", encoding="utf-8") as pipe:
@@ -274,21 +273,17 @@ def _worker(snakemake, body, write_end: int, cap_memory: bool) -> int:
     return code
 
 
-def _start_blas() -> None:
-    """Let the BLAS start its threads and their buffers before a memory cap: OpenBLAS exits the
-    process (no MemoryError) when it cannot allocate them later."""
-    if "numpy" in sys.modules:
-        import numpy as np
-
-        block = np.ones((384, 384))
-        block @ block
+def _memory_cap() -> int | None:
+    """MEMORY_LIMIT_ENV in bytes (None: unset)."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    return int(float(limit) * 2**20) if limit else None
 
 
-def _mapped_bytes() -> int:
-    """The process's address space now (Linux: VmSize), 0 where unknown."""
+def _rss(pid: int) -> int:
+    """A process's resident memory now (Linux: VmRSS), 0 where unknown."""
     with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open("/proc/self/status", encoding="ascii") as status:
-            return int(next(line for line in status if line.startswith("VmSize:")).split()[1]) * 1024
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) * 1024
     return 0
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,16 +299,17 @@ def load_torch(path: Path, model: str) -> Any:
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:
-    """A one-line why from the weights-only unpickler's long message."""
-    detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()
-    first = detail[0].strip() if detail else ""
-    if first.startswith("Unsupported global"):
-        name = first.split(" was not")[0].removeprefix("Unsupported global:").strip().removeprefix("GLOBAL ")
-        return f"loading it would run pickled code (it references {name})"
-    return (
-        "it is not a tensors-only PyTorch file: loading it would need the full pickle machinery "
-        f"(weights-only unpickler: {first or type(error).__name__}), or it is corrupt"
-    )
+    """A one-line why from the weights-only unpickler's long message, in zooscope's words: never
+    torch's advice to load the file with ``weights_only=False`` (docs/failures.md)."""
+    text = str(error)
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", text)
+    if found:
+        return f"loading it would run pickled code (it references {found.group(1)})"
+    # the unpickler's own line, where it has one that is not about loading with weights_only=False
+    detail = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines()
+              if line.strip() and "weights_only" not in line and "Weights only load failed" not in line]
+    return ("it is not a tensors-only PyTorch file: loading it would need the full pickle machinery"
+            + (f" (weights-only unpickler: {detail[0]})" if detail else "") + ", or it is corrupt")
 
 
 # ----------------------------------------------------------------------------- wrappers and prefixes
