@@ -510,7 +510,7 @@ def test_keep_going_completes_the_other_models_when_a_download_is_impossible(cac
         folder = workdir / "resources" / "models" / model
         # no partial file, no temporary one: the failure record (docs/failures.md) and its counter
         assert sorted(path.name for path in folder.iterdir()) == [
-            ".meta.json.failures", "layers.json", "meta.json", "model.safetensors"]
+            ".meta.json.failures", "layers.json", "meta.json", "model.safetensors", "tensors.json"]
         failed = json.loads((folder / "meta.json").read_text())["failed"]
         assert failed["stage"] == "fetch" and f"model '{model}': cannot load source '{source}'" in failed["reason"]
         log = (workdir / "logs" / "fetch" / f"{model}.log").read_text()

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from zooscope import io
+from zooscope.config import ConfigError
 from zooscope.failures import Failure, attempt, count_failure, first_failure
 
 log = logging.getLogger("zooscope")
-# Exit statuses of the worker process of a per-model job (run_model_job).
-_FAILED, _INTERRUPTED = 3, 130
+# Exit statuses of the worker process of a per-model job (run_model_job): its model failed, a
+# setting of the run is wrong (zooscope.config.ConfigError: every model would fail alike), Ctrl-C.
+_FAILED, _SETTING, _INTERRUPTED = 3, 4, 130
 # How often the job checks that its snakemake process is alive (seconds).
 WATCH_INTERVAL = 0.2
 #: An environment variable: a cap (MB) on the resident memory the work of an esd or fit job may
@@ -162,8 +164,9 @@ def run_model_job(snakemake, *, name: str, stage: str, body: Callable[[logging.L
     MemoryError under config's memory cap, the out-of-memory killer's SIGKILL, a crash in native
     code) is seen by this process, which then writes the failure record, counts the failure of
     the job whose JSON output is ``record`` (zooscope.failures.count_failure) and exits 0.
-    Ctrl-C (SIGINT) or SIGTERM is an interruption, not a model failure: nothing is written and
-    the job exits non-zero. When the snakemake process that started the job dies,
+    Ctrl-C (SIGINT) or SIGTERM is an interruption, and a zooscope.config.ConfigError (a setting of
+    the run, such as esd.device cuda without a GPU) no failure of the model: nothing is written
+    and the job exits non-zero. When the snakemake process that started the job dies,
     the worker is killed and nothing more is written (docs/failures.md, "Interrupted runs").
     ``cap_memory``: the worker is killed when its resident memory grows by more than
     MEMORY_LIMIT_ENV (when set: the numpy stages esd and fit; torch's own libraries take more than a
@@ -183,6 +186,9 @@ def run_model_job(snakemake, *, name: str, stage: str, body: Callable[[logging.L
         if status == "interrupted":
             log.warning("%s (%s) interrupted: %s", name, _wildcards(snakemake), reason)
             raise SystemExit(_INTERRUPTED)
+        if status == "setting":  # not the model's failure: the job fails, as a zoo-level job would
+            log.error("%s (%s) failed: %s", name, _wildcards(snakemake), reason)
+            raise SystemExit(1)
         log.error("%s of %s failed: %s%s; the zoo tables list the model as failed and the next run "
                   "retries it", name, _wildcards(snakemake), reason, _log_hint(snakemake))
         write_failed(Failure(stage=stage, reason=reason, attempt=attempt(record)))
@@ -239,6 +245,8 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
             return "ok", ""
         if code == _INTERRUPTED:
             return "interrupted", reason or "interrupted"
+        if code == _SETTING:
+            return "setting", reason
         return "failed", reason or (f"the job's worker exited with status {code} without a Python error "
                                     "(native code; its own message, if any, is on the console)")
     number = os.WTERMSIG(status)
@@ -259,6 +267,9 @@ def _worker(snakemake, body, write_end: int) -> int:
         code, reason = 0, ""
     except KeyboardInterrupt:
         code, reason = _INTERRUPTED, "Ctrl-C (SIGINT)"
+    except ConfigError as error:
+        code, reason = _SETTING, str(error)
+        log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})
     except MemoryError as error:
         code, reason = _FAILED, f"out of memory: {error or 'MemoryError'}"
         log.info("traceback:\n%s", traceback.format_exc(), extra={"file_only": True})

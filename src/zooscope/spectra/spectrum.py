@@ -100,13 +100,15 @@ def resolve_device(setting: str) -> str | None:
     ``cpu``: numpy. ``cuda``: the first CUDA GPU, an error if none is visible. ``auto``: ``cuda``
     where a GPU is visible, else numpy on the CPU.
     """
+    from zooscope.config import ConfigError  # a setting's error: the run's, not one model's (zooscope.jobs)
+
     if setting not in DEVICES:
-        raise ValueError(f"unknown device {setting!r}; valid: {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown device {setting!r}; valid: {', '.join(DEVICES)}")
     if setting == "cpu":
         return None
     available = _cuda_available()
     if setting == "cuda" and not available:
-        raise ValueError(
+        raise ConfigError(
             "config esd.device: cuda, but this job sees no CUDA GPU (torch.cuda.is_available() is False); "
             "set esd.device: auto (a GPU where there is one, else the CPU) or esd.device: cpu"
         )
