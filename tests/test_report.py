@@ -140,7 +140,9 @@ def test_report_shows_every_plot_in_chromium(run, tmp_path):
     pages = [entry for entry in shown if entry.get("content") == "html"]
     assert pages and all(entry["iframe"] for entry in pages)
     # every file the workflow drew is in the report and was shown, under its series and model
-    drawn = sorted(str(path.relative_to(run)) for path in (run / "results" / "plots").rglob("*.png"))
+    # (the per-model figures under results/plots, the zoo's under results/zoo/plots)
+    drawn = sorted(str(path.relative_to(run)) for folder in (run / "results" / "plots", run / "results" / "zoo" / "plots")
+                   for path in folder.rglob("*.png"))
     assert sorted(entry["path"] for entry in images) == drawn
     where = {entry["path"]: (entry["category"], entry["subcategory"]) for entry in shown if "path" in entry}
     assert where["results/plots/esd/n50/net.0.rand.png"] == ("noise", "n50")
