@@ -98,7 +98,7 @@ def test_each_checkout_runs_its_own_code_and_the_new_kind_works(checkouts, tmp_p
     # the first checkout (also the "installed" one) has no gauss kind: the sheet is refused at parse time
     refused = run_snakemake(first, workdir, *targets, installed=first)
     assert refused.returncode != 0
-    assert "row 2 (model 'g1'): field 'source'" in refused.stdout + refused.stderr
+    assert "row 2 (model 'g1'): unknown source 'gauss:" in refused.stdout + refused.stderr
     assert not (workdir / "resources").exists()
 
     # the second, with the first's zooscope installed: the Snakefile and every job use the second's
