@@ -102,10 +102,10 @@ def test_audit_cards_and_summary_say_it_in_words(run):
     assert "have a reliable verdict" in summary
     # a fine-tune's card says how large its update is, where, and whether it is noise; a rank-2
     # update's largest eigenvalue is at least N M / (2 (sqrt N + sqrt M)^2) > 2.5 bulk edges (64 x 64, 10 x 64)
-    tuned, lora = ((run / "results" / "audit" / f"{model}.md").read_text() for model in ("ft", "lora"))
+    tuned, lora = ((run / "results" / "zoo" / "audit" / f"{model}.md").read_text() for model in ("ft", "lora"))
     assert "## Its update against its base `n0`" in tuned and "of their norm" in tuned and "the most: `net." in tuned
     assert "looks like learned structure: in every changed matrix" in lora
-    assert "## Its update" not in (run / "results" / "audit" / "n0.md").read_text()
+    assert "## Its update" not in (run / "results" / "zoo" / "audit" / "n0.md").read_text()
 
 
 def test_lint_is_clean(run):
@@ -152,7 +152,7 @@ def test_report_shows_every_plot_in_chromium(run, tmp_path):
     assert where["results/zoo/summary.html"] == ("Zoo", "summary")
     # fine-tunes and adapters, and training trajectories, have a category each
     for model in ("ft", "lora"):
-        assert where[f"results/audit/{model}.html"] == ("Fine-tunes and adapters", model)
+        assert where[f"results/zoo/audit/{model}.html"] == ("Fine-tunes and adapters", model)
         assert where[f"results/plots/esd/{model}/net.0.png"] == ("Fine-tunes and adapters", model)
     for figure in ("metrics_vs_step", "alpha_heatmap"):
         assert where[f"results/plots/trajectory/run/{figure}.png"] == ("Trajectories", "run")
