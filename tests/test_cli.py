@@ -79,8 +79,9 @@ def test_regress_published_table(tmp_path):
     assert len(lines) == 1 and "9 regressions" in lines[0]
 
     reg = pd.read_csv(out / "regressions.tsv", sep="\t")
-    assert list(reg.columns)[:10] == ["series", "metric", "n", "slope", "intercept", "r2", "rmse",
+    assert list(reg.columns)[:11] == ["series", "metric", "n", "num_left_out", "slope", "intercept", "r2", "rmse",
                                       "pearson_r", "spearman_rho", "kendall_tau"]
+    assert (reg["num_left_out"] == 0).all()  # every model of the table has every metric
     assert list(reg.columns) == list(REGRESSION_COLUMNS)  # and the uncertainty columns (docs/statistics.md)
     # Series sorted; metrics in table order; num_layers is bookkeeping, not a metric.
     assert list(zip(reg["series"], reg["metric"])) == [

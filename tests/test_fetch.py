@@ -436,7 +436,7 @@ def test_unknown_source(text):
     # every kind, with an example of it, in the registry's order
     listed = "a source is one of: " + ", ".join(f"{syntax} (e.g. {example})" for syntax, example in [
         ("file:PATH", "file:weights/model.safetensors"), ("train:ARCH", "train:mlp"), ("random:ARCH", "random:cnn"),
-        ("peft:PATH", "peft:adapters/my-lora"), ("finetune:full|lora", "finetune:lora"),
+        ("peft:PATH", "peft:adapters/my-lora"), ("finetune:MODE", "finetune:lora"),
         ("torchvision:NAME[@WEIGHTS]", "torchvision:resnet50@IMAGENET1K_V1"),
         ("timm:NAME", "timm:resnet50.a1_in1k"), ("hf:REPO[@REVISION]", "hf:openai-community/gpt2@main")])
     assert message.endswith(listed)

@@ -114,6 +114,6 @@ def fetch(row: ZooRow, threads: int, base_dir: Path) -> Fetched:
 
 
 KIND = SourceKind(
-    name="finetune", syntax="finetune:full|lora", example="finetune:lora", argument="|".join(MODES), fetch=fetch,
+    name="finetune", syntax="finetune:MODE", example="finetune:lora", argument="|".join(MODES), fetch=fetch,
     options={**TRAINING_OPTION_TYPES, **LORA_OPTION_TYPES}, check=check, adapter=True,
 )
