@@ -3,7 +3,7 @@
 Not run by pytest. Needs the optional packages (benchmarks only):
 
     pip install weightwatcher transformers     # or: pip install -e .[bench]
-    python benchmarks/bench_llm.py [--scale 1.0] [--cores 2] [--randomize] [--workdir DIR]
+    python benchmarks/bench_llm.py [--scale 1.0] [--cores 2] [--config same-work] [--workdir DIR]
 
 The model is built at a seeded random initialisation from a ``LlamaConfig`` (at ``--scale 1``:
 22 blocks, hidden 2048, MLP 5632, 32 attention heads of 64, 4 key-value heads, vocabulary 32000:
@@ -16,17 +16,20 @@ round(22 S), heads of 64 (key-value heads round(4 S), at least 1): ``--scale 0.1
 In one run it prints:
 
 * zooscope end to end: ``snakemake --cores N`` from the folder to every layer's alpha and the zoo
-  tables (fetch, esd, fit, aggregate), config defaults with ``randomize: false`` (``--randomize``:
-  true, zooscope's default), the time of each job (from its log) and the peak RSS of the largest
-  job, and the disk it used (``resources/`` and ``results/``) beside the model folder's size;
+  tables (fetch, esd, fit, aggregate), in one of bench_weightwatcher's configurations
+  (``--config``; default ``same-work``: what ``analyze()`` computes, no randomization check and
+  point estimates of the fit; ``defaults``: zooscope's defaults), the time of each job (from its
+  log) and the peak RSS of the largest job, and the disk it used (``resources/`` and ``results/``)
+  beside the model folder's size;
 * WeightWatcher 0.7.7's ``analyze()`` (its defaults) on the same model, loaded from the folder in
   float32 (its SVDs need float32) in a child process, BLAS and torch threads limited to N: the time
   of ``analyze()`` alone, and the child's peak RSS (the loaded model included: analyze() needs it);
 * the eigen-work floor: for each distinct matrix shape (N, M) of the model, a seeded random N x M
-  float32 matrix's float64 Gram and ``eigvalsh`` (``spectrum.eigenvalues``) timed alone (the
-  better of N BLAS threads on it and one thread with N such matrices at once), times the number of
-  matrices of that shape; zooscope's end-to-end time as a multiple of
-  it (the issue's goal: at most 1.2x) and ``analyze()``'s;
+  float32 matrix's float64 Gram and ``eigvalsh`` (``spectrum.eigenvalues`` with ``gram="float64"``)
+  timed alone (the better of N BLAS threads on it and one thread with N such matrices at once),
+  times the number of matrices of that shape; zooscope's end-to-end time as a multiple of it (the
+  issue's goal: at most 1.2x) and ``analyze()``'s; the same with ``esd.gram``'s default float32
+  products beside it;
 * the ratio analyze() / zooscope (target: at least 4x), and the dense-layer alphas of both tools
   compared layer by layer (same matrices, same power-law fit: within 1e-6 relative).
 
@@ -43,13 +46,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_weightwatcher import compare_dense_alphas, load, quiet, run_zooscope  # noqa: E402
+from bench_weightwatcher import CONFIGS, compare_dense_alphas, eigen_floor, load, quiet, run_zooscope  # noqa: E402
 
 TARGET_RATIO = 4.0
 FLOOR_TARGET = 1.2
@@ -100,37 +101,6 @@ def job_logs(workdir: Path) -> dict[str, tuple[float, float]]:
     return jobs
 
 
-def eigen_floor(layers: list[dict], threads: int) -> tuple[float, list[tuple[int, int, int, float]]]:
-    """(seconds, [(N, M, count, seconds of one)]): Gram + eigvalsh of each distinct shape, times its count."""
-    from threadpoolctl import threadpool_limits
-
-    from zooscope.resources import layer_matrices
-    from zooscope.spectra import spectrum
-
-    counts: Counter = Counter()
-    for layer in layers:
-        count, n, m = layer_matrices(layer["shape"])
-        counts[(n, m)] += count
-    def best(matrix, limit: int) -> float:  # best of 3 (1 for a matrix that takes over a second)
-        times = []
-        with threadpool_limits(limit):
-            while len(times) < 3 and sum(times) < 1.0:
-                start = time.perf_counter()
-                spectrum.eigenvalues(matrix)
-                times.append(time.perf_counter() - start)
-        return min(times)
-
-    rng = np.random.default_rng(0)
-    rows, total = [], 0.0
-    for (n, m), count in sorted(counts.items(), key=lambda item: -item[0][0] * item[0][1]):
-        matrix = rng.standard_normal((n, m), dtype=np.float32)
-        # the better of all threads on one matrix and one thread per matrix, ``threads`` at once
-        seconds = min(best(matrix, threads), best(matrix, 1) / threads)
-        rows.append((n, m, count, seconds))
-        total += seconds * count
-    return total, rows
-
-
 def weightwatcher_child(folder: Path, threads: int, out: Path) -> None:
     """In a child process: load the folder in float32, time analyze(), save its table, print JSON."""
     import torch
@@ -169,7 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1: the 1.1B model; e.g. 0.125 for a quick check")
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--randomize", action="store_true", help="zooscope with randomize: true (its default)")
+    parser.add_argument("--config", choices=tuple(CONFIGS), default="same-work",
+                        help="zooscope's configuration (bench_weightwatcher.CONFIGS; default: %(default)s)")
     parser.add_argument("--workdir", type=Path, help="build here and keep it (default: a temporary folder)")
     parser.add_argument("--ww-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ww-out", type=Path, help=argparse.SUPPRESS)
@@ -185,13 +156,13 @@ def main() -> None:
         config = llama_config(args.scale)
         params, folder_bytes = build_folder(args.scale, folder)
         (workdir / "zoo.tsv").write_text("model\tseries\tsource\taccuracy\nllm\tbench\tfile:weights/llm\t\n")
-        (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\nesd:\n  randomize: {'true' if args.randomize else 'false'}\n")
+        (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[args.config][0]}")
         os.sync()  # the folder is on disk before anything is timed
         print(f"Llama, scale {args.scale}: {config.num_hidden_layers} blocks, hidden {config.hidden_size}, MLP "
               f"{config.intermediate_size}, {config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
               f"vocabulary {config.vocab_size}: {params / 1e9:.3f}B parameters, bf16 folder "
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
-              f"{args.cores} cores; randomize: {str(args.randomize).lower()}", flush=True)
+              f"{args.cores} cores; zooscope's configuration: {args.config}", flush=True)
 
         ours = run_zooscope(workdir, args.cores)
         jobs = job_logs(workdir)
@@ -211,6 +182,9 @@ def main() -> None:
             print(f"  {n:>6} x {m:<6} x {count:>4}: {seconds:7.3f} s each, {seconds * count:7.1f} s")
         print(f"  floor {floor:.1f} s; zooscope end to end = {ours / floor:.2f}x the floor (goal <= {FLOOR_TARGET}x: "
               f"{'met' if ours / floor <= FLOOR_TARGET else 'MISSED'})", flush=True)
+        floor32, _ = eigen_floor(layers, args.cores, gram="float32")
+        print(f"  with esd.gram's float32 products (zooscope's default): floor {floor32:.1f} s; zooscope end to "
+              f"end = {ours / floor32:.2f}x it", flush=True)
 
         ww = run_weightwatcher(folder, args.cores, workdir / "ww.pkl")
         import pandas as pd

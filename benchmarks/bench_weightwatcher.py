@@ -10,10 +10,12 @@ In one run, on the same models (seeded random initialisation, written to safeten
 temporary folder, or DIR, kept):
 
 * zooscope end to end: `snakemake --cores N` on a zoo sheet of `file:` rows, from the weight files
-  to every layer's alpha and the zoo tables (fetch, esd, fit, aggregate), twice from nothing: the
-  defaults with `esd: randomize: false` (the same work as WeightWatcher's `analyze()`, which does
-  not randomize by default) and zooscope's defaults (`randomize: true`, the randomization check too);
-  `--randomize false` or `true` runs only one of them.
+  to every layer's alpha and the zoo tables (fetch, esd, fit, aggregate), once from nothing per
+  configuration (CONFIGS; `--configs` picks some): `same-work` computes what `analyze()` computes
+  (no randomization check, point estimates of the fit: `esd.randomize: false`, `fit.bootstrap: 0`,
+  `fit.gof: 0`, `fit.alternatives: false`), `no-randomize` only turns the randomization check off
+  (the fit's uncertainty statistics stay on, as by default), `defaults` is zooscope's defaults
+  (the randomization check and the fit's uncertainty too).
 * WeightWatcher: `weightwatcher.WeightWatcher(model=m).analyze()` (its defaults) over the same
   models, in one Python process, with BLAS/torch threads limited to N. Each model is built again
   for it (same seed; checked equal to the weights file): no model is held in memory while
@@ -37,6 +39,7 @@ import argparse
 import contextlib
 import gc
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -44,6 +47,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -53,8 +57,13 @@ from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
-# analyze() / zooscope end to end, by zooscope's randomize setting (issue 16's targets)
-TARGET_RATIOS = {False: 5.0, True: 3.0}
+# zooscope's configurations timed end to end: (the config.yaml lines after "zoo:", the target of
+# analyze()'s time / zooscope's, issue 16's; None: no target)
+CONFIGS = {
+    "same-work": ("esd:\n  randomize: false\nfit:\n  bootstrap: 0\n  gof: 0\n  alternatives: false\n", 5.0),
+    "no-randomize": ("esd:\n  randomize: false\n", None),
+    "defaults": ("", 3.0),
+}
 TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
 
 
@@ -126,6 +135,55 @@ def run_zooscope(workdir: Path, cores: int) -> float:
     return seconds
 
 
+def stage_times(workdir: Path) -> str:
+    """Wall and CPU seconds inside the jobs, summed per stage, from the jobs' last log lines
+    ("took W s; process CPU U s user, S s system")."""
+    import re
+
+    stages: dict[str, list[float]] = {}
+    for log in sorted((workdir / "logs").glob("*/*.log")):
+        found = re.findall(r"took ([\d.]+) s; process CPU ([\d.]+) s user, ([\d.]+) s system", log.read_text())
+        if found:
+            wall, user, system = map(float, found[-1])
+            total = stages.setdefault(log.parent.name, [0.0, 0.0])
+            total[0] += wall
+            total[1] += user + system
+    return "inside the jobs (wall / CPU s): " + ", ".join(f"{stage} {wall:.1f} / {cpu:.1f}"
+                                                          for stage, (wall, cpu) in stages.items())
+
+
+def eigen_floor(layers: list[dict], threads: int, gram: str = "float64") -> tuple[float, list[tuple[int, int, int, float]]]:
+    """(seconds, [(N, M, count, seconds of one)]): Gram (products in ``gram``: esd.gram) + eigvalsh of
+    each distinct shape, times its count."""
+    from threadpoolctl import threadpool_limits
+
+    from zooscope.resources import layer_matrices
+    from zooscope.spectra import spectrum
+
+    counts: Counter = Counter()
+    for layer in layers:
+        count, n, m = layer_matrices(layer["shape"])
+        counts[(n, m)] += count
+    def best(matrix, limit: int) -> float:  # best of 3 (1 for a matrix that takes over a second)
+        times = []
+        with threadpool_limits(limit):
+            while len(times) < 3 and sum(times) < 1.0:
+                start = time.perf_counter()
+                spectrum.eigenvalues(matrix, gram=gram)
+                times.append(time.perf_counter() - start)
+        return min(times)
+
+    rng = np.random.default_rng(0)
+    rows, total = [], 0.0
+    for (n, m), count in sorted(counts.items(), key=lambda item: -item[0][0] * item[0][1]):
+        matrix = rng.standard_normal((n, m), dtype=np.float32)
+        # the better of all threads on one matrix and one thread per matrix, ``threads`` at once
+        seconds = min(best(matrix, threads), best(matrix, 1) / threads)
+        rows.append((n, m, count, seconds))
+        total += seconds * count
+    return total, rows
+
+
 def zooscope_library(workdir: Path, model: str, threads: int, device: str = "cpu"):
     """zooscope's esd and fit of a fetched model, in process: (seconds, layers table)."""
     from zooscope.config import EsdSettings, FitSettings
@@ -174,8 +232,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--models", default="vgg16,resnet50,gpt2")
     parser.add_argument("--workdir", type=Path, help="build the zoo here and keep it (default: a temporary folder)")
-    parser.add_argument("--randomize", choices=("both", "false", "true"), default="both",
-                        help="which zooscope configurations to time end to end (default: both)")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"zooscope configurations to time end to end, of {', '.join(CONFIGS)} (default: all)")
     parser.add_argument("--in-process", action="store_true",
                         help="skip the end-to-end Snakemake run: per-model and GPU figures only")
     args = parser.parse_args()
@@ -211,13 +269,15 @@ def main() -> None:
                              "accuracy": None}, workdir / "resources" / "models" / name, sheet_dir=workdir)
         else:
             ours_totals = {}
-            for randomize in {"both": (False, True), "false": (False,), "true": (True,)}[args.randomize]:
+            for config in args.configs.split(","):
+                if config not in CONFIGS:
+                    raise SystemExit(f"unknown configuration {config!r}; valid: {', '.join(CONFIGS)}")
                 for stale in ("resources", "results", "logs", ".snakemake"):  # each run from nothing
                     shutil.rmtree(workdir / stale, ignore_errors=True)
-                (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\nesd:\n  randomize: {str(randomize).lower()}\n")
-                ours_totals[randomize] = run_zooscope(workdir, args.cores)
-                print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables), randomize: "
-                      f"{str(randomize).lower()}: {ours_totals[randomize]:.1f} s ({load()})", flush=True)
+                (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[config][0]}")
+                ours_totals[config] = run_zooscope(workdir, args.cores)
+                print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables), {config}: "
+                      f"{ours_totals[config]:.1f} s ({load()}); {stage_times(workdir)}", flush=True)
 
         print("\nper model, in process (zooscope esd+fit library call vs analyze()):")
         print(f"{'model':<10}{'zooscope s':>12}{'analyze s':>11}{'ratio':>8}   dense alphas (ours vs WW)", flush=True)
@@ -238,10 +298,21 @@ def main() -> None:
         ww_total = sum(seconds for seconds, _ in ww.values())
         print(f"\nWeightWatcher analyze(), one process, {len(names)} models: {ww_total:.1f} s")
         if not args.in_process:
-            for randomize, ours_total in ours_totals.items():
-                ratio, target = ww_total / ours_total, TARGET_RATIOS[randomize]
-                print(f"total, randomize: {str(randomize).lower()}: zooscope end to end {ratio:.2f}x faster than "
-                      f"analyze() (target >= {target:.0f}x: {'met' if ratio >= target else 'MISSED'})", flush=True)
+            for config, ours_total in ours_totals.items():
+                ratio, target = ww_total / ours_total, CONFIGS[config][1]
+                verdict = f" (target >= {target:.0f}x: {'met' if ratio >= target else 'MISSED'})" if target else ""
+                print(f"total, {config}: zooscope end to end {ratio:.2f}x faster than analyze(){verdict}", flush=True)
+            # the eigen-work alone, for what the end-to-end times can reach (issue 16: near the floor)
+            layers = [layer for name in names for layer in json.loads(
+                (workdir / "resources" / "models" / name / "layers.json").read_text())["layers"]]
+            with threadpool_limits(limits=args.cores):
+                floors = {gram: eigen_floor(layers, args.cores, gram=gram)[0] for gram in ("float64", "float32")}
+            print(f"eigen-work floor of the {len(names)} models (Gram + eigvalsh of each matrix shape alone, "
+                  f"{args.cores} threads; {load()}): float64 products {floors['float64']:.1f} s "
+                  f"(analyze() = {ww_total / floors['float64']:.1f}x it), esd.gram's float32 products "
+                  f"{floors['float32']:.1f} s; zooscope end to end = "
+                  + ", ".join(f"{config} {total / floors['float32']:.2f}x" for config, total in ours_totals.items())
+                  + " the float32 floor", flush=True)
 
         if torch.cuda.is_available():
             print("\nGPU (device: cuda), in process:")

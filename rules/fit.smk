@@ -13,6 +13,7 @@ rule fit:
         "../envs/numeric.yaml"
     log:
         "logs/fit/{model}.log",
+    threads: 1 if RUN.fit.point_estimates else RUN.threads.fit
     resources:
         mem_mb=model_resource("fit", "mem_mb"),
         runtime=model_resource("fit", "runtime"),

@@ -17,7 +17,8 @@ model, output = snakemake.wildcards.model, snakemake.output
 def body(log):
     index = io.read_json(snakemake.input.index)
     fit = FitSettings(**snakemake.params.fit)
-    rows = layer_rows(index, partial(load_layer_eigenvalues, Path(snakemake.input.index).parent), fit)
+    rows = layer_rows(index, partial(load_layer_eigenvalues, Path(snakemake.input.index).parent), fit,
+                      workers=snakemake.threads)
     io.write_rows_tsv(output.layers, layer_columns(index), rows)
     # every tensor of the checkpoint, with what the fit adds (below min_evals, failed)
     coverage = coverage_rows(io.read_json(snakemake.input.tensors)["tensors"], rows)

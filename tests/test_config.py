@@ -110,7 +110,7 @@ def test_readme_config_table_is_generated_from_the_schema():
                              text=True, check=True).stdout
     assert table == printed == config_table(CONFIG_SCHEMA)
     rows = [line for line in table.splitlines()[2:]]
-    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 33
+    assert len(rows) == len(list(schema_keys(CONFIG_SCHEMA))) == 35
     assert rows[0].startswith("| `zoo` | required |") and "| `esd.device` | `cpu` |" in table
 def test_config_typos_get_the_closest_key():
     with pytest.raises(ConfigError) as info:

@@ -140,6 +140,23 @@ def test_tensor_sha256_uses_contiguous_float32_bytes():
     assert tensor_sha256(transposed) == expected
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float64"])
+def test_tensor_sha256_streams_blocks_into_the_digest_of_the_whole_widening(dtype, monkeypatch):
+    """Widened a few entries at a time (here 7, so the last block is partial), numpy and torch
+    tensors hash to the sha256 of their whole float32 widening, computed here in one piece."""
+    import ml_dtypes
+
+    from zooscope import tensors
+
+    monkeypatch.setattr(tensors, "HASH_BLOCK_ENTRIES", 7)
+    values = np.random.default_rng(0).standard_normal((5, 9))
+    array = values.astype(getattr(ml_dtypes, dtype, None) or np.dtype(dtype))
+    expected = hashlib.sha256(np.asarray(array, dtype=np.float32).tobytes()).hexdigest()
+    assert tensor_sha256(array) == tensor_sha256(array.T.copy().T) == expected
+    assert tensor_sha256(torch.from_numpy(values).to(getattr(torch, dtype))) == expected
+    assert tensor_sha256(np.asarray(array, dtype=np.float32)) == expected  # float32: in place
+
+
 # --------------------------------------------------------------------------- real architectures
 # Expected layer lists are counted by hand from each architecture's definition (registration
 # order of its modules), not from the code's output.

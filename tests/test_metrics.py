@@ -233,6 +233,33 @@ def test_layer_rows_are_seeded_by_the_record_key_so_reruns_are_identical(rng):
                               first[1][REPLICATES]["alpha"] - first[1]["alpha"])
 
 
+def test_layer_rows_fitted_in_forked_processes_are_the_rows_fitted_in_turn(rng):
+    """config threads.fit: the layers in two processes give the same rows, in the same order, as one
+    process (each matrix's draws are seeded by its record, not by who fits it); a failed record's row
+    stays in its place."""
+    spectra = {name: np.vstack([pareto_spectrum(rng, 200 + 40 * i) for _ in range(2)])
+               for i, name in enumerate("abcd")}
+    records = [{"name": name, "type": "Linear", "depth": depth, "N": 500, "M": spectra[name].shape[1],
+                "status": "ok", "reason": "", "slices": ["0", "1"], "file": f"{name}.npy", "key": f"{depth:02d}" * 32}
+               for depth, name in enumerate("abcd")]
+    records.insert(2, {"name": "bad", "type": "Linear", "depth": 9, "N": 5, "M": 4, "status": "failed",
+                       "reason": "ValueError: weights contain NaN or Inf (1 of 20 entries)"})
+    index = {"layers": records}
+
+    def load(record):  # a closure: the forked workers inherit it, nothing is pickled
+        return spectra[record["name"]]
+
+    in_turn, forked = layer_rows(index, load, FULL), layer_rows(index, load, FULL, workers=2)
+    assert [(row["layer"], row["slice"]) for row in forked] == [(row["layer"], row["slice"]) for row in in_turn]
+    assert [row["layer"] for row in forked][4] == "bad"
+    for a, b in zip(in_turn, forked):
+        # repr: the same floats to the last bit, NaN (a pickled copy is another object) included
+        assert repr({k: v for k, v in a.items() if k != REPLICATES}) == repr({k: v for k, v in b.items() if k != REPLICATES})
+        if REPLICATES in a:
+            for metric, values in a[REPLICATES].items():
+                np.testing.assert_array_equal(values, b[REPLICATES][metric])
+
+
 def test_summary_intervals_and_reliable_means():
     replicates = [np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([3.0, 3.0, 5.0, 1.0, np.nan])]
     rows = []

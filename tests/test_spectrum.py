@@ -15,17 +15,84 @@ def svd_eigenvalues(matrix):
     return np.sort(np.linalg.svd(np.asarray(matrix, dtype=np.float64), compute_uv=False) ** 2)
 
 
+def float32_gram_bound(w) -> float:
+    """The worst-case error of every eigenvalue of the float32 Gram route (esd.gram: float32):
+    each entry of a block's float32 product is within gamma_L sum_k |w_ki| |w_kj| of the exact one
+    (L lines, the standard bound of a float32 dot product), so the perturbation's 2-norm, which
+    bounds every eigenvalue's move (Weyl), is at most gamma_L || |W|^T |W| ||_F <= gamma_L ||W||_F^2;
+    the float64 sum of the blocks and the float64 eigensolver add rounding of eps64 size."""
+    lines = min(max(w.shape), spectrum.GRAM_FLOAT32_LINES)
+    gamma = lines * EPS32 / (1 - lines * EPS32)
+    frobenius = float(np.sum(np.asarray(w, dtype=np.float64) ** 2))
+    # an eigenvalue below the route's resolution is reported as 0: it moves by at most that
+    return max((gamma + 1e-12) * frobenius, spectrum.GRAM_FLOAT32_RESOLUTION * svd_eigenvalues(w)[-1])
+
+
 @pytest.mark.parametrize("shape", [(200, 80), (80, 200), (64, 64)])
 def test_eigenvalues_equal_squared_singular_values(rng, shape):
     w = rng.standard_normal(shape).astype(np.float32)
-    values = eigenvalues(w)
     expected = svd_eigenvalues(w)
-    assert values.shape == (min(shape),)
-    assert np.all(np.diff(values) >= 0)
-    np.testing.assert_allclose(values, expected, rtol=1e-9, atol=1e-9 * expected.max())
+    exact = eigenvalues(w, gram="float64")
+    assert exact.shape == (min(shape),) and np.all(np.diff(exact) >= 0)
+    np.testing.assert_allclose(exact, expected, rtol=1e-9, atol=1e-9 * expected.max())
+    values = eigenvalues(w)  # the default, esd.gram: float32
+    assert values.shape == (min(shape),) and np.all(np.diff(values) >= 0)
+    assert np.abs(values - expected).max() <= float32_gram_bound(w)
     # lambda_max and the Frobenius norm to 1e-6 relative, as the norm metrics need.
+    for got in (exact, values):
+        assert got[-1] == pytest.approx(expected[-1], rel=1e-6)
+        assert got.sum() == pytest.approx(np.sum(np.asarray(w, dtype=np.float64) ** 2), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "student-t", "spiked", "tiny", "huge"])
+@pytest.mark.parametrize("shape", [(9000, 300), (300, 9000)])
+def test_the_float32_gram_route_is_within_its_bound_of_a_float64_svd(rng, kind, shape):
+    """More lines than one float32 block (9000 > 4096: three blocks summed in float64), heavy-tailed
+    and low-rank-plus-noise entries, and scales that float32 squares would underflow (1e-20) or
+    overflow (1e25), where the route falls back to float64 for the block."""
+    n, m = max(shape), min(shape)
+    if kind == "student-t":
+        w = rng.standard_t(3, size=(n, m))
+    elif kind == "spiked":
+        w = rng.standard_normal((n, m)) + 3 * np.outer(rng.standard_normal(n), rng.standard_normal(m)) / np.sqrt(m)
+    else:
+        w = rng.standard_normal((n, m)) * {"gaussian": 1.0, "tiny": 1e-20, "huge": 1e25}[kind]
+    w = (w if shape[0] >= shape[1] else w.T).astype(np.float32)
+    expected = svd_eigenvalues(w)
+    values = eigenvalues(w)
+    assert np.abs(values - expected).max() <= float32_gram_bound(w)
     assert values[-1] == pytest.approx(expected[-1], rel=1e-6)
-    assert values.sum() == pytest.approx(np.sum(np.asarray(w, dtype=np.float64) ** 2), rel=1e-6)
+    assert values.sum() == pytest.approx(float(np.sum(np.asarray(w, dtype=np.float64) ** 2)), rel=1e-6)
+    if kind in ("tiny", "huge"):  # the float64 fallback: as exact as the float64 route
+        np.testing.assert_allclose(values, expected, rtol=1e-9, atol=1e-9 * expected.max())
+
+
+def test_a_rank_deficient_matrix_keeps_exact_zeros_in_the_float32_route(rng):
+    """The float32 products round the zero eigenvalues of a rank-deficient matrix to about 1e-7 of
+    lambda_max; below GRAM_FLOAT32_RESOLUTION they are reported as 0, so the fit's floor leaves
+    them out as it does in the float64 route, and the others are the SVD's."""
+    rank = 5
+    w = (rng.standard_normal((600, rank)) @ rng.standard_normal((rank, 90))).astype(np.float32)
+    w[:, :10] = 0.0  # ten dead units too
+    expected = svd_eigenvalues(w)
+    values = eigenvalues(w)
+    assert np.count_nonzero(values) == rank
+    assert np.count_nonzero(eigenvalues(w, gram="float64") > 1e-5) == rank
+    np.testing.assert_allclose(values[-rank:], expected[-rank:], rtol=1e-6)
+
+
+def test_the_float32_gram_route_of_half_precision_is_that_of_its_float32_widening(rng):
+    """bf16/float16 blocks are widened to float32 (exactly) in a buffer, float32 ones read in place:
+    the same products, so the same bytes."""
+    import ml_dtypes
+
+    w = rng.standard_normal((5000, 70)).astype(ml_dtypes.bfloat16)
+    for stored in (w, w.T):
+        wide = np.asarray(stored, dtype=np.float32)
+        assert spectrum.gram_matrix(stored, precision="float32")[0].tobytes() == \
+            spectrum.gram_matrix(wide, precision="float32")[0].tobytes()
+    with pytest.raises(ValueError, match="unknown Gram precision 'float16'; valid: float32, float64"):
+        spectrum.gram_matrix(w, precision="float16")
 
 
 def test_normalize_by_n_divides_by_the_larger_dimension(rng):
@@ -200,12 +267,12 @@ def test_shuffled_eigenvalues_refuse_non_finite_entries_and_survive_float32_over
 
 @pytest.mark.parametrize("shape", [(300, 120), (120, 300), (96, 96)])
 def test_torch_route_agrees_with_numpy_and_a_float64_svd(rng, shape):
-    # The GPU route run on the CPU: same Gram-in-float64 algorithm, torch's kernels.
+    # The GPU route run on the CPU: the float64 Gram route (esd.gram: float64), torch's kernels.
     w = (rng.standard_t(df=3, size=shape) * 0.05).astype(np.float32)
     expected = svd_eigenvalues(w)
     got = eigenvalues(w, device="cpu")
     assert got.dtype == np.float64 and got.shape == (min(shape),) and np.all(np.diff(got) >= 0)
-    np.testing.assert_allclose(got, eigenvalues(w), rtol=1e-9, atol=1e-12 * expected.max())
+    np.testing.assert_allclose(got, eigenvalues(w, gram="float64"), rtol=1e-9, atol=1e-12 * expected.max())
     assert got[-1] == pytest.approx(expected[-1], rel=1e-6)  # lambda_max
     assert got.sum() == pytest.approx(np.sum(w.astype(np.float64) ** 2), rel=1e-6)  # ||W||_F^2
     np.testing.assert_allclose(eigenvalues(w, normalize="N", device="cpu"), expected / max(shape), rtol=1e-6,

@@ -51,6 +51,7 @@ class EsdSettings:
     normalize: str = "none"
     conv2d_fft_size: int | None = None
     randomize: bool = True
+    gram: str = "float32"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,7 +60,8 @@ class EsdSettings:
         """The settings of a layer's matrices and their eigenvalues (the keywords of
         zooscope.spectra.esd.layer_eigenvalues): all but ``randomize``. An update's spectrum
         (zooscope.spectra.delta_esd) depends on these alone."""
-        return {"conv2d": self.conv2d, "normalize": self.normalize, "conv2d_fft_size": self.conv2d_fft_size}
+        return {"conv2d": self.conv2d, "normalize": self.normalize, "conv2d_fft_size": self.conv2d_fft_size,
+                "gram": self.gram}
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,11 @@ class FitSettings:
     alternatives: bool = True
     fingers: str | None = None
 
+    @property
+    def point_estimates(self) -> bool:
+        """No bootstrap, goodness of fit or likelihood ratios: a fit of milliseconds per matrix."""
+        return self.bootstrap == 0 and self.gof == 0 and not self.alternatives
+
     def without_uncertainty(self) -> FitSettings:
         """The same fit, point estimates only: no bootstrap, goodness of fit or likelihood ratios
         (the Jacobian stage's spectra, whose columns have none)."""
@@ -134,6 +141,7 @@ class Threads:
 
     fetch: int = 1
     esd: int = 2
+    fit: int = 2
     jacobian: int = 1
 
 

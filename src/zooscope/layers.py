@@ -30,7 +30,7 @@ import numpy as np
 
 from zooscope.io import FLOAT_DTYPES, safe_filename
 from zooscope.tensors import (
-    LazyTensors, TensorInfo, as_float32, describe_tensor, is_torch_tensor, storage_key, tensor_sha256,
+    LazyTensors, TensorInfo, describe_tensor, is_torch_tensor, storage_key, tensor_sha256,
 )
 
 if TYPE_CHECKING:
@@ -284,10 +284,10 @@ def _build(found: list[tuple[str, str, object, tuple, Callable[[], Tensor]]],
             continue
         stored = make()
         dtypes[key] = describe_tensor(stored).dtype
-        value = as_float32(stored)
-        layers.append(Layer(name, key, kind, list(value.shape), len(layers), tensor_sha256(value)))
+        # hashed as its float32 widening, block by block (tensor_sha256): never widened whole
+        layers.append(Layer(name, key, kind, list(stored.shape), len(layers), tensor_sha256(stored)))
         makers[key] = make
-        del value, stored
+        del stored
     return LayerList(layers, LazyTensors(makers), tied, left_out, dtypes)
 
 

@@ -155,9 +155,35 @@ def storage_key(tensor: Tensor) -> tuple:
     )
 
 
+# entries of one block that tensor_sha256 widens to float32 at a time (16 MiB of float32)
+HASH_BLOCK_ENTRIES = 1 << 22
+
+
 def tensor_sha256(tensor) -> str:
-    """sha256 of the float32 C-contiguous bytes: a layer's identity for the per-layer cache."""
-    return hashlib.sha256(float32_bytes(tensor)).hexdigest()
+    """sha256 of the float32 C-contiguous bytes: a layer's identity for the per-layer cache.
+
+    A float32 contiguous tensor is hashed in place; any other is widened a block of
+    HASH_BLOCK_ENTRIES entries at a time into the same digest (sha256 streams), so hashing a bf16
+    embedding of 65M entries costs 16 MiB, not its 260 MB float32 copy."""
+    digest = hashlib.sha256()
+    if isinstance(tensor, np.ndarray):
+        flat = tensor.reshape(-1) if tensor.flags.c_contiguous else np.ascontiguousarray(tensor).reshape(-1)
+        if flat.dtype == np.float32:
+            digest.update(memoryview(flat).cast("B"))
+        else:
+            block = np.empty(min(flat.size, HASH_BLOCK_ENTRIES), dtype=np.float32)
+            for start in range(0, flat.size, HASH_BLOCK_ENTRIES):
+                part = block[: min(HASH_BLOCK_ENTRIES, flat.size - start)]
+                np.copyto(part, flat[start:start + part.size], casting="unsafe")
+                digest.update(memoryview(part).cast("B"))
+        return digest.hexdigest()
+    import torch
+
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    for start in range(0, max(flat.numel(), 1), HASH_BLOCK_ENTRIES):
+        part = flat[start:start + HASH_BLOCK_ENTRIES].to(torch.float32)
+        digest.update(memoryview(part.numpy()).cast("B"))
+    return digest.hexdigest()
 
 
 def as_float32(tensor):
@@ -177,9 +203,3 @@ def stored_bytes(tensor) -> memoryview:
     import torch
 
     return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).cast("B")
-
-
-def float32_bytes(tensor) -> memoryview:
-    """The bytes of :func:`as_float32` of a torch tensor or numpy array."""
-    array = as_float32(tensor)
-    return memoryview(array if isinstance(array, np.ndarray) else array.numpy()).cast("B")

@@ -284,7 +284,7 @@ def layer_columns(index: Mapping) -> tuple[str, ...]:
     return (*LAYER_COLUMNS, *DELTA_COLUMNS) if "delta" in index else LAYER_COLUMNS
 
 
-def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) -> list[dict]:
+def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings(), *, workers: int = 1) -> list[dict]:
     """One row per matrix of every layer of an esd index (see zooscope.spectra.esd), as dicts with every
     key of :func:`layer_columns`: None where a metric does not apply, "" for an empty text column; a
     row with bootstrap replicates also carries them under REPLICATES (for :func:`summarize`).
@@ -293,25 +293,38 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
     ``rand_file``, ``load_eigenvalues(record, randomized=True)`` the shuffled matrices' one.
     ``fit``: config ``fit:``. The uncertainty's draws of each matrix are seeded by its record's
     ``key`` (the layer's weights hash with the spectrum settings) and its slice number, so reruns
-    are byte-identical. Plain dicts, not a DataFrame: the fit job then needs no pandas (a third of
-    its start-up).
+    are byte-identical. ``workers`` > 1 fits the layers in that many forked processes (config
+    ``threads.fit``): the fits are Python and numpy on small arrays, bound by the interpreter, so
+    threads would not run them in parallel; each layer's rows are the same either way, and so is
+    their order. Plain dicts, not a DataFrame: the fit job then needs no pandas (a third of its
+    start-up).
     """
-    rows = []
-    for record in index["layers"]:
-        base = {"layer": record["name"], "type": record["type"], "depth": record["depth"],
-                "N": record["N"], "M": record["M"]}
-        if record["status"] != "ok":
-            # the eigenvalues a matrix of it would have had: M (N >= M), where its shape is known
-            rows.append({**base, "slice": "", "num_evals": record["M"], "status": record["status"],
-                         "reason": record["reason"]})
-            continue
-        values = load_eigenvalues(record)
-        randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
-        for number, (label, row_values, row_rand) in enumerate(zip(record["slices"], values, randomized, strict=True)):
-            seed = [int(record["key"], 16), number] if record.get("key") else None
-            rows.append({**base, "slice": label,
-                         **spectrum_metrics(row_values, fit, shape=(record["N"], record["M"]), randomized=row_rand,
-                                            seed=seed)})
+    records = index["layers"]
+    fitted = sum(record["status"] == "ok" for record in records)
+    if workers > 1 and fitted > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        # fork: the workers inherit the records, the loader and the settings (any callable, none
+        # pickled) and get only a record's position. Their BLAS, barely used by the fits, has one
+        # thread each: the libraries loaded here by the limit set here, those a worker loads later
+        # (scipy's own OpenBLAS, for the likelihood ratios) by the environment its initializer sets;
+        # with the job's threads instead, each worker's idle BLAS threads spin on the cores the
+        # other workers need (a fit stage with 2 workers: 6 times the CPU time).
+        global _FORKED_WORK
+        _FORKED_WORK = (records, load_eigenvalues, fit)
+        try:
+            with threadpool_limits(limits=1), ProcessPoolExecutor(
+                    min(workers, fitted), mp_context=multiprocessing.get_context("fork"),
+                    initializer=_one_blas_thread) as pool:
+                parts = list(pool.map(_forked_record_rows, range(len(records))))
+        finally:
+            _FORKED_WORK = None
+    else:
+        parts = [_record_rows(record, load_eigenvalues, fit) for record in records]
+    rows = [row for part in parts for row in part]
     rows = [{**{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS},
              **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
     if "delta" in index:
@@ -321,6 +334,41 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings()) 
         rows = [{**{key: value for key, value in row.items() if key != REPLICATES},
                  **delta_columns_of(cells, row["layer"], row["slice"]),
                  **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
+    return rows
+
+
+# what layer_rows' forked workers inherit: (records, load_eigenvalues, fit)
+_FORKED_WORK = None
+
+
+def _one_blas_thread() -> None:
+    import os
+
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+
+
+def _forked_record_rows(position: int) -> list[dict]:
+    records, load_eigenvalues, fit = _FORKED_WORK
+    return _record_rows(records[position], load_eigenvalues, fit)
+
+
+def _record_rows(record: dict, load_eigenvalues, fit: FitSettings) -> list[dict]:
+    """The rows of one esd index record (:func:`layer_rows`), a row per matrix."""
+    base = {"layer": record["name"], "type": record["type"], "depth": record["depth"],
+            "N": record["N"], "M": record["M"]}
+    if record["status"] != "ok":
+        # the eigenvalues a matrix of it would have had: M (N >= M), where its shape is known
+        return [{**base, "slice": "", "num_evals": record["M"], "status": record["status"],
+                 "reason": record["reason"]}]
+    values = load_eigenvalues(record)
+    randomized = load_eigenvalues(record, randomized=True) if record.get("rand_file") else [None] * len(values)
+    rows = []
+    for number, (label, row_values, row_rand) in enumerate(zip(record["slices"], values, randomized, strict=True)):
+        seed = [int(record["key"], 16), number] if record.get("key") else None
+        rows.append({**base, "slice": label,
+                     **spectrum_metrics(row_values, fit, shape=(record["N"], record["M"]), randomized=row_rand,
+                                        seed=seed)})
     return rows
 
 

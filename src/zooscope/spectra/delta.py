@@ -174,8 +174,11 @@ class LayerDelta:
 
 def layer_delta(weight: np.ndarray, base_weight: np.ndarray, layer_type: str, *, conv2d: str = "slices",
                 normalize: str = "none", conv2d_fft_size: int | None = None, top_k: int = DEFAULT_TOP_K,
-                device: str | None = None) -> LayerDelta:
+                device: str | None = None, gram: str = "float32") -> LayerDelta:
     """The dense update of one layer, matrix by matrix as its ESD sees it (slices, stacked, fft).
+
+    ``gram`` (config ``esd.gram``) changes nothing here: the update is float64, and so is its Gram
+    matrix (zooscope.spectra.spectrum.gram_matrix).
 
     Under ``conv2d="fft"`` the operator is not a real matrix: its update's spectrum is that of the
     kernel's update, the relative norm is the kernels' (the operator's Frobenius norm is n times

@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 
 # Bump when the eigenvalue computation changes, to invalidate every cache entry.
 # 3: the shuffled spectra of ``randomize`` are computed in float32.
-ESD_VERSION = 3
+# 4: the Gram matrix's products in float32 blocks (config esd.gram), a new cache key field.
+ESD_VERSION = 4
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
 # The fields of a record that the shared store keeps (the rest is the layer's, or the key's).
 SHARED_FIELDS = ("slices", "N", "M")
-# Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd).
-PARALLEL_LAYERS_BELOW = 2048
+# Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd):
+# up to M = 2048 a matrix per thread beats both threads on one (a 1.1B Llama's 5632 x 2048 layers:
+# esd 41.3 -> 31.5 s on 2 cores); at 4096 the tridiagonal reduction is memory-bound, so two at once
+# are no faster than one after another (benchmarks/RESULTS.md).
+PARALLEL_LAYERS_BELOW = 4096
 
 
 def cache_key(layer: dict, settings: EsdSettings) -> str:
@@ -57,13 +61,15 @@ def cache_key(layer: dict, settings: EsdSettings) -> str:
 
 def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str,
                       conv2d_fft_size: int | None = None, shuffle_seed: int | None = None,
-                      device: str | None = None):
+                      device: str | None = None, gram: str = "float32"):
     """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)).
 
     With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
     they are the operator's entries), so every matrix keeps its own values. ``pooled`` gives one
     row of the kh*kw slices' eigenvalues together, with one slice's (N, M). ``device``: the
-    torch device of :func:`zooscope.spectra.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy).
+    torch device of :func:`zooscope.spectra.spectrum.eigenvalues` (None: numpy; ``fft`` always numpy);
+    ``gram``: the precision of the Gram matrix's products there (config ``esd.gram``; the shuffled
+    spectra are float32 anyway, ``fft`` is an SVD per frequency).
     """
     if layer_type == "Conv2d" and conv2d == "fft":
         n = spectrum.conv2d_fft_size(np.shape(weight), conv2d_fft_size)
@@ -72,7 +78,7 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
         return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
     if shuffle_seed is None:
-        rows = [spectrum.eigenvalues(m.matrix, normalize=normalize, device=device) for m in matrices]
+        rows = [spectrum.eigenvalues(m.matrix, normalize=normalize, device=device, gram=gram) for m in matrices]
     else:  # the randomization check's spectra, in float32 (spectrum.shuffled_eigenvalues says why)
         rows = [spectrum.shuffled_eigenvalues(m.matrix, shuffle_seed, normalize=normalize, device=device)
                 for m in matrices]

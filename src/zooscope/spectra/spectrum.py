@@ -28,6 +28,15 @@ DEVICES = ("auto", "cpu", "cuda")
 GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd")
 # float64 entries of one block of the Gram matrix's streamed side (gram_matrix): 32 MiB.
 GRAM_BLOCK_ENTRIES = 1 << 22
+# config esd.gram: the precision of the Gram matrix's block products (gram_matrix)
+GRAM_PRECISIONS = ("float32", "float64")
+# lines of one float32 block product of the Gram matrix: float32 partial sums over at most this
+# many lines, the blocks summed in float64 (gram_matrix)
+GRAM_FLOAT32_LINES = 4096
+# eigenvalues below this share of lambda_max are zero in the float32 route (eigenvalues): its
+# rounding moves the zero eigenvalues of a rank-deficient matrix to 2e-8 to 9e-8 of lambda_max
+# (measured at 100 x 80 to 25088 x 1024), so this is 10 times above that noise
+GRAM_FLOAT32_RESOLUTION = 1e-6
 
 
 @dataclass(frozen=True)
@@ -125,61 +134,100 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def eigenvalues(matrix: np.ndarray, *, normalize: str = "none", device: str | None = None) -> np.ndarray:
+def eigenvalues(matrix: np.ndarray, *, normalize: str = "none", device: str | None = None,
+                gram: str = "float32") -> np.ndarray:
     """Eigenvalues of X = W^T W (squared singular values of W), ascending, float64, length M.
 
-    ``normalize="N"`` divides them by N. Raises ValueError for NaN/Inf entries. ``device`` None
-    computes them with numpy; a torch device ("cuda", "cuda:1", "cpu") the same way in torch on
-    that device (see :func:`resolve_device`), returned as a numpy array.
+    ``normalize="N"`` divides them by N. Raises ValueError for NaN/Inf entries. ``gram`` is config
+    ``esd.gram``, the precision of the Gram matrix's products (:func:`gram_matrix`); the eigensolver
+    is float64 either way. ``device`` None computes them with numpy; a torch device ("cuda",
+    "cuda:1", "cpu") the same way in torch on that device, all in float64 (see
+    :func:`resolve_device`), returned as a numpy array.
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     if device is not None:
         return _torch_eigenvalues(matrix, normalize=normalize, device=device)
-    gram, n_rows = gram_matrix(matrix)
-    values = np.linalg.eigvalsh(gram)
+    gram_m, n_rows = gram_matrix(matrix, precision=gram)
+    values = np.linalg.eigvalsh(gram_m)
     # The Gram route can return tiny negative values for zero singular values: they are zero.
     values = np.clip(values, 0.0, None)
+    if values.size and _float32_products(np.asarray(matrix).dtype, gram):
+        # below the float32 products' resolution an eigenvalue is rounding, not spectrum: a
+        # rank-deficient matrix keeps exact zeros (which the fit's floor leaves out), not noise
+        values[values < GRAM_FLOAT32_RESOLUTION * values.max()] = 0.0
     if normalize == "N":
         values = values / n_rows
     return np.sort(values)
 
 
-def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES) -> tuple[np.ndarray, int]:
+def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
+                precision: str = "float64") -> tuple[np.ndarray, int]:
     """(the M x M Gram matrix W^T W in float64, N) of a matrix oriented N x M with N >= M.
 
-    The long side is streamed in blocks of about ``block_entries`` entries (at least M lines):
-    each block is widened to float64 in one reused buffer and its product (a SYRK) added to the
-    sum. Why: widening a whole float32 weight doubles it in fresh memory (VGG16's 4096 x 25088
-    classifier: 800 MB, a first touch that costs seconds of system time, more where the kernel
-    compacts memory for huge pages), while a block costs max(32 MiB, 8 M^2 bytes), no more than
-    the Gram matrix itself, and the products stay in BLAS.
+    The long side is streamed in blocks of lines and the blocks' products (each a SYRK) are summed
+    in float64. ``precision="float64"``: each block (about ``block_entries`` entries, at least M
+    lines) is widened to float64 in one reused buffer. Why blocks: widening a whole float32 weight
+    doubles it in fresh memory (VGG16's 4096 x 25088 classifier: 800 MB, a first touch that costs
+    seconds of system time), while a block costs max(32 MiB, 8 M^2 bytes).
+
+    ``precision="float32"`` (config ``esd.gram``'s default): a matrix stored in float32 or narrower
+    (bf16, float16 and float8 widen to float32 exactly) has each block of at most
+    :data:`GRAM_FLOAT32_LINES` lines multiplied in float32, a float32 SYRK at twice the float64
+    one's speed, read in place (no copy) for float32 weights. Each product of two float32 entries
+    carries a relative rounding of at most eps32 = 6e-8 and the SYRK's partial sums another per
+    addition, so an entry of a block's product is within gamma_L sum_k |w_ki| |w_kj| of the exact
+    one (L lines), and the blocks' sum adds only float64 rounding. Measured on real layers (docs/speed.md)
+    lambda_max, the norms and the alphas move by 1e-8 to 4e-7 relative; :func:`eigenvalues` reports
+    those below :data:`GRAM_FLOAT32_RESOLUTION` of lambda_max as 0. A block whose largest entry is
+    above 1e15 (its squares near float32's overflow) or below 1e-12 (near its subnormals) is
+    multiplied in float64; a float64 matrix (a fine-tune's update) is float64 throughout.
     Raises ValueError for NaN/Inf entries.
     """
     w = np.asarray(matrix)
     wide = w.shape[0] < w.shape[1]  # then W^T W of the oriented matrix is w w^T
     n_rows, m = (w.shape[1], w.shape[0]) if wide else w.shape
-    lines = max(1, min(n_rows, max(m, block_entries // max(m, 1))))
-    storage = np.empty(lines * m)
+    single = _float32_products(w.dtype, precision)
+    if single:
+        lines = max(1, min(n_rows, GRAM_FLOAT32_LINES))
+        in_place = w.dtype == np.float32  # a view of the weight is the block: no copy
+        storage = None if in_place else np.empty(lines * m, dtype=np.float32)
+    else:
+        lines = max(1, min(n_rows, max(m, block_entries // max(m, 1))))
+        storage = np.empty(lines * m)
     gram = product = None
     for start in range(0, n_rows, lines):
         count = min(lines, n_rows - start)
-        if wide:
-            block = storage[: count * m].reshape(m, count)
-            np.copyto(block, w[:, start:start + count])
-            block = block.T
+        part = w[:, start:start + count].T if wide else w[start:start + count]
+        if storage is None:
+            block = part
         else:
-            block = storage[: count * m].reshape(count, m)
-            np.copyto(block, w[start:start + count])
-        if not np.isfinite(block).all():
+            block = storage[: count * m].reshape(m, count).T if wide else storage[: count * m].reshape(count, m)
+            np.copyto(block, part)
+        largest = max(float(block.max()), -float(block.min())) if block.size else 0.0  # NaN if any entry is
+        if not np.isfinite(largest):
             bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
             raise ValueError(f"weights contain NaN or Inf ({bad} of {w.size} entries)")
-        if gram is None:
-            gram = block.T @ block  # numpy runs this as one SYRK: half the flops of a general product
+        if single and not (largest == 0.0 or 1e-12 <= largest <= 1e15):
+            block = np.asarray(block, dtype=np.float64)  # out of float32's safe range: this block in float64
+        if single or gram is None:
+            # numpy runs b.T @ b as one SYRK: half the flops of a general product
+            part_gram = block.T @ block
+            if gram is None:
+                gram = part_gram.astype(np.float64, copy=part_gram.dtype != np.float64)
+            else:
+                gram += part_gram
         else:
             product = np.matmul(block.T, block, out=product)
             gram += product
     return (np.zeros((m, m)) if gram is None else gram), n_rows
+
+
+def _float32_products(dtype: np.dtype, precision: str) -> bool:
+    """Whether :func:`gram_matrix` multiplies a matrix of ``dtype`` in float32 (config ``esd.gram``)."""
+    if precision not in GRAM_PRECISIONS:
+        raise ValueError(f"unknown Gram precision {precision!r}; valid: {', '.join(GRAM_PRECISIONS)}")
+    return precision == "float32" and dtype != np.float64 and dtype.itemsize <= 4
 
 
 def _torch_eigenvalues(matrix, *, normalize: str, device: str) -> np.ndarray:
