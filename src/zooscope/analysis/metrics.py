@@ -301,29 +301,29 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings(), 
     """
     records = index["layers"]
     fitted = sum(record["status"] == "ok" for record in records)
-    if workers > 1 and fitted > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    from threadpoolctl import threadpool_limits
 
-        from threadpoolctl import threadpool_limits
+    # One BLAS thread: the fits' arrays are small, and with the job's threads the idle BLAS threads
+    # spin on the cores the fits need (2 forked workers: 6 times the CPU time). scipy has a BLAS of
+    # its own, loaded when first imported: imported here, before the limit, so that the limit binds
+    # it too, also in the forked workers, which inherit the limited libraries.
+    _import_fit_scipy(fit)
+    with threadpool_limits(limits=1):
+        if workers > 1 and fitted > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-        # fork: the workers inherit the records, the loader and the settings (any callable, none
-        # pickled) and get only a record's position. Their BLAS, barely used by the fits, has one
-        # thread each: the libraries loaded here by the limit set here, those a worker loads later
-        # (scipy's own OpenBLAS, for the likelihood ratios) by the environment its initializer sets;
-        # with the job's threads instead, each worker's idle BLAS threads spin on the cores the
-        # other workers need (a fit stage with 2 workers: 6 times the CPU time).
-        global _FORKED_WORK
-        _FORKED_WORK = (records, load_eigenvalues, fit)
-        try:
-            with threadpool_limits(limits=1), ProcessPoolExecutor(
-                    min(workers, fitted), mp_context=multiprocessing.get_context("fork"),
-                    initializer=_one_blas_thread) as pool:
-                parts = list(pool.map(_forked_record_rows, range(len(records))))
-        finally:
-            _FORKED_WORK = None
-    else:
-        parts = [_record_rows(record, load_eigenvalues, fit) for record in records]
+            # fork: the workers inherit the records, the loader and the settings (any callable,
+            # none pickled) and get only a record's position
+            global _FORKED_WORK
+            _FORKED_WORK = (records, load_eigenvalues, fit)
+            try:
+                with ProcessPoolExecutor(min(workers, fitted), mp_context=multiprocessing.get_context("fork")) as pool:
+                    parts = list(pool.map(_forked_record_rows, range(len(records))))
+            finally:
+                _FORKED_WORK = None
+        else:
+            parts = [_record_rows(record, load_eigenvalues, fit) for record in records]
     rows = [row for part in parts for row in part]
     rows = [{**{column: row.get(column, "" if column in TEXT_COLUMNS else None) for column in LAYER_COLUMNS},
              **({REPLICATES: row[REPLICATES]} if REPLICATES in row else {})} for row in rows]
@@ -341,11 +341,14 @@ def layer_rows(index: dict, load_eigenvalues, fit: FitSettings = FitSettings(), 
 _FORKED_WORK = None
 
 
-def _one_blas_thread() -> None:
-    import os
-
-    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = "1"
+def _import_fit_scipy(fit: FitSettings) -> None:
+    """Import the scipy modules the fits of ``fit`` will use (zooscope.fits imports them lazily:
+    a point-estimate power-law fit needs none, and scipy.stats costs a job about a second)."""
+    if fit.alternatives or fit.kind != "pl":
+        import scipy.optimize  # noqa: F401
+        import scipy.special  # noqa: F401
+    if fit.kind == "etpl" or fit.fingers == "xmin_peak":  # the ESD's peak: a Gaussian KDE
+        import scipy.stats  # noqa: F401
 
 
 def _forked_record_rows(position: int) -> list[dict]:
