@@ -41,20 +41,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_weightwatcher import CONFIGS, compare_dense_alphas, eigen_floor, load, quiet, run_zooscope  # noqa: E402
+from bench_weightwatcher import (  # noqa: E402
+    CONFIGS, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
+)
 
 TARGET_RATIO = 4.0
 FLOOR_TARGET = 1.2
-JOB_LOG = re.compile(r"took ([0-9.]+) s; process CPU .*; peak RSS ([0-9.]+) GiB")
 
 
 def llama_config(scale: float):
@@ -89,16 +88,6 @@ def build_folder(scale: float, folder: Path) -> tuple[int, int]:
 
 def disk_usage(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def job_logs(workdir: Path) -> dict[str, tuple[float, float]]:
-    """{log name: (seconds, peak RSS GiB)} from the job logs' last line (zooscope.jobs.job)."""
-    jobs = {}
-    for log in sorted((workdir / "logs").rglob("*.log")):
-        found = JOB_LOG.findall(log.read_text(errors="replace"))
-        if found:
-            jobs[str(log.relative_to(workdir / "logs"))] = (float(found[-1][0]), float(found[-1][1]))
-    return jobs
 
 
 def weightwatcher_child(folder: Path, threads: int, out: Path) -> None:
@@ -166,9 +155,9 @@ def main() -> None:
 
         ours = run_zooscope(workdir, args.cores)
         jobs = job_logs(workdir)
-        peak = max((rss for _, rss in jobs.values()), default=float("nan"))
+        peak = max((rss for _, _, rss in jobs.values()), default=float("nan"))
         print(f"\nzooscope, snakemake --cores {args.cores} (folder -> zoo tables): {ours:.1f} s ({load()})")
-        for name, (seconds, rss) in jobs.items():
+        for name, (seconds, _, rss) in jobs.items():
             print(f"  {name:<24}{seconds:>8.1f} s  peak RSS {rss:.2f} GiB")
         print(f"  peak RSS of the largest job: {peak:.2f} GiB (target < 1 GiB: {'met' if peak < 1 else 'MISSED'}); "
               f"disk: resources/ {disk_usage(workdir / 'resources') / 2**30:.2f} GiB, results/ "

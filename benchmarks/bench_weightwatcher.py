@@ -41,6 +41,7 @@ import gc
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,7 @@ CONFIGS = {
     "defaults": ("", 3.0),
 }
 TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
+JOB_LOG = re.compile(r"took ([0-9.]+) s; process CPU ([0-9.]+) s user, ([0-9.]+) s system; peak RSS ([0-9.]+) GiB")
 
 
 def load() -> str:
@@ -135,19 +137,25 @@ def run_zooscope(workdir: Path, cores: int) -> float:
     return seconds
 
 
-def stage_times(workdir: Path) -> str:
-    """Wall and CPU seconds inside the jobs, summed per stage, from the jobs' last log lines
-    ("took W s; process CPU U s user, S s system")."""
-    import re
-
-    stages: dict[str, list[float]] = {}
-    for log in sorted((workdir / "logs").glob("*/*.log")):
-        found = re.findall(r"took ([\d.]+) s; process CPU ([\d.]+) s user, ([\d.]+) s system", log.read_text())
+def job_logs(workdir: Path) -> dict[str, tuple[float, float, float]]:
+    """{log name (stage/job.log): (seconds, process CPU seconds, peak RSS GiB)} from each job log's
+    last line ("took W s; process CPU U s user, S s system; peak RSS R GiB", zooscope.jobs)."""
+    jobs = {}
+    for log in sorted((workdir / "logs").rglob("*.log")):
+        found = JOB_LOG.findall(log.read_text(errors="replace"))
         if found:
-            wall, user, system = map(float, found[-1])
-            total = stages.setdefault(log.parent.name, [0.0, 0.0])
-            total[0] += wall
-            total[1] += user + system
+            wall, user, system, rss = map(float, found[-1])
+            jobs[str(log.relative_to(workdir / "logs"))] = (wall, user + system, rss)
+    return jobs
+
+
+def stage_times(workdir: Path) -> str:
+    """Wall and CPU seconds inside the jobs, summed per stage (:func:`job_logs`)."""
+    stages: dict[str, list[float]] = {}
+    for name, (wall, cpu, _) in job_logs(workdir).items():
+        total = stages.setdefault(name.split("/")[0], [0.0, 0.0])
+        total[0] += wall
+        total[1] += cpu
     return "inside the jobs (wall / CPU s): " + ", ".join(f"{stage} {wall:.1f} / {cpu:.1f}"
                                                           for stage, (wall, cpu) in stages.items())
 
@@ -305,8 +313,7 @@ def main() -> None:
             # the eigen-work alone, for what the end-to-end times can reach (issue 16: near the floor)
             layers = [layer for name in names for layer in json.loads(
                 (workdir / "resources" / "models" / name / "layers.json").read_text())["layers"]]
-            with threadpool_limits(limits=args.cores):
-                floors = {gram: eigen_floor(layers, args.cores, gram=gram)[0] for gram in ("float64", "float32")}
+            floors = {gram: eigen_floor(layers, args.cores, gram=gram)[0] for gram in ("float64", "float32")}
             print(f"eigen-work floor of the {len(names)} models (Gram + eigvalsh of each matrix shape alone, "
                   f"{args.cores} threads; {load()}): float64 products {floors['float64']:.1f} s "
                   f"(analyze() = {ww_total / floors['float64']:.1f}x it), esd.gram's float32 products "

@@ -49,7 +49,7 @@ def test_eigenvalues_equal_squared_singular_values(rng, shape):
 def test_the_float32_gram_route_is_within_its_bound_of_a_float64_svd(rng, kind, shape):
     """More lines than one float32 block (9000 > 4096: three blocks summed in float64), heavy-tailed
     and low-rank-plus-noise entries, and scales that float32 squares would underflow (1e-20) or
-    overflow (1e25), where the route falls back to float64 for the block."""
+    overflow (1e25), where the route multiplies the matrix in float64."""
     n, m = max(shape), min(shape)
     if kind == "student-t":
         w = rng.standard_t(3, size=(n, m))

@@ -180,7 +180,7 @@ def tensor_sha256(tensor) -> str:
     import torch
 
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    for start in range(0, max(flat.numel(), 1), HASH_BLOCK_ENTRIES):
+    for start in range(0, flat.numel(), HASH_BLOCK_ENTRIES):
         part = flat[start:start + HASH_BLOCK_ENTRIES].to(torch.float32)
         digest.update(memoryview(part.numpy()).cast("B"))
     return digest.hexdigest()

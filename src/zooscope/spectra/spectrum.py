@@ -179,9 +179,9 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
     addition, so an entry of a block's product is within gamma_L sum_k |w_ki| |w_kj| of the exact
     one (L lines), and the blocks' sum adds only float64 rounding. Measured on real layers (docs/speed.md)
     lambda_max, the norms and the alphas move by 1e-8 to 4e-7 relative; :func:`eigenvalues` reports
-    those below :data:`GRAM_FLOAT32_RESOLUTION` of lambda_max as 0. A block whose largest entry is
-    above 1e15 (its squares near float32's overflow) or below 1e-12 (near its subnormals) is
-    multiplied in float64; a float64 matrix (a fine-tune's update) is float64 throughout.
+    those below :data:`GRAM_FLOAT32_RESOLUTION` of lambda_max as 0. A matrix with a block whose
+    largest entry is above 1e15 (its squares near float32's overflow) or below 1e-12 (near its
+    subnormals) is multiplied in float64; so is a float64 matrix (a fine-tune's update).
     Raises ValueError for NaN/Inf entries.
     """
     w = np.asarray(matrix)
@@ -209,14 +209,10 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
             bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
             raise ValueError(f"weights contain NaN or Inf ({bad} of {w.size} entries)")
         if single and not (largest == 0.0 or 1e-12 <= largest <= 1e15):
-            block = np.asarray(block, dtype=np.float64)  # out of float32's safe range: this block in float64
-        if single or gram is None:
-            # numpy runs b.T @ b as one SYRK: half the flops of a general product
-            part_gram = block.T @ block
-            if gram is None:
-                gram = part_gram.astype(np.float64, copy=part_gram.dtype != np.float64)
-            else:
-                gram += part_gram
+            # out of float32's safe range (squares near overflow or subnormals): all in float64
+            return gram_matrix(matrix, block_entries, precision="float64")
+        if gram is None:
+            gram = (block.T @ block).astype(np.float64, copy=False)  # numpy runs b.T @ b as one SYRK
         else:
             product = np.matmul(block.T, block, out=product)
             gram += product
