@@ -232,3 +232,66 @@ def test_error_on_bad_shape_and_floor():
         fit_power_law([1.0, 2.0], floor=-1.0)
     with pytest.raises(ValueError, match="floor"):
         fit_power_law([1.0, 2.0], floor=np.nan)
+
+
+# --- many rows at once (the bootstrap's and the p-value's refits) ----------------------------
+
+
+def sorted_rows(rng, K):
+    """Rows of different shapes: Pareto tails, an MP bulk with spikes, repeated values, and one
+    row of equal values (no candidate has a finite alpha)."""
+    rows = [pareto(rng, K, 2.2), pareto(rng, K, 4.5, xmin=3.0),
+            mp_with_spikes(rng, 3 * K, K, strengths=[30, 50]),
+            np.round(rng.lognormal(0, 1, K), 1) + 0.1, np.full(K, 2.0)]
+    return np.sort(np.array(rows), axis=1)
+
+
+@pytest.mark.parametrize("chunk", [1, 40, 1 << 20])
+def test_rows_fit_like_the_reference_each(monkeypatch, chunk):
+    """fit_sorted_rows gives every row the reference's candidate; with a small _CHUNK the rows
+    are taken in several blocks."""
+    monkeypatch.setattr(pf, "_CHUNK", chunk)
+    X = sorted_rows(np.random.default_rng(11), 120)
+    fits = pf.fit_sorted_rows(X)
+    for r, x in enumerate(X[:-1]):
+        ref = reference_fit(x, floor=0.0)
+        assert fits.xmin[r] == ref["xmin"] and fits.num_pl_spikes[r] == ref["n"]
+        assert fits.alpha[r] == pytest.approx(ref["alpha"], rel=1e-9, abs=0)
+        assert fits.D[r] == pytest.approx(ref["D"], rel=1e-9, abs=1e-15)
+        assert fits.sigma[r] == pytest.approx((ref["alpha"] - 1.0) / math.sqrt(ref["n"]), rel=1e-9)
+        assert fits.xmax[r] == x[-1]
+    # the row of equal values has no fit
+    assert math.isnan(fits.alpha[-1]) and math.isnan(fits.D[-1]) and fits.num_pl_spikes[-1] == 0
+
+
+def test_rows_with_an_xmin_range_match_single_fits():
+    """Each row restricted to [lo, hi] (and a row with no candidate inside: the nearest) gets
+    what fit_sorted gives it alone, which is checked against the reference over the range."""
+    rng = np.random.default_rng(12)
+    X = sorted_rows(rng, 90)[:-1]
+    lo, hi = float(np.median(X[0])), float(np.median(X[0]) * 1.5)
+    fits = pf.fit_sorted_rows(X, (lo, hi))
+    for r, x in enumerate(X):
+        one = pf.fit_sorted(x, (lo, hi))
+        assert (fits.alpha[r], fits.xmin[r], fits.D[r], fits.num_pl_spikes[r]) == (
+            one.alpha, one.xmin, one.D, one.num_pl_spikes)
+        inside = (x[:-1] >= lo) & (x[:-1] <= hi)
+        if inside.any():
+            assert lo <= one.xmin <= hi
+    # brute force for the first row: the smallest D over the candidates in the range
+    x = X[0]
+
+    def distance(i):  # D of candidate i, as in reference_fit
+        tail, n = x[i:], x.size - i
+        alpha = 1.0 + n / np.sum(np.log(tail / x[i]))
+        return np.max(np.abs(1.0 - (tail / x[i]) ** (1.0 - alpha) - np.arange(n) / n))
+
+    best = min(distance(i) for i in np.flatnonzero((x[:-1] >= lo) & (x[:-1] <= hi)))
+    assert fits.D[0] == pytest.approx(best, rel=1e-9)
+
+
+def test_rows_shape_errors():
+    with pytest.raises(ValueError, match=r"\(rows x K\) array with K >= 2"):
+        pf.fit_sorted_rows(np.ones(5))
+    with pytest.raises(ValueError, match=r"\(rows x K\) array with K >= 2"):
+        pf.fit_sorted_rows(np.ones((3, 1)))

@@ -18,7 +18,7 @@ from zooscope.analysis.delta import (
     delta_summary,
 )
 from zooscope.config import FitSettings
-from zooscope.fits.bootstrap import bootstrap_fit, percentile_interval
+from zooscope.fits.bootstrap import bootstrap_fit, percentile_interval, power_law_refit
 from zooscope.fits.fingers import FINGERS, clip_fingers, peak_xmin_range
 from zooscope.fits.goodness import ALTERNATIVES, REJECT_BELOW, compare_alternatives, power_law_p_value
 from zooscope.fits.powerlaw import PowerLawFit, fit_sorted, sorted_above_floor
@@ -164,14 +164,20 @@ def _check_fingers(fingers: str | None) -> None:
 
 def _refit(tail: _Tail):
     """What a bootstrap resample refits: the same procedure as the point estimate (None: etpl,
-    whose refits cost a numerical optimisation each, gets no interval)."""
-    def pl(x):
-        fit = fit_sorted(x, tail.xmin_range)
-        return fit.alpha, fit.xmin
+    whose refits cost a numerical optimisation each, gets no interval). Batched: a function of
+    the (resamples x K) sorted draws."""
+    def pl(samples):
+        return power_law_refit(samples, tail.xmin_range)
 
-    def tpl(x):
-        xmin = fit_sorted(x, tail.xmin_range).xmin
-        return fit_truncated_power_law(x, xmin=xmin).alpha, xmin
+    def tpl(samples):
+        xmins = power_law_refit(samples, tail.xmin_range)[1]
+        alphas = np.full(xmins.size, np.nan)
+        for r, (x, xmin) in enumerate(zip(samples, xmins)):
+            try:
+                alphas[r] = fit_truncated_power_law(x, xmin=xmin).alpha if np.isfinite(xmin) else np.nan
+            except ValueError:  # a degenerate resampled tail has no fit
+                continue
+        return alphas, xmins
 
     return {"pl": pl, "tpl": tpl}.get(tail.fit.kind)
 

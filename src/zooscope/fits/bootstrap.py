@@ -6,9 +6,10 @@ with the full xmin search (the same procedure as the point estimate, so the inte
 uncertainty of xmin, not only of alpha at a fixed xmin). The interval of level L is the
 percentile interval: the (1 - L)/2 and (1 + L)/2 quantiles of the refitted alphas (and xmins).
 
-Cost: one exact fit per resample (:func:`zooscope.fits.powerlaw.fit_sorted`, about 1 ms for 4,096
-eigenvalues). The resamples are drawn at once as a (resamples x K) matrix of sorted indices into
-the sorted eigenvalues, so a resample needs neither a validation nor a float sort.
+Cost: one exact fit per resample. The resamples are drawn at once as a (resamples x K) matrix of
+sorted indices into the sorted eigenvalues, so a resample needs neither a validation nor a float
+sort, and refitted at once (:func:`zooscope.fits.powerlaw.fit_sorted_rows`: about 2.5x faster
+than a fit per resample on the spectra of VGG16, ResNet-50 and GPT-2, the same fits).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from typing import Callable
 import numpy as np
 
 from zooscope.config import FitSettings
-from zooscope.fits.powerlaw import fit_sorted
+from zooscope.fits.powerlaw import fit_sorted_rows
 
-__all__ = ["FitInterval", "bootstrap_fit", "percentile_interval", "resample_sorted"]
+__all__ = ["FitInterval", "bootstrap_fit", "percentile_interval", "power_law_refit", "resample_sorted"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,16 @@ def resample_sorted(x: np.ndarray, resamples: int, rng: np.random.Generator) -> 
     return x[index]
 
 
-def _pl_refit(x: np.ndarray, xmin_range) -> tuple[float, float]:
-    fit = fit_sorted(x, xmin_range)
-    return fit.alpha, fit.xmin
+def power_law_refit(samples: np.ndarray, xmin_range=None) -> tuple[np.ndarray, np.ndarray]:
+    """The default refit: alphas and xmins of the exact power-law fit of every row (NaN where a
+    row is degenerate)."""
+    fits = fit_sorted_rows(samples, xmin_range)
+    return fits.alpha, fits.xmin
 
 
 def bootstrap_fit(tail_values, *, resamples: int = FitSettings.bootstrap, level: float = FitSettings.level,
                   seed=0, xmin_range: tuple[float, float] | None = None,
-                  refit: Callable[[np.ndarray], tuple[float, float]] | None = None) -> FitInterval:
+                  refit: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> FitInterval:
     """Bootstrap interval of alpha and xmin of a tail fit.
 
     Parameters
@@ -85,7 +88,8 @@ def bootstrap_fit(tail_values, *, resamples: int = FitSettings.bootstrap, level:
     xmin_range : (lo, hi), optional
         The candidate xmins of every refit (``fit.fingers: xmin_peak``).
     refit : callable, optional
-        ``refit(sorted_values) -> (alpha, xmin)``; default the exact power-law fit with the
+        ``refit(samples) -> (alphas, xmins)`` of a (resamples x K) array of sorted resamples, NaN
+        where one has no fit; default :func:`power_law_refit`, the exact power-law fit with the
         full xmin search (restricted to ``xmin_range``).
     """
     if resamples < 1:
@@ -93,17 +97,9 @@ def bootstrap_fit(tail_values, *, resamples: int = FitSettings.bootstrap, level:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     x = np.sort(np.asarray(tail_values, dtype=np.float64))
-    if refit is None:
-        def refit(sample):
-            return _pl_refit(sample, xmin_range)
     draws = resample_sorted(x, resamples, np.random.default_rng(seed))
-    alphas = np.full(resamples, np.nan)
-    xmins = np.full(resamples, np.nan)
-    for r, sample in enumerate(draws):
-        try:
-            alphas[r], xmins[r] = refit(sample)
-        except ValueError:  # a degenerate resample (all values equal) has no fit
-            continue
+    # a degenerate resample (all values equal) has no fit: NaN
+    alphas, xmins = power_law_refit(draws, xmin_range) if refit is None else refit(draws)
     alpha_lo, alpha_hi = percentile_interval(alphas, level)
     xmin_lo, xmin_hi = percentile_interval(xmins, level)
     return FitInterval(alpha_lo=alpha_lo, alpha_hi=alpha_hi, xmin_lo=xmin_lo, xmin_hi=xmin_hi, level=float(level),

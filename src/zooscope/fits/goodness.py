@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zooscope.config import FitSettings
-from zooscope.fits.powerlaw import PowerLawFit, fit_sorted
+from zooscope.fits.powerlaw import PowerLawFit, fit_sorted_rows
 
 __all__ = ["GoodnessOfFit", "LikelihoodRatio", "ALTERNATIVES", "power_law_p_value", "synthetic_samples",
            "likelihood_ratio", "compare_alternatives", "fit_exponential", "fit_lognormal"]
@@ -94,13 +94,8 @@ def power_law_p_value(tail_values, fit: PowerLawFit, *, resamples: int = FitSett
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     x = np.sort(np.asarray(tail_values, dtype=np.float64))
-    distances = []
-    for sample in synthetic_samples(x, fit, resamples, np.random.default_rng(seed)):
-        try:
-            distances.append(fit_sorted(sample, xmin_range).D)
-        except ValueError:  # degenerate (all values equal): no fit, not counted
-            continue
-    distances = np.asarray(distances)
+    distances = fit_sorted_rows(synthetic_samples(x, fit, resamples, np.random.default_rng(seed)), xmin_range).D
+    distances = distances[np.isfinite(distances)]  # a degenerate sample (all values equal): no fit, not counted
     p = float(np.mean(distances >= fit.D)) if distances.size else math.nan
     return GoodnessOfFit(p_value=p, D=fit.D, resamples=int(distances.size))
 

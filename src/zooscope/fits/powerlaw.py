@@ -43,7 +43,7 @@ import numpy as np
 
 from zooscope.config import FitSettings
 
-__all__ = ["PowerLawFit", "fit_power_law", "fit_sorted", "sorted_above_floor"]
+__all__ = ["PowerLawFit", "PowerLawFits", "fit_power_law", "fit_sorted", "fit_sorted_rows", "sorted_above_floor"]
 
 _CHUNK = 1 << 20  # elements per padded block (rows x sample columns)
 _M0 = 8  # sample positions per candidate in the first pass
@@ -102,48 +102,86 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor,
 
 def fit_sorted(x: np.ndarray, xmin_range: tuple[float, float] | None = None) -> PowerLawFit:
     """:func:`fit_power_law` of values already validated, above the floor and sorted ascending
-    (at least 2): the bootstrap's resamples skip the checks and the sort of each refit."""
-    K = x.size
+    (at least 2): the fingers' refits skip the checks and the sort."""
+    fits = fit_sorted_rows(x[None, :], xmin_range)
+    if fits.num_pl_spikes[0] == 0:
+        if xmin_range is not None:
+            raise ValueError(f"no candidate xmin in [{xmin_range[0]:g}, {xmin_range[1]:g}] has a tail with alpha > 1 "
+                             "(fit.fingers: xmin_peak); use fit.fingers null or clip_xmax")
+        raise ValueError("degenerate spectrum: all eigenvalues above the floor are equal")
+    return PowerLawFit(alpha=float(fits.alpha[0]), xmin=float(fits.xmin[0]), xmax=float(fits.xmax[0]),
+                       D=float(fits.D[0]), sigma=float(fits.sigma[0]), num_pl_spikes=int(fits.num_pl_spikes[0]))
 
+
+@dataclass(frozen=True)
+class PowerLawFits:
+    """Result of :func:`fit_sorted_rows`: the fields of :class:`PowerLawFit` as arrays, one entry
+    per row; a degenerate row (no candidate with a finite alpha > 1) has NaN and num_pl_spikes 0."""
+
+    alpha: np.ndarray
+    xmin: np.ndarray
+    xmax: np.ndarray
+    D: np.ndarray
+    sigma: np.ndarray
+    num_pl_spikes: np.ndarray
+
+
+def fit_sorted_rows(samples: np.ndarray, xmin_range: tuple[float, float] | None = None) -> PowerLawFits:
+    """:func:`fit_sorted` of every row of a (rows x K) array of sorted samples, at once.
+
+    The bootstrap's resamples and the p-value's synthetic samples are refitted this way: one
+    branch and bound over the candidates of many rows (each row keeps its own threshold) costs
+    the numpy calls of one fit, where a fit per row spent most of its time in their overhead.
+    Every row gets exactly the fit :func:`fit_sorted` would give it. Rows are taken in blocks
+    of at most _CHUNK values, which bounds the memory.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] < 2:
+        raise ValueError(f"samples must be a (rows x K) array with K >= 2, got shape {samples.shape}")
+    step = max(1, _CHUNK // samples.shape[1])
+    parts = [_fit_block(samples[r0:r0 + step], xmin_range) for r0 in range(0, samples.shape[0], step)]
+    return PowerLawFits(*(np.concatenate([part[f] for part in parts]) for f in range(6)))
+
+
+def _fit_block(X: np.ndarray, xmin_range) -> tuple[np.ndarray, ...]:
+    R, K = X.shape
     # alpha_i for every candidate i = 0..K-2, from suffix sums of non-negative terms.
-    log_gaps = np.log1p(np.diff(x) / x[:-1])  # ln(x_l / x_{l-1}), l = 1..K-1
+    log_gaps = np.log1p(np.diff(X, axis=1) / X[:, :-1])  # ln(x_l / x_{l-1}), l = 1..K-1
     weights = np.arange(K - 1, 0, -1, dtype=np.float64)  # K - l
-    s = np.cumsum((weights * log_gaps)[::-1])[::-1]  # sum_{j>=i} ln(x_j / x_i)
+    s = np.cumsum((weights * log_gaps)[:, ::-1], axis=1)[:, ::-1]  # sum_{j>=i} ln(x_j / x_i)
     n_all = np.arange(K, 1, -1, dtype=np.int64)  # n_i = K - i
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha_all = 1.0 + n_all / s
     valid = np.isfinite(alpha_all) & (alpha_all > 1.0)
     if xmin_range is not None:
-        valid &= _in_range(x[:-1], xmin_range)
-    if not valid.any():
-        if xmin_range is not None:
-            raise ValueError(f"no candidate xmin in [{xmin_range[0]:g}, {xmin_range[1]:g}] has a tail with alpha > 1 "
-                             "(fit.fingers: xmin_peak); use fit.fingers null or clip_xmax")
-        raise ValueError("degenerate spectrum: all eigenvalues above the floor are equal")
+        valid &= _in_range(X[:, :-1], xmin_range)
 
     # A valid candidate always has D < 1, so candidates with D = 1 can never win.
-    rows = np.flatnonzero(valid)
-    best_i, best_d = _search(x, rows, n_all[rows], alpha_all[rows])
-
-    alpha = float(alpha_all[best_i])
-    n = int(n_all[best_i])
-    return PowerLawFit(
-        alpha=alpha,
-        xmin=float(x[best_i]),
-        xmax=float(x[-1]),
-        D=float(best_d),
-        sigma=float((alpha - 1.0) / np.sqrt(n)),
-        num_pl_spikes=n,
-    )
+    flat = np.flatnonzero(valid)  # row-major, so rows and candidates ascend
+    group, i = np.divmod(flat, K - 1)
+    best = _search(X.ravel(), group * K + i, group, n_all[i], alpha_all.ravel()[flat], R)
+    found = best.index >= 0
+    alpha, xmin, D, sigma = (np.full(R, np.nan) for _ in range(4))
+    num = np.zeros(R, dtype=np.int64)
+    won = flat[best.index[found]]
+    alpha[found] = alpha_all.ravel()[won]
+    xmin[found] = X[:, :-1].ravel()[won]
+    num[found] = n_all[i[best.index[found]]]
+    D[found] = best.D[found]
+    sigma[found] = (alpha[found] - 1.0) / np.sqrt(num[found])
+    return alpha, xmin, X[:, -1].copy(), D, sigma, num
 
 
 def _in_range(candidates: np.ndarray, xmin_range: tuple[float, float]) -> np.ndarray:
-    """Candidates in [lo, hi]; when there is none, the one nearest to the range (in log scale)."""
+    """Candidates (rows x K-1) in [lo, hi]; in a row with none, the one nearest to the range (in
+    log scale)."""
     lo, hi = (float(v) for v in xmin_range)
     inside = (candidates >= lo) & (candidates <= hi)
-    if not inside.any():
-        distance = np.maximum(np.log(lo / candidates), np.log(candidates / hi))
-        inside = distance == distance.min()
+    none = ~inside.any(axis=1)
+    if none.any():
+        c = candidates[none]
+        distance = np.maximum(np.log(lo / c), np.log(c / hi))
+        inside[none] = distance == distance.min(axis=1, keepdims=True)
     return inside
 
 
@@ -171,22 +209,31 @@ def sorted_above_floor(eigenvalues, floor: float) -> np.ndarray:
     return x
 
 
-def _search(x, rows, n, alpha):
-    """Index and exact D of the best candidate among ``rows`` (ascending candidate indices).
+@dataclass(frozen=True)
+class _Best:
+    index: np.ndarray  # per group: position of its winner in the candidate arrays, -1 if none
+    D: np.ndarray  # per group: the winner's exact D (NaN if none)
 
-    ``n`` and ``alpha`` are the tail sizes and exponents of ``rows``. Branch and bound:
-    ``lb`` holds lower bounds of D (exact where ``exact``), ``threshold`` an upper bound of
-    min D; a candidate with lb > threshold cannot win.
+
+def _search(x, rows, group, n, alpha, groups: int) -> _Best:
+    """The best candidate of each group (a row of samples): its position and exact D.
+
+    ``rows`` are the candidates' indices into the flat samples ``x`` (ascending: by group, then
+    candidate), ``group`` their row, ``n`` and ``alpha`` their tail sizes and exponents. Branch
+    and bound: ``lb`` holds lower bounds of D (exact where ``exact``), ``threshold`` an upper
+    bound of each group's min D; a candidate with lb > its group's threshold cannot win.
     """
+    index = np.arange(rows.size)
     exact = np.zeros(rows.size, dtype=bool)
     lb = np.zeros(rows.size)
-    threshold = np.inf
+    ub = lb
+    threshold = np.full(groups, np.inf)
     m = _M0
 
     def prune():
-        nonlocal rows, n, alpha, exact, lb, ub
-        keep = lb <= threshold + _TOL
-        rows, n, alpha, exact, lb, ub = (a[keep] for a in (rows, n, alpha, exact, lb, ub))
+        nonlocal index, rows, group, n, alpha, exact, lb, ub
+        keep = lb <= threshold[group] + _TOL
+        index, rows, group, n, alpha, exact, lb, ub = (a[keep] for a in (index, rows, group, n, alpha, exact, lb, ub))
 
     while not exact.all():
         todo = np.flatnonzero(~exact)
@@ -197,31 +244,61 @@ def _search(x, rows, n, alpha):
         ub = lb.copy()
         ub[todo] += (np.floor((n[todo] - 1) / (m - 1)) + 1) / n[todo]  # max gap / n
         ub[exact] = lb[exact]
-        threshold = min(threshold, ub.min())
+        np.minimum(threshold, _group_min(ub, group, groups), out=threshold)
         prune()
         # The KS maximum of most candidates sits at one of a few shared positions (the
         # tails overlap), so the position where an exact D peaks is a strong sample for
         # all: evaluate candidates exactly, first the smallest upper bound (a good
         # threshold), then the smallest lower bounds (the contenders whose peak is not
-        # sampled yet), while that costs less than a fraction of the next, denser pass.
-        budget = _BUDGET * m * _GROW * np.count_nonzero(~exact)
-        spent = 0
-        first = True
-        while spent <= budget and not exact.all():
-            rest = np.flatnonzero(~exact)
-            c = rest[np.argmin(ub[rest] if first else lb[rest])]
-            first = False
+        # sampled yet), while that costs less than a fraction of the next, denser pass;
+        # one candidate of every group per round.
+        budget = _BUDGET * m * _GROW * np.bincount(group[~exact], minlength=groups)
+        spent = np.zeros(groups)
+        key = ub
+        active = budget > 0
+        while active.any():
+            c = _group_argmin(np.where(~exact & active[group], key, np.inf), group, groups)
+            c = c[c >= 0]
             d, peak = _ks_exact(x, rows[c], n[c], alpha[c])
             lb[c], exact[c] = d, True
-            threshold = min(threshold, d)
-            rest = np.flatnonzero(~exact)
-            at = np.maximum(rows[c] + peak - rows[rest], 0)  # the same x; k = 0 gives 0
+            g = group[c]
+            threshold[g] = np.minimum(threshold[g], d)
+            at_x = np.full(groups, -1)
+            at_x[g] = rows[c] + peak  # the flat index of each evaluated candidate's peak
+            rest = np.flatnonzero(~exact & (at_x[group] >= 0))
+            at = np.maximum(at_x[group[rest]] - rows[rest], 0)  # the same x; k = 0 gives 0
             lb[rest] = np.maximum(lb[rest], _ks_at(x, rows[rest], n[rest], alpha[rest], at))
-            spent += n[c] + rest.size
+            spent[g] += n[c]
+            spent += np.bincount(group[rest], minlength=groups)
             prune()
+            key = lb
+            active = (spent <= budget) & (np.bincount(group[~exact], minlength=groups) > 0)
         m *= _GROW
-    k = int(np.argmin(lb))  # rows are ascending, so argmin picks the lowest i on ties
-    return int(rows[k]), float(lb[k])
+    best = _group_argmin(lb, group, groups)  # rows ascend, so the lowest i wins ties
+    has = best >= 0
+    out = _Best(index=np.full(groups, -1), D=np.full(groups, np.nan))
+    out.index[has], out.D[has] = index[best[has]], lb[best[has]]
+    return out
+
+
+def _group_min(values, group, groups: int) -> np.ndarray:
+    """The minimum of ``values`` in each group (``group`` ascending; inf for an empty group)."""
+    out = np.full(groups, np.inf)
+    if values.size:
+        starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+        out[group[starts]] = np.minimum.reduceat(values, starts)
+    return out
+
+
+def _group_argmin(values, group, groups: int) -> np.ndarray:
+    """Per group, the first position of its minimum of ``values`` (``group`` ascending); -1 for
+    a group with no entry or only infinite ones."""
+    smallest = _group_min(values, group, groups)
+    at = np.flatnonzero((values == smallest[group]) & np.isfinite(values))
+    first = at[np.r_[True, group[at][1:] != group[at][:-1]]] if at.size else at
+    out = np.full(groups, -1)
+    out[group[first]] = first
+    return out
 
 
 def _ks_terms(x, i, k, expo, inv_n):
@@ -262,14 +339,27 @@ def _ks_at(x, rows, n, alpha, k):
     return out
 
 
-def _ks_exact(x, i, n, alpha):
-    """D_i of one candidate and the tail position k where its KS term peaks."""
-    best, peak = -1.0, 0
-    expo, inv_n = 1.0 - alpha, 1.0 / n
-    for c0 in range(0, int(n), _CHUNK):
-        k = np.arange(c0, min(c0 + _CHUNK, int(n)), dtype=np.intp)
-        dev = _ks_terms(x, i, k, expo, inv_n)
-        a = int(dev.argmax())
-        if dev[a] > best:
-            best, peak = float(dev[a]), c0 + a
+def _ks_exact(x, rows, n, alpha):
+    """D of each candidate and the tail position k where its KS term peaks (the first on ties).
+
+    Padded blocks of (candidates x positions), at most _CHUNK elements; positions beyond a tail
+    count -1, below any term.
+    """
+    best = np.full(rows.size, -1.0)
+    peak = np.zeros(rows.size, dtype=np.intp)
+    width = int(n.max()) if n.size else 0
+    cols = min(width, _CHUNK)
+    step = max(1, _CHUNK // max(cols, 1))
+    for r0 in range(0, rows.size, step):
+        sl = slice(r0, r0 + step)
+        i, expo, inv_n, size = rows[sl, None], 1.0 - alpha[sl, None], 1.0 / n[sl, None], n[sl, None]
+        for c0 in range(0, width, cols):
+            k = np.arange(c0, min(c0 + cols, width), dtype=np.intp)[None, :]
+            dev = _ks_terms(x, i, np.minimum(k, size - 1), expo, inv_n)
+            dev[k >= size] = -1.0
+            a = dev.argmax(axis=1)
+            top = dev[np.arange(a.size), a]
+            better = top > best[sl]
+            best[sl] = np.where(better, top, best[sl])
+            peak[sl] = np.where(better, c0 + a, peak[sl])
     return best, peak
