@@ -31,7 +31,8 @@ def test_shipped_config_is_valid_and_defaults_are_filled():
     defaults = run_config({"zoo": "z.tsv"}, CONFIG_SCHEMA)
     assert defaults.fit == FitSettings(floor=1e-5, kind="pl", min_evals=50, bootstrap=100, level=0.95, gof=100,
                                        alternatives=True, fingers=None)
-    assert defaults.esd == EsdConfig(EsdSettings("slices", "none", None, True), device="cpu", shard_mb=None)
+    assert defaults.esd == EsdConfig(EsdSettings("slices", "none", None, False), device="cpu", shard_mb=None)
+    assert shipped.esd.settings.randomize is True  # off by default, on for the demo (its report shows it)
     assert defaults.jacobian.memory_budget == 1024 * 2**20
 
 

@@ -39,7 +39,8 @@ def snakemake(workdir, *args):
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("report")
     (workdir / "zoo.tsv").write_text(HEADER + "".join(ROWS))
-    (workdir / "config.yaml").write_text("zoo: zoo.tsv\n")
+    # the randomization check on (off by default), so that its figures are in the report too
+    (workdir / "config.yaml").write_text("zoo: zoo.tsv\nesd:\n  randomize: true\n")
     snakemake(workdir, "--cores", "2")
     return workdir
 

@@ -50,7 +50,7 @@ class EsdSettings:
     conv2d: str = "slices"
     normalize: str = "none"
     conv2d_fft_size: int | None = None
-    randomize: bool = True
+    randomize: bool = False
     gram: str = "float32"
 
     def as_dict(self) -> dict[str, Any]:
