@@ -164,7 +164,10 @@ def jacobian_data_input(wildcards):
 # The run summary (zooscope.report.run_summary): every failed model and every model with failed
 # or skipped layers, on the console and in logs/{zoo}/run-summary.txt; it sets the exit status.
 def finish_run(errored):
+    from zooscope.jobs import cancel_pending_timers
     from zooscope.report.run_summary import run_summary, write_summary
+
+    cancel_pending_timers()  # else the process exits up to a second after the run (its docstring)
 
     summary = run_summary(
         ZOO, MODELS, lambda model: f"results/metrics/{model}/summary.json",

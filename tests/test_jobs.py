@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from zooscope.jobs import peak_rss
+from zooscope.jobs import cancel_pending_timers, peak_rss
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CHILD = ("import resource, sys; sys.path.insert(0, sys.argv[1]); from zooscope.jobs import peak_rss; "
@@ -32,3 +32,19 @@ def test_a_child_of_a_large_process_reports_its_own_peak_not_its_parents():
     assert inherited >= len(held)  # what a job log said before: the parent's memory
     assert own < 150 * 2**20  # a bare interpreter and zooscope.jobs: tens of MiB
     del held
+
+
+def test_pending_timers_are_cancelled_at_the_end_of_a_run():
+    """Snakemake's rate limiter leaves one-second non-daemon timers; the run's end cancels them,
+    so that the process exits without waiting for them (and never runs their action)."""
+    import threading
+
+    fired = []
+    timers = [threading.Timer(60.0, fired.append, args=(i,)) for i in range(2)]
+    for timer in timers:
+        timer.start()
+    assert cancel_pending_timers() >= 2
+    for timer in timers:
+        timer.join(timeout=5.0)
+        assert not timer.is_alive()
+    assert fired == [] and cancel_pending_timers() == 0
