@@ -21,9 +21,9 @@ Evaluating every D_i directly costs O(K^2), far too slow for spectra of 10^4..10
   the largest gap, UB_i >= D_i. A candidate with LB_i above the smallest known upper bound
   (any UB_j, or any exact D_j) cannot win and is dropped; a slack of 1e-12 guards against
   rounding, so the true winner and every candidate tied with it always survive.
-* Pass 1 samples m = 8 evenly spaced positions of every tail (always k = 0 and k = n-1)
+* Pass 1 samples m = 4 evenly spaced positions of every tail (always k = 0 and k = n-1)
   through a padded (positions x candidates) index matrix; each further pass samples the
-  survivors 4x more densely, until a survivor's samples are its whole tail (LB_i = D_i).
+  survivors 8x more densely, until a survivor's samples are its whole tail (LB_i = D_i).
 * Shared peaks. The tails are nested, so the position x_p where the KS term peaks is
   nearly the same for most candidates. After each pass a few survivors get their exact D
   (the smallest UB first, for a tight threshold, then the smallest LBs), and the term at
@@ -33,7 +33,10 @@ Evaluating every D_i directly costs O(K^2), far too slow for spectra of 10^4..10
 * The winner's alpha, D and n come from the same expressions as every other candidate's.
   Everything is numpy on blocks of at most 2^20 elements; Python loops run over passes,
   blocks and the few exact evaluations, never over all candidates or points. In practice
-  the first pass dominates: about 8 K KS terms instead of the K^2 / 2 of a full search.
+  the first pass dominates: about 4 K KS terms instead of the K^2 / 2 of a full search.
+* Many fits at once (:func:`fit_sorted_rows`, the bootstrap's and the p-value's refits): the
+  candidates of every row go through one search, each row (group) with its own threshold, its
+  own exact evaluations and its own winner, so a hundred refits cost the numpy calls of one.
 """
 from __future__ import annotations
 
@@ -46,8 +49,10 @@ from zooscope.config import FitSettings
 __all__ = ["PowerLawFit", "PowerLawFits", "fit_power_law", "fit_sorted", "fit_sorted_rows", "sorted_above_floor"]
 
 _CHUNK = 1 << 20  # elements per padded block (rows x sample columns)
-_M0 = 8  # sample positions per candidate in the first pass
-_GROW = 4  # sample density factor between passes
+# Sample positions per candidate in the first pass, and the density factor between passes: 4 and
+# 8 refit the benchmark zoo's bootstrap resamples 6% faster than 8 and 4 (the same fits).
+_M0 = 4
+_GROW = 8
 _TOL = 1e-12  # slack on the pruning threshold against rounding
 _BUDGET = 0.25  # exact evaluations per pass: at most this fraction of the next pass
 
