@@ -349,10 +349,10 @@ _FORKED_WORK = None
 
 def _import_fit_scipy(fit: FitSettings) -> None:
     """Import the scipy modules the fits of ``fit`` will use (zooscope.fits imports them lazily:
-    a point-estimate power-law fit needs none, and scipy.stats costs a job about a second)."""
-    if fit.alternatives or fit.kind != "pl":
+    the power-law fits and their uncertainty statistics need none, and scipy.stats costs a job
+    about a second)."""
+    if fit.kind == "tpl":  # its root
         import scipy.optimize  # noqa: F401
-        import scipy.special  # noqa: F401
     if fit.kind == "etpl" or fit.fingers == "xmin_peak":  # the ESD's peak: a Gaussian KDE
         import scipy.stats  # noqa: F401
 
