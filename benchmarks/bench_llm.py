@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
+    CONFIGS, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
 )
 
 TARGET_RATIO = 4.0
@@ -153,6 +153,7 @@ def main() -> None:
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
               f"{args.cores} cores; zooscope's configuration: {args.config}", flush=True)
 
+        clear_run(workdir)  # from nothing, also in a kept --workdir
         ours = run_zooscope(workdir, args.cores)
         jobs = job_logs(workdir)
         peak = max((rss for _, _, rss in jobs.values()), default=float("nan"))

@@ -126,6 +126,13 @@ def quiet():
         logging.disable(previous)
 
 
+def clear_run(workdir: Path) -> None:
+    """Remove a previous run's outputs from ``workdir`` (a kept --workdir), so that the next run
+    starts from nothing: no cached ESD, no fetched model."""
+    for stale in ("resources", "results", "logs", ".snakemake"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
+
+
 def run_zooscope(workdir: Path, cores: int) -> float:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
@@ -280,8 +287,7 @@ def main() -> None:
             for config in args.configs.split(","):
                 if config not in CONFIGS:
                     raise SystemExit(f"unknown configuration {config!r}; valid: {', '.join(CONFIGS)}")
-                for stale in ("resources", "results", "logs", ".snakemake"):  # each run from nothing
-                    shutil.rmtree(workdir / stale, ignore_errors=True)
+                clear_run(workdir)
                 (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[config][0]}")
                 ours_totals[config] = run_zooscope(workdir, args.cores)
                 print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables), {config}: "

@@ -1,5 +1,6 @@
 from html.parser import HTMLParser
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -90,6 +91,23 @@ def test_card_says_it_in_words(zoo):
     solo = to_markdown(card_blocks("solo", audit, table))
     assert "only model of series `alone`" in solo and "No scale collapse" in solo
     assert "good-versus-bad" not in solo
+
+
+def test_traps_not_checked_without_the_randomization_check():
+    """Without esd.randomize (the default) layers.tsv's num_traps is empty: the audit then says
+    the traps were not checked, never that there are none."""
+    frame = layers([3.0, 4.0], [1.0, 1.0])
+    frame["num_traps"] = np.nan
+    audit = audit_table({"m": "s"}, {"m": frame})
+    assert audit.loc[0, "num_with_traps"] is None and audit.loc[0, "num_traps"] is None
+    text = to_markdown(card_blocks("m", audit, discrimination(pd.DataFrame({"model": ["m"], "series": ["s"],
+                                                                             "alpha": [3.5]}), {})))
+    assert "Correlation traps were not checked" in text and "None has correlation traps" not in text
+    assert "| m | 2 | 2 | 0 | 0 | 0 | 0 | - |" in text
+    # read back from audit.tsv (NaN), the same words
+    reread = audit.astype({"num_with_traps": float, "num_traps": float})
+    assert "Correlation traps were not checked" in to_markdown(card_blocks("m", reread, discrimination(
+        pd.DataFrame({"model": ["m"], "series": ["s"], "alpha": [3.5]}), {})))
 
 
 class _Tags(HTMLParser):

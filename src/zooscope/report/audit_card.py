@@ -80,6 +80,7 @@ def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.D
         n_models, ref_alpha, ref_norm = references[series]
         alpha, norm = frame["alpha"].to_numpy(float), frame["log_spectral_norm"].to_numpy(float)
         traps = frame["num_traps"].to_numpy(float)
+        checked = np.isfinite(traps)  # without esd.randomize (the default) no matrix was checked
         verdicts = frame["verdict"].astype(str)
         reliable = verdicts.isin(RELIABLE_VERDICTS).to_numpy()
         collapsed = int(np.sum((norm < ref_norm - COLLAPSE_MARGIN) & (alpha > ref_alpha)))
@@ -88,8 +89,8 @@ def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.D
             "model": model, "series": series, "num_matrices": len(frame),
             **{column: int(np.sum(verdicts == verdict)) for verdict, column in VERDICT_COUNTS.items()},
             "num_reliable": int(reliable.sum()),
-            "num_with_traps": int(np.sum(traps > 0)),
-            "num_traps": int(np.nansum(traps)),
+            "num_with_traps": int(np.sum(traps[checked] > 0)) if checked.any() else None,
+            "num_traps": int(np.sum(traps[checked])) if checked.any() else None,
             "num_collapsed": collapsed,
             "scale_collapse": bool(n_models >= 2 and len(frame) and collapsed >= COLLAPSE_FRACTION * len(frame)),
             "alpha": float(np.mean(alpha)) if len(frame) else math.nan,
@@ -104,6 +105,11 @@ def audit_table(series_of: Mapping[str, str], layers_by_model: Mapping[str, pd.D
 
 
 # ------------------------------------------------------------------------------- words
+
+
+def _missing(value) -> bool:
+    """An empty cell: None, or NaN once the table went through pandas."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _count(n: int, word: str) -> str:
@@ -166,7 +172,9 @@ def _verdict(row: Mapping) -> str:
     elif decided < n:
         parts.append(f"So {_count(decided, 'verdict')} of {n} {'is' if decided == 1 else 'are'} reliable; the "
                      f"others say that the data cannot tell.")
-    if row["num_with_traps"]:
+    if _missing(row["num_with_traps"]):
+        parts.append("Correlation traps were not checked (the randomization check, config esd.randomize, is off).")
+    elif row["num_with_traps"]:
         parts.append(f"With correlation traps: {row['num_with_traps']} (their shuffled weights still have "
                      f"{_count(int(row['num_traps']), 'eigenvalue')} above the Marchenko-Pastur bulk in all, "
                      f"so a few large entries dominate them).")
@@ -243,7 +251,7 @@ def _audit_rows(audit: pd.DataFrame) -> tuple:
         return fmt.format(value) if math.isfinite(value) else "-"
 
     rows = [[r.model, r.num_matrices, r.num_well_trained, r.num_under_trained, r.num_over_trained, r.num_uncertain,
-             r.num_no_power_law, r.num_with_traps, r.num_collapsed, "yes" if r.scale_collapse else "no",
+             r.num_no_power_law, "-" if _missing(r.num_with_traps) else int(r.num_with_traps), r.num_collapsed, "yes" if r.scale_collapse else "no",
              number(r.alpha), f"{number(r.alpha_lo)} to {number(r.alpha_hi)}" if math.isfinite(r.alpha_lo) else "-",
              number(r.alpha_reliable)] for r in audit.itertuples(index=False)]
     return ("table", header, rows)
