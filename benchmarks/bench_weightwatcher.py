@@ -170,8 +170,6 @@ def stage_times(workdir: Path) -> str:
 def eigen_floor(layers: list[dict], threads: int, gram: str = "float64") -> tuple[float, list[tuple[int, int, int, float]]]:
     """(seconds, [(N, M, count, seconds of one)]): Gram (products in ``gram``: esd.gram) + eigvalsh of
     each distinct shape, times its count."""
-    from threadpoolctl import threadpool_limits
-
     from zooscope.resources import layer_matrices
     from zooscope.spectra import spectrum
 

@@ -321,4 +321,3 @@ def cancel_pending_timers() -> int:
     for timer in timers:
         timer.cancel()
     return len(timers)
-

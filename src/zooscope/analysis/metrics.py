@@ -173,9 +173,11 @@ def _refit(tail: _Tail):
         xmins = power_law_refit(samples, tail.xmin_range)[1]
         alphas = np.full(xmins.size, np.nan)
         for r, (x, xmin) in enumerate(zip(samples, xmins)):
+            if not np.isfinite(xmin):  # a degenerate resample has no fit
+                continue
             try:
-                alphas[r] = fit_truncated_power_law(x, xmin=xmin).alpha if np.isfinite(xmin) else np.nan
-            except ValueError:  # a degenerate resampled tail has no fit
+                alphas[r] = fit_truncated_power_law(x, xmin=xmin).alpha
+            except ValueError:  # nor a degenerate resampled tail
                 continue
         return alphas, xmins
 

@@ -38,6 +38,7 @@ ALTERNATIVES = ("exp", "lognormal", "etpl")
 LOGNORMAL_SPAN = 1e3
 #: CSN's threshold: a p-value below it rules the power law out.
 REJECT_BELOW = 0.1
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,6 @@ def fit_lognormal(tail: np.ndarray, xmin: float) -> np.ndarray:
     return (-logs - math.log(sigma) - _LOG_SQRT_2PI - (logs - mu) ** 2 / (2.0 * sigma**2)
             - log_ndtr((mu - log_xmin) / sigma))
 
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def log_ndtr(z: float) -> float:

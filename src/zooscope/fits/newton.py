@@ -96,9 +96,9 @@ def _newton_step(ga, gb, haa, hab, hbb, free_a, free_b):
     if not all(map(math.isfinite, (haa, hab, hbb))):
         return -ga, -gb
     if not free_a:  # one free parameter: a 1 x 1 Hessian
-        return 0.0, -gb / _positive(hbb, abs(hbb))
+        return 0.0, -gb / _positive(hbb)
     if not free_b:
-        return -ga / _positive(haa, abs(haa)), 0.0
+        return -ga / _positive(haa), 0.0
     # eigenvalues of [[haa, hab], [hab, hbb]]
     mean, radius = (haa + hbb) / 2.0, math.hypot((haa - hbb) / 2.0, hab)
     smallest, largest = mean - radius, mean + radius
@@ -112,5 +112,6 @@ def _newton_step(ga, gb, haa, hab, hbb, free_a, free_b):
     return (da, db) if ga * da + gb * db < 0.0 else (-ga, -gb)
 
 
-def _positive(h: float, scale: float) -> float:
-    return h if h > 1e-12 * max(scale, 1e-300) else max(abs(h), 1e-300) + 1e-8 * max(scale, 1.0)
+def _positive(h: float) -> float:
+    """A 1 x 1 Hessian made positive, as the 2 x 2 one is shifted."""
+    return h if h > 0.0 else abs(h) + 1e-8 * max(abs(h), 1.0)
