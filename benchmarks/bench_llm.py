@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
+    CONFIGS, blas, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
 )
 
 TARGET_RATIO = 4.0
@@ -151,7 +151,7 @@ def main() -> None:
               f"{config.intermediate_size}, {config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
               f"vocabulary {config.vocab_size}: {params / 1e9:.3f}B parameters, bf16 folder "
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
-              f"{args.cores} cores; zooscope's configuration: {args.config}", flush=True)
+              f"{args.cores} cores; zooscope's configuration: {args.config}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir
         ours = run_zooscope(workdir, args.cores)

@@ -69,6 +69,19 @@ TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
 JOB_LOG = re.compile(r"took ([0-9.]+) s; process CPU ([0-9.]+) s user, ([0-9.]+) s system; peak RSS ([0-9.]+) GiB")
 
 
+def blas() -> str:
+    """Which BLAS kernels numpy and scipy run: a machine that forces OpenBLAS's core type (some set
+    OPENBLAS_CORETYPE for old OpenBLAS builds) runs older, slower kernels for both tools."""
+    from threadpoolctl import threadpool_info
+
+    import scipy.linalg  # noqa: F401  (its own OpenBLAS, which WeightWatcher's SVD runs on)
+
+    kernels = sorted({f"{info['internal_api']} {info['version']} {info.get('architecture')}"
+                      for info in threadpool_info() if info["user_api"] == "blas"})
+    forced = {name: os.environ[name] for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if name in os.environ}
+    return f"BLAS {'; '.join(kernels)} ({', '.join(f'{k}={v}' for k, v in forced.items()) or 'core type detected'})"
+
+
 def load() -> str:
     """The 1-minute load average: on a shared machine, how much else ran during a phase."""
     return f"load {os.getloadavg()[0]:.1f}"
@@ -272,7 +285,7 @@ def main() -> None:
         # (zooscope's) would also pay the kernel's write-back of the 1.1 GB just written.
         os.sync()
         print(f"models: {', '.join(f'{n} ({params[n]:.1f}M parameters)' for n in names)}; {args.cores} cores; "
-              f"torch {torch.__version__}")
+              f"torch {torch.__version__}; {blas()}")
 
         if args.in_process:
             from zooscope.sources.fetch import fetch_model

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from zooscope.config import load_schema, run_config
 from zooscope.failures import attempt, results_folder
-from zooscope.resources import MERGE, model_shards, parse_shard, stage_resources
+from zooscope.resources import MERGE, fetch_priority, model_shards, parse_shard, stage_resources
 from zooscope.zoo import read_zoo_sheet, trajectory_series
 
 SCHEMAS = Path(workflow.basedir) / "schemas"
@@ -58,8 +58,22 @@ def file_source_input(wildcards):
     return [str(path) for path in MODELS[wildcards.model].source.local_inputs() if path.exists()]
 
 
+def fetch_rule_priority(wildcards):
+    """Larger local weights first (zooscope.resources.fetch_priority)."""
+    return fetch_priority(MODELS[wildcards.model].source.local_inputs())
+
+
+def esd_rule_priority(wildcards):
+    """Above every fetch (a fetched model's esd starts while its weights are in the page cache, and
+    on a small machine a one-core fetch no longer starts alone while esd jobs wait for all the
+    cores); among esd jobs, larger local weights first, as rule fetch's."""
+    return 1 + fetch_rule_priority(wildcards)
+
+
 def trajectory_models(wildcards):
     return TRAJECTORIES[wildcards.series]
+
+
 def attempt_of(output):
     """The `attempt` parameter of a per-model rule whose JSON output is `output` (a pattern of
     the wildcards): a failure record there asks for the next attempt, which Snakemake's params

@@ -23,7 +23,7 @@ rule esd_shard:
     log:
         "logs/esd/{model}.{shard}.log",
     threads: RUN.threads.esd
-    priority: 1  # as rule esd's
+    priority: esd_rule_priority
     resources:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),
@@ -48,10 +48,7 @@ rule esd:
     log:
         "logs/esd/{model}.log",
     threads: esd_threads
-    # Before further fetches: a fetched model's esd starts while its weights are in the page
-    # cache, and on a small machine a one-core fetch no longer starts alone while esd jobs wait
-    # for all the cores.
-    priority: 1
+    priority: esd_rule_priority
     resources:
         mem_mb=model_resource("esd", "mem_mb"),
         runtime=model_resource("esd", "runtime"),

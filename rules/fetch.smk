@@ -18,5 +18,6 @@ rule fetch:
     log:
         "logs/fetch/{model}.log",
     threads: RUN.threads.fetch
+    priority: fetch_rule_priority
     script:
         "../scripts/fetch.py"

@@ -1,4 +1,5 @@
-"""zooscope.jobs.peak_rss: a job's own peak memory, not its parent's."""
+"""zooscope.jobs: a job's own peak memory (not its parent's), its end (timers, the worker's exit)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,29 @@ def test_pending_timers_are_cancelled_at_the_end_of_a_run():
         timer.join(timeout=5.0)
         assert not timer.is_alive()
     assert fired == [] and cancel_pending_timers() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux 5.3+: pidfd_open")
+def test_the_worker_watch_wakes_when_the_worker_exits_not_an_interval_later():
+    """A job's watch loop waits on the worker's exit (a pidfd), not on a sleep of WATCH_INTERVAL:
+    the descriptor is not readable while the worker runs, and readable once it has exited."""
+    import select
+
+    from zooscope.jobs import _exit_watch
+
+    release_read, release_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: runs until released
+        os.read(release_read, 1)
+        os._exit(0)
+    watch = _exit_watch(pid)
+    try:
+        assert watch is not None
+        assert select.select([watch], [], [], 0)[0] == []  # still running
+        os.write(release_write, b"x")
+        assert select.select([watch], [], [], 30)[0] == [watch]  # readable at its exit
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        os.close(watch)
+        os.close(release_read)
+        os.close(release_write)

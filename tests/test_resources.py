@@ -4,8 +4,8 @@ import pytest
 
 from zooscope import resources
 from zooscope.resources import (
-    DEFAULTS, JobResources, esd_flops, estimate, layer_matrices, model_shards, parse_shard, shard_layers,
-    stage_resources,
+    DEFAULTS, JobResources, esd_flops, estimate, fetch_priority, layer_matrices, model_shards, parse_shard,
+    shard_layers, stage_resources, weights_bytes,
 )
 
 
@@ -85,6 +85,29 @@ def test_model_shards_column_wins_then_the_size_rule_for_file_sources(tmp_path):
     assert model_shards(None, tmp_path / "folder", 2.0) == 2
     assert model_shards(None, tmp_path / "missing", 1.0) == 1
     assert model_shards(None, None, 1.0) == 1  # a hub, train or random source: no weights on disk yet
+
+
+def test_weights_bytes_of_a_file_a_folder_and_nothing(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "folder" / "sub").mkdir(parents=True)
+    (tmp_path / "folder" / "a").write_bytes(b"x" * 300)
+    (tmp_path / "folder" / "b").write_bytes(b"x" * 20)
+    (tmp_path / "folder" / "sub" / "deep").write_bytes(b"x" * 5)  # a folder's top level only
+    assert weights_bytes(tmp_path / "w.bin") == 1000
+    assert weights_bytes(tmp_path / "folder") == 320
+    assert weights_bytes(tmp_path / "missing") is None
+
+
+def test_fetch_priority_grows_with_the_weights_and_stays_below_esd(tmp_path):
+    sizes = {"small": 2**20, "half": 2**30, "large": 3 * 2**30}
+    for name, size in sizes.items():
+        with open(tmp_path / name, "wb") as handle:
+            handle.truncate(size)  # sparse: the size without the bytes
+    small, half, large = (fetch_priority([tmp_path / name]) for name in sizes)
+    assert half == 0.5 and large == 0.75  # s / (s + 1 GiB)
+    assert 0 < small < half < large < 1
+    assert fetch_priority([tmp_path / "small", tmp_path / "half"]) == (2**20 + 2**30) / (2**20 + 2**31)
+    assert fetch_priority([]) == 0 and fetch_priority([tmp_path / "missing"]) == 0
 
 
 def test_an_esd_job_with_a_base_asks_for_its_updates_too():

@@ -97,6 +97,32 @@ def test_changing_the_shard_count_recomputes_no_weights_fetch(zoo20, tmp_path):
     assert not [job for job in jobs if job[0] == "fetch" or "model=big" not in job[1] and job[0] != "aggregate"]
 
 
+def test_larger_weights_fetch_and_esd_first_and_every_esd_before_any_fetch(tmp_path):
+    """Longest first: a model's fetch and esd priorities grow with its weights file, and every
+    esd job's is above every fetch job's."""
+    (tmp_path / "weights").mkdir()
+    sizes = {"small": (10, 80), "large": (200, 300), "medium": (100, 120)}
+    rng = np.random.default_rng(0)
+    for name, shape in sizes.items():
+        save_file({"a.weight": rng.standard_normal(shape).astype(np.float32)}, str(tmp_path / "weights" / f"{name}.safetensors"))
+    (tmp_path / "zoo.tsv").write_text(HEADER + "".join(
+        f"{name}\ts\tfile:weights/{name}.safetensors\t\t\n" for name in sizes))
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    priority = {}
+    job = None
+    for line in snakemake(tmp_path, "-n", *TABLES).stdout.splitlines():
+        started = re.fullmatch(r"(?:local)?rule (\w+):", line)
+        if started:
+            job = [started.group(1), ""]
+        elif job and line.startswith("    wildcards: model="):
+            job[1] = line.removeprefix("    wildcards: model=")
+        elif job and line.startswith("    priority: "):
+            priority[tuple(job)] = float(line.removeprefix("    priority: "))
+    for rule in ("fetch", "esd"):
+        assert priority[(rule, "large")] > priority[(rule, "medium")] > priority[(rule, "small")], priority
+    assert min(priority[("esd", name)] for name in sizes) > max(priority[("fetch", name)] for name in sizes)
+
+
 def test_parsing_the_workflow_imports_no_torch(zoo20):
     # Every job and every no-op rerun parses the Snakefile: it must stay cheap.
     result = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile",

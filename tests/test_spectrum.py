@@ -322,7 +322,24 @@ def test_the_streamed_gram_matrix_is_the_float64_product(rng, shape, block_entri
     oriented = np.asarray(w, dtype=np.float64)
     oriented = oriented if shape[0] >= shape[1] else oriented.T
     assert n_rows == max(shape) and gram.shape == (min(shape), min(shape)) and gram.dtype == np.float64
-    np.testing.assert_allclose(gram, oriented.T @ oriented, rtol=1e-12, atol=1e-12 * np.abs(gram).max())
+    expected = oriented.T @ oriented
+    # the upper triangle is the Gram matrix (below it: unspecified)
+    np.testing.assert_allclose(np.triu(gram), np.triu(expected), rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_the_gram_matrix_is_the_same_without_the_ctypes_syrk(rng, monkeypatch, precision):
+    """Where numpy's BLAS has no usable SYRK, numpy's own product gives the same upper triangle,
+    bit for bit, and so the same eigenvalues."""
+    w = rng.standard_normal((9000, 300)).astype(np.float32)
+    for stored in (w, w.T):
+        fast = spectrum.gram_matrix(stored, precision=precision)[0]
+        with monkeypatch.context() as patched:
+            patched.setattr(spectrum.blas, "syrk_upper", lambda block, out: False)
+            plain = spectrum.gram_matrix(stored, precision=precision)[0]
+            plain_values = eigenvalues(stored, gram=precision)
+        assert np.triu(fast).tobytes() == np.triu(plain).tobytes()
+        assert eigenvalues(stored, gram=precision).tobytes() == plain_values.tobytes()
 
 
 def test_a_non_finite_entry_in_a_later_block_is_refused_with_the_count(rng):

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import select
 import signal
 import sys
 import time
@@ -212,6 +213,7 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
     os.close(write_end)
     cap = _memory_cap() if cap_memory else None
     start, over = _rss(pid), None
+    exit_watch = _exit_watch(pid)
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -227,10 +229,16 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
                 log.warning("the snakemake process %d that started this job is gone: stopped without "
                             "writing its outputs", snakemake_pid)
                 os._exit(_INTERRUPTED)
-            time.sleep(WATCH_INTERVAL)
+            if exit_watch is None:
+                time.sleep(WATCH_INTERVAL)
+            else:  # wakes as soon as the worker exits: a job ends with its work, not up to an interval later
+                select.select([exit_watch], [], [], WATCH_INTERVAL)
     except KeyboardInterrupt:  # Ctrl-C reached the whole process group: the worker stops too
         os.waitpid(pid, 0)
         return "interrupted", "Ctrl-C (SIGINT)"
+    finally:
+        if exit_watch is not None:
+            os.close(exit_watch)
     with os.fdopen(read_end, encoding="utf-8", errors="replace") as pipe:
         try:
             report = json.loads(pipe.read() or "{}")
@@ -255,6 +263,15 @@ def _run_worker(snakemake, body, cap_memory: bool) -> tuple[str, str]:
     name = signal.Signals(number).name
     hint = " (the kernel's out-of-memory killer, a job memory limit, or kill -9)" if number == signal.SIGKILL else ""
     return "failed", f"the job was killed by {name}{hint}"
+
+
+def _exit_watch(pid: int) -> int | None:
+    """A file descriptor that becomes readable when process ``pid`` exits (Linux 5.3+: a pidfd),
+    or None where there is none (then the watch loop sleeps its interval)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _worker(snakemake, body, write_end: int) -> int:

@@ -152,10 +152,26 @@ def model_shards(shards: int | None, path: Path | None, shard_mb: float | None) 
         return shards
     if shard_mb is None or path is None:
         return 1
-    if path.is_file():
-        size = path.stat().st_size
-    elif path.is_dir():
-        size = sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
-    else:
+    size = weights_bytes(path)
+    if size is None:
         return 1  # the fetch job reports the missing path
     return max(1, math.ceil(size / (shard_mb * 2**20)))
+
+
+def weights_bytes(path: Path) -> int | None:
+    """The size of local weights: a file's, or the sum of a folder's top-level files (a sharded
+    checkpoint, an exported folder); None where nothing is there yet."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return None
+
+
+def fetch_priority(paths: list[Path]) -> float:
+    """Rule fetch's priority for a model with these local weights: in [0, 1), larger weights
+    higher, so that the largest model, whose esd is the longest job, is fetched first (longest
+    first shortens a run on few cores); below rule esd's priority 1, so that a fetched model's esd
+    still goes before further fetches. Hub, train and random sources (no local weights) get 0."""
+    size = sum(weights_bytes(path) or 0 for path in paths)
+    return size / (size + 2**30)

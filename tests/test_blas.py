@@ -1,0 +1,65 @@
+"""The ctypes SYRK of numpy's own BLAS (zooscope.spectra.blas) against numpy's product."""
+import numpy as np
+import pytest
+
+from zooscope.spectra import blas
+
+needs_syrk = pytest.mark.skipif(not blas.available(), reason="this numpy's BLAS has no 64-bit cblas_?syrk")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(5)
+
+
+def views(w, lines):
+    """A block of lines of w (N x M) read in place: rows contiguous (w as stored) and columns
+    contiguous (a slice of the transpose's columns, as a wide weight's blocks are)."""
+    wide = np.ascontiguousarray(w.T)
+    return {"rows": w[lines], "columns": wide[:, lines].T}
+
+
+@needs_syrk
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_the_upper_triangle_is_numpys_product_bit_for_bit_and_the_lower_is_left(rng, dtype, layout):
+    w = rng.standard_normal((700, 90)).astype(dtype)
+    block = views(w, slice(100, 600))[layout]
+    out = np.full((90, 90), 7.0, dtype=dtype)
+    assert blas.syrk_upper(block, out)
+    upper, lower = np.triu_indices(90), np.tril_indices(90, -1)
+    assert out[upper].tobytes() == (block.T @ block)[upper].tobytes()  # numpy's own SYRK, then mirrored
+    assert (out[lower] == 7.0).all()
+    # and against the float64 product (a second method)
+    wide = np.asarray(block, dtype=np.float64)
+    np.testing.assert_allclose(out[upper], (wide.T @ wide)[upper], rtol=1e-4 if dtype == np.float32 else 1e-12,
+                               atol=1e-4 * np.abs(wide).max() ** 2)
+
+
+@needs_syrk
+def test_a_single_line_or_column(rng):
+    for shape in ((1, 40), (40, 1)):
+        block = rng.standard_normal(shape)
+        out = np.zeros((shape[1], shape[1]))
+        assert blas.syrk_upper(block, out)
+        np.testing.assert_array_equal(np.triu(out), np.triu(block.T @ block))
+
+
+def test_what_blas_cannot_read_in_place_is_left_to_numpy(rng):
+    w = rng.standard_normal((60, 30))
+    out = np.full((30, 30), 3.0)
+    assert not blas.syrk_upper(w[::2, ::2], np.zeros((15, 15)))  # neither rows nor columns contiguous
+    assert not blas.syrk_upper(w, out.astype(np.float32))  # out's dtype is not the block's
+    assert not blas.syrk_upper(w, np.zeros((29, 29)))  # nor its shape
+    assert not blas.syrk_upper(w, np.zeros((30, 30), order="F"))  # out must be C-ordered
+    assert not blas.syrk_upper(w.astype(np.float16), np.zeros((30, 30), dtype=np.float16))  # no half SYRK
+    assert not blas.syrk_upper(w[:0], out) and (out == 3.0).all()  # an empty block
+
+
+def test_numpys_pypi_wheels_have_it():
+    """The PyPI wheels bundle scipy-openblas with 64-bit integers: there the SYRK must be found
+    (else the Gram route silently loses its speed)."""
+    blas_info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if blas_info.get("name") != "scipy-openblas":
+        pytest.skip(f"numpy built with {blas_info.get('name')}")
+    assert blas.available()
