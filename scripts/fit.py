@@ -5,11 +5,12 @@ from zooscope import io
 from zooscope.analysis.metrics import layer_columns, layer_rows, summarize
 from zooscope.config import FitSettings
 from zooscope.failures import write_failed_fit
-from zooscope.jobs import run_model_job
+from zooscope.jobs import retain_freed_memory, run_model_job
 from zooscope.sources.coverage import COVERAGE_COLUMNS, coverage_counts, coverage_rows
 from zooscope.spectra.esd import load_layer_eigenvalues
 
 model, output = snakemake.wildcards.model, snakemake.output
+retain_freed_memory()  # the refits' arrays: reused, not page-faulted in again (its docstring)
 
 
 # One job writes both the layer rows and the model summary: a summary is milliseconds of work, a

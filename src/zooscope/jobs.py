@@ -40,6 +40,31 @@ MEMORY_LIMIT_ENV = "ZOOSCOPE_JOB_MEMORY_LIMIT_MB"
 _STATUS = Path("/proc/self/status")
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(trim_threshold: int = 2**29, mmap_threshold: int = 2**25) -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel
+    at each free: up to ``trim_threshold`` bytes at the top of the heap, and blocks below
+    ``mmap_threshold`` (its maximum, 32 MiB) from the heap rather than from a mapping of their own.
+
+    For the fit stage: the batched refits allocate and free arrays of a few MB thousands of times,
+    and each returned array comes back as fresh pages, a page fault apiece (GPT-2's 50 fits: 540k
+    minor faults and 0.38 s of system time in 0.78 s; retained: 38k, 0.04 s, 0.57 s, the peak
+    memory the same within 5 MB; 2026-12-01). Both are needed: setting one fixes the other, which
+    glibc otherwise raises as blocks are freed. Inherited by forked workers. False where the C
+    library has no ``mallopt`` (not glibc: macOS, musl's does nothing)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+
+
 def peak_rss() -> int:
     """This process's peak resident memory in bytes.
 
