@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, blas, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope,
+    CONFIGS, blas, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope, timeline,
 )
 
 TARGET_RATIO = 4.0
@@ -154,12 +154,14 @@ def main() -> None:
               f"{args.cores} cores; zooscope's configuration: {args.config}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir
+        started = time.time()
         ours = run_zooscope(workdir, args.cores)
         jobs = job_logs(workdir)
         peak = max((rss for _, _, rss in jobs.values()), default=float("nan"))
         print(f"\nzooscope, snakemake --cores {args.cores} (folder -> zoo tables): {ours:.1f} s ({load()})")
         for name, (seconds, _, rss) in jobs.items():
             print(f"  {name:<24}{seconds:>8.1f} s  peak RSS {rss:.2f} GiB")
+        print(f"  {timeline(workdir, started, ours)}")
         print(f"  peak RSS of the largest job: {peak:.2f} GiB (target < 1 GiB: {'met' if peak < 1 else 'MISSED'}); "
               f"disk: resources/ {disk_usage(workdir / 'resources') / 2**30:.2f} GiB, results/ "
               f"{disk_usage(workdir / 'results') / 2**30:.2f} GiB (the model folder: {folder_bytes / 2**30:.2f} GiB)",

@@ -169,6 +169,31 @@ def job_logs(workdir: Path) -> dict[str, tuple[float, float, float]]:
     return jobs
 
 
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
+
+
+def timeline(workdir: Path, started: float, seconds: float) -> str:
+    """Where a run's wall time went: each job's first and last log line in seconds from the run's
+    start (``started``, epoch seconds), in start order, with Snakemake's start-up before the first
+    and its end after the last (what the job logs do not cover is start-up, hops and waits)."""
+    from datetime import datetime
+
+    spans = []
+    for log in (workdir / "logs").rglob("*.log"):
+        stamps = LOG_TIME.findall(log.read_text(errors="replace"))
+        if stamps:
+            first, last = (datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() - started
+                           for stamp in (stamps[0], stamps[-1]))
+            spans.append((first, last, str(log.relative_to(workdir / "logs")).removesuffix(".log")))
+    if not spans:
+        return "timeline: no job logs"
+    spans.sort()
+    jobs = ", ".join(f"{name} {first:.2f}-{last:.2f}" for first, last, name in spans)
+    end = max(last for _, last, _ in spans)
+    return (f"timeline (s from the start): Snakemake start-up {spans[0][0]:.2f}; {jobs}; "
+            f"Snakemake's end {seconds - end:.2f}")
+
+
 def stage_times(workdir: Path) -> str:
     """Wall and CPU seconds inside the jobs, summed per stage (:func:`job_logs`)."""
     stages: dict[str, list[float]] = {}
@@ -300,9 +325,11 @@ def main() -> None:
                     raise SystemExit(f"unknown configuration {config!r}; valid: {', '.join(CONFIGS)}")
                 clear_run(workdir)
                 (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[config][0]}")
+                started = time.time()
                 ours_totals[config] = run_zooscope(workdir, args.cores)
                 print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables), {config}: "
                       f"{ours_totals[config]:.1f} s ({load()}); {stage_times(workdir)}", flush=True)
+                print(f"  {timeline(workdir, started, ours_totals[config])}", flush=True)
 
         print("\nper model, in process (zooscope esd+fit library call vs analyze()):")
         print(f"{'model':<10}{'zooscope s':>12}{'analyze s':>11}{'ratio':>8}   dense alphas (ours vs WW)", flush=True)
