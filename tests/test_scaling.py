@@ -104,7 +104,8 @@ def test_larger_weights_fetch_and_esd_first_and_every_esd_before_any_fetch(tmp_p
     sizes = {"small": (10, 80), "large": (200, 300), "medium": (100, 120)}
     rng = np.random.default_rng(0)
     for name, shape in sizes.items():
-        save_file({"a.weight": rng.standard_normal(shape).astype(np.float32)}, str(tmp_path / "weights" / f"{name}.safetensors"))
+        save_file({"a.weight": rng.standard_normal(shape).astype(np.float32)},
+                  str(tmp_path / "weights" / f"{name}.safetensors"))
     (tmp_path / "zoo.tsv").write_text(HEADER + "".join(
         f"{name}\ts\tfile:weights/{name}.safetensors\t\t\n" for name in sizes))
     (tmp_path / "config.yaml").write_text(CONFIG)

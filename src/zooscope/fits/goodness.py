@@ -168,7 +168,6 @@ def fit_lognormal(tail: np.ndarray, xmin: float) -> np.ndarray:
             - log_ndtr((mu - log_xmin) / sigma))
 
 
-
 def log_ndtr(z: float) -> float:
     """ln Phi(z), the log of the standard normal CDF, to about 1e-15 relative at every z.
 

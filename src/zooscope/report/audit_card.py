@@ -251,7 +251,8 @@ def _audit_rows(audit: pd.DataFrame) -> tuple:
         return fmt.format(value) if math.isfinite(value) else "-"
 
     rows = [[r.model, r.num_matrices, r.num_well_trained, r.num_under_trained, r.num_over_trained, r.num_uncertain,
-             r.num_no_power_law, "-" if _missing(r.num_with_traps) else int(r.num_with_traps), r.num_collapsed, "yes" if r.scale_collapse else "no",
+             r.num_no_power_law, "-" if _missing(r.num_with_traps) else int(r.num_with_traps), r.num_collapsed,
+             "yes" if r.scale_collapse else "no",
              number(r.alpha), f"{number(r.alpha_lo)} to {number(r.alpha_hi)}" if math.isfinite(r.alpha_lo) else "-",
              number(r.alpha_reliable)] for r in audit.itertuples(index=False)]
     return ("table", header, rows)
