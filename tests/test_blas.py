@@ -58,8 +58,48 @@ def test_what_blas_cannot_read_in_place_is_left_to_numpy(rng):
 
 def test_numpys_pypi_wheels_have_it():
     """The PyPI wheels bundle scipy-openblas with 64-bit integers: there the SYRK must be found
-    (else the Gram route silently loses its speed)."""
+    (else the Gram route silently loses its speed), and so must the two-stage eigensolver."""
     blas_info = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     if blas_info.get("name") != "scipy-openblas":
         pytest.skip(f"numpy built with {blas_info.get('name')}")
-    assert blas.available()
+    assert blas.available() and blas.two_stage_available()
+
+
+needs_two_stage = pytest.mark.skipif(not blas.two_stage_available(),
+                                     reason="this numpy's LAPACK has no 64-bit LAPACKE_dsyevd_2stage")
+
+
+@needs_two_stage
+def test_the_two_stage_eigenvalues_are_an_svds_and_the_same_bytes_whatever_the_threads(rng):
+    from threadpoolctl import threadpool_limits
+
+    w = rng.standard_normal((1600, 1536))  # large enough for threaded products inside
+    gram = w.T @ w
+    expected = np.linalg.svd(w, compute_uv=False)[::-1] ** 2  # a second method: squared singular values
+    runs = {}
+    for threads in (1, 2):  # no more than this machine's cores: oversubscribed OpenBLAS threads spin
+        with threadpool_limits(limits=threads):
+            lower = np.asfortranarray(np.tril(gram))  # only the lower triangle is read
+            runs[threads] = blas.eigvalsh_two_stage(lower)
+    np.testing.assert_allclose(runs[1], expected, rtol=0, atol=1e-12 * expected.max())
+    assert runs[1].tobytes() == runs[2].tobytes()
+
+
+@needs_two_stage
+def test_the_two_stage_solver_takes_only_a_writeable_fortran_float64_square(rng):
+    gram = np.cov(rng.standard_normal((50, 200)))
+    for unusable in (gram.astype(np.float32), np.ascontiguousarray(gram[:, :49]), np.zeros((0, 0))):
+        assert blas.eigvalsh_two_stage(np.asfortranarray(unusable)) is None
+    assert blas.eigvalsh_two_stage(np.ascontiguousarray(gram)) is None  # C order: refused, not misread
+    frozen = np.asfortranarray(gram)
+    frozen.flags.writeable = False
+    assert blas.eigvalsh_two_stage(frozen) is None
+    np.testing.assert_allclose(blas.eigvalsh_two_stage(np.asfortranarray(gram)), np.linalg.eigvalsh(gram),
+                               rtol=0, atol=1e-13 * np.abs(gram).max())
+
+
+@needs_two_stage
+def test_a_matrix_that_is_not_finite_is_refused_by_lapacke():
+    bad = np.asfortranarray(np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="rejected its argument 5"):  # LAPACKE's NaN check of A
+        blas.eigvalsh_two_stage(bad)

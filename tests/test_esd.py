@@ -53,8 +53,8 @@ def test_eigenvalues_per_layer_match_an_svd(model_dir, tmp_path):
 def test_rerun_reuses_unchanged_layers_and_recomputes_changed_ones(model_dir, tmp_path, rng, monkeypatch):
     run(model_dir, tmp_path / "esd")
     calls = []
-    original = spectrum.eigenvalues
-    monkeypatch.setattr(spectrum, "eigenvalues", lambda m, **kw: calls.append(m.shape) or original(m, **kw))
+    original = spectrum.gram_matrix
+    monkeypatch.setattr(spectrum, "gram_matrix", lambda m, *a, **kw: calls.append(m.shape) or original(m, *a, **kw))
     run(model_dir, tmp_path / "esd")
     assert calls == []
     # change one layer's weights: only that layer is recomputed
@@ -180,28 +180,26 @@ def test_merge_refuses_incomplete_or_mismatched_shards(model_dir, tmp_path):
 
 
 def test_device_setting_reaches_the_spectrum(model_dir, tmp_path, monkeypatch):
-    seen = []
-    original = spectrum.eigenvalues
-
-    def spy(matrix, **kwargs):
-        seen.append(kwargs.get("device"))
-        return original(matrix, **kwargs)
-
-    monkeypatch.setattr(spectrum, "eigenvalues", spy)
+    on_cpu, in_torch = [], []
+    for name, seen in (("gram_matrix", on_cpu), ("_torch_eigenvalues", in_torch)):
+        monkeypatch.setattr(spectrum, name, lambda *a, _seen=seen, _original=getattr(spectrum, name), **kw:
+                            _seen.append(kw.get("device")) or _original(*a, **kw))
     monkeypatch.setattr(spectrum, "GPU_DEVICE_NODES", ("/nonexistent/nvidiactl",))
     run(model_dir, tmp_path / "auto", device="auto")
-    assert seen and set(seen) == {None}  # auto without a GPU: numpy on the CPU
+    assert on_cpu and not in_torch  # auto without a GPU: numpy on the CPU
     with pytest.raises(ValueError, match="device: cuda, but this job sees no CUDA GPU"):
         run(model_dir, tmp_path / "cuda", device="cuda")
 
 
-def test_layers_computed_in_parallel_or_in_turn_give_the_same_bytes(tmp_path, rng, monkeypatch):
-    """Small layers run a layer per thread with one BLAS thread each, large ones in turn: which
-    way a layer goes depends on its shape, never on the job's threads."""
+def test_layers_computed_in_parallel_or_in_batches_give_the_same_bytes(tmp_path, rng, monkeypatch):
+    """Small layers run a layer per thread with one BLAS thread each, large ones in batches (Gram
+    matrices with all threads, then the two-stage eigensolves at once): which way a layer goes
+    depends on its shape, never on the job's threads."""
     model = write_model_dir(tmp_path / "model", [
         (f"fc{i}", "Linear", rng.standard_normal((40 + 7 * i, 24 + 5 * i))) for i in range(6)
     ] + [("conv", "Conv2d", rng.standard_normal((12, 30, 3, 3)))])
-    monkeypatch.setattr(esd, "PARALLEL_LAYERS_BELOW", 40)  # fc4, fc5: in turn; the rest: in parallel
+    monkeypatch.setattr(esd, "PARALLEL_LAYERS_BELOW", 40)  # fc4, fc5: in a batch; the rest: in parallel
+    monkeypatch.setattr(spectrum, "TWO_STAGE_FROM", 44)  # fc4 (M = 44) and fc5: the two-stage solver
     one = run(model, tmp_path / "one", threads=1)
     two = run(model, tmp_path / "two", threads=2)
     assert [r["name"] for r in two["layers"]] == [f"fc{i}" for i in range(6)] + ["conv"]
@@ -215,6 +213,31 @@ def test_layers_computed_in_parallel_or_in_turn_give_the_same_bytes(tmp_path, rn
         expected = svd_eigenvalues(weights[f"fc{i}.weight"])
         np.testing.assert_allclose(np.load(tmp_path / "two" / f"fc{i}.npy")[0], expected, rtol=1e-6,
                                    atol=1e-6 * expected.max())
+
+
+def test_large_layers_gram_matrices_use_all_threads_and_their_eigensolves_one_each(tmp_path, rng, monkeypatch):
+    """A batch's eigensolves run at once with one BLAS thread each, beside the small layers; a
+    batch alone, with fewer eigensolves than threads, shares the threads out; Gram matrices of
+    large layers get all the job's threads."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():  # BLAS only: an OpenMP library's threads (torch's) are per calling thread
+        return max(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+    seen = {"gram": [], "solve": []}
+    for name, calls in (("gram_matrix", seen["gram"]), ("gram_eigenvalues", seen["solve"])):
+        monkeypatch.setattr(spectrum, name, lambda *a, _calls=calls, _original=getattr(spectrum, name), **kw:
+                            _calls.append((min(np.shape(a[0])), blas_threads())) or _original(*a, **kw))
+    monkeypatch.setattr(esd, "PARALLEL_LAYERS_BELOW", 40)
+    layers = [(f"fc{i}", "Linear", rng.standard_normal((60, m))) for i, m in enumerate((50, 45, 41, 30))]
+    run(write_model_dir(tmp_path / "mixed", layers), tmp_path / "mixed-esd", threads=2)
+    # three large layers in batches of two: the first batch's two solves, then the last's one
+    # beside the small layer (M = 30), every solve on one thread
+    assert sorted(seen["gram"]) == [(30, 1), (41, 2), (45, 2), (50, 2)]  # (the M x M Gram's side, threads)
+    assert sorted(seen["solve"]) == [(30, 1), (41, 1), (45, 1), (50, 1)]
+    seen["gram"].clear(), seen["solve"].clear()
+    run(write_model_dir(tmp_path / "alone", layers[:1]), tmp_path / "alone-esd", threads=2)
+    assert seen == {"gram": [(50, 2)], "solve": [(50, 2)]}
 
 
 def test_conv2d_pooled_is_every_scaled_slice_in_one_spectrum(model_dir, tmp_path):

@@ -120,3 +120,20 @@ def test_the_dtype_table_is_the_one_safetensors_writes_and_reads(tmp_path):
     assert {name: mapped.mapped(name).dtype for name in tensors} == numpy_dtypes()
     assert {name: mapped.mapped(name).dtype.itemsize for name in tensors} == {
         name: tensors[name].element_size() for name in tensors}
+
+
+def test_open_empty_writes_an_empty_or_absent_file_and_replaces_content(tmp_path):
+    from zooscope.io import atomic_path, open_empty
+
+    fresh = tmp_path / "fresh.bin"
+    with open_empty(fresh) as handle:  # absent: created
+        handle.write(b"abc")
+    assert fresh.read_bytes() == b"abc"
+    with open_empty(fresh) as handle:  # with content: nothing of it is left, as with "wb"
+        handle.write(b"z")
+    assert fresh.read_bytes() == b"z"
+    with atomic_path(tmp_path / "atomic.bin") as tmp:  # atomic_path's empty temporary file
+        assert tmp.stat().st_size == 0
+        with open_empty(tmp) as handle:
+            handle.write(b"0123456789")
+    assert (tmp_path / "atomic.bin").read_bytes() == b"0123456789"

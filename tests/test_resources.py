@@ -119,3 +119,13 @@ def test_an_esd_job_with_a_base_asks_for_its_updates_too():
     assert extra_mb == pytest.approx(4096 * 1024 * DELTA_BYTES_PER_ELEMENT / 2**20, abs=1)
     assert with_base.runtime > alone.runtime
     assert estimate("fit", shapes, with_base=True) == estimate("fit", shapes)
+
+
+def test_gram_batches_hold_at_most_threads_layers_and_the_budget_and_keep_the_order():
+    assert resources.gram_batches([8, 8, 8, 8, 8], 2, 100) == [[0, 1], [2, 3], [4]]
+    assert resources.gram_batches([60, 50, 30, 10], 4, 100) == [[0], [1, 2, 3]]  # 60 + 50 > 100
+    assert resources.gram_batches([500, 10], 4, 100) == [[0], [1]]  # a layer above the budget goes alone
+    assert resources.gram_batches([], 2, 100) == []
+    # the budget: 16 bytes per element of the largest tensor, half the esd estimate's 32
+    assert resources.gram_batch_bytes([(4096, 25088), (10, 3, 3, 3)]) == 16 * 4096 * 25088
+    assert 2 * resources.gram_batch_bytes([(4096, 25088)]) == resources.ESD_BYTES_PER_ELEMENT * 4096 * 25088

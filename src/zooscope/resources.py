@@ -9,7 +9,9 @@ stage's ``DEFAULTS`` are returned; a dry run therefore shows those.
 Memory, esd: a job holds one weight tensor at a time (``safe_open``): the tensor as read (at most
 4 bytes per element: float32; a bf16 model cache holds 2), its float64 copy (8), the M x M Gram matrix (at most 8 per element, M <= N)
 and LAPACK's eigvalsh workspace (about as much): ``ESD_BYTES_PER_ELEMENT`` = 32 bytes per element
-of the largest tensor, that is 8 times its float32 size. Memory, fit: the eigenvalues of one matrix
+of the largest tensor, that is 8 times its float32 size. Large layers' Gram matrices are held a
+batch at a time (zooscope.spectra.esd.compute_model_esd) within half of that,
+``GRAM_BATCH_BYTES_PER_ELEMENT`` (:func:`gram_batch_bytes`). Memory, fit: the eigenvalues of one matrix
 and about a dozen per-candidate arrays of the same length (the KS grid is evaluated in fixed-size
 chunks): ``FIT_BYTES_PER_EIGENVALUE`` = 128 bytes per eigenvalue of the largest matrix. Both add
 ``BASE_MB`` for the interpreter and libraries (about 200 MB measured, with headroom).
@@ -39,6 +41,7 @@ from pathlib import Path
 BASE_MB = 1024
 BASE_MINUTES = 10
 ESD_BYTES_PER_ELEMENT = 32
+GRAM_BATCH_BYTES_PER_ELEMENT = 16
 FIT_BYTES_PER_EIGENVALUE = 128
 ESD_FLOPS_PER_MINUTE = 3e10  # 0.5 GFLOP/s
 FIT_EVALS_PER_MINUTE = 1e6
@@ -74,6 +77,26 @@ def esd_flops(shape) -> int:
     """Eigenvalue work of one layer: N*M^2 (Gram matrix) + 10*M^3 (eigvalsh) per matrix."""
     count, n, m = layer_matrices(shape)
     return count * (n * m * m + 10 * m**3)
+
+
+def gram_batch_bytes(shapes) -> int:
+    """The most bytes of Gram matrices an esd job of layers of these shapes holds at once:
+    ``GRAM_BATCH_BYTES_PER_ELEMENT`` per element of the largest tensor, within its memory estimate."""
+    return GRAM_BATCH_BYTES_PER_ELEMENT * max((math.prod(shape) for shape in shapes), default=0)
+
+
+def gram_batches(sizes, threads: int, budget: int) -> list[list[int]]:
+    """Positions of ``sizes`` (bytes of each layer's Gram matrices) in consecutive batches of at
+    most ``threads`` layers and ``budget`` bytes, each at least one layer."""
+    batches: list[list[int]] = []
+    held = 0
+    for position, size in enumerate(sizes):
+        if not batches or len(batches[-1]) >= threads or held + size > budget:
+            batches.append([])
+            held = 0
+        batches[-1].append(position)
+        held += size
+    return batches
 
 
 def shard_layers(shapes, shards: int) -> list[list[int]]:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from zooscope.io import atomic_path, write_json
+from zooscope.io import atomic_path, open_empty, write_json
 from zooscope.layers import LayerList
 from zooscope.tensors import stored_bytes, tensor_info
 from zooscope.sources import coverage
@@ -140,7 +140,7 @@ def write_safetensors(path: Path, layers: LayerList, other_tensors: Mapping[str,
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     digest = hashlib.sha256()
-    with open(path, "wb") as handle:
+    with open_empty(path) as handle:
         for chunk in (len(encoded).to_bytes(8, "little"), encoded):
             handle.write(chunk)
             digest.update(chunk)

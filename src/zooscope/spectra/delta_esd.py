@@ -114,9 +114,10 @@ def compute_model_deltas(weights_path, layers_path, base_weights_path, base_laye
                                           top_k, device))
         io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", records[position])
 
-    # As the layers' own spectra (zooscope.spectra.esd.compute_model_esd): large matrices one after
-    # another with all the job's BLAS threads, small ones a layer per thread with one BLAS thread
-    # each; which way a layer goes depends on its shape only.
+    # As the layers' own spectra (zooscope.spectra.esd.compute_model_esd), small matrices a layer
+    # per thread with one BLAS thread each; large ones one after another with all the job's BLAS
+    # threads (not in batches: an update's spectrum is not split into products and solve). Which
+    # way a layer goes depends on its shape only.
     small = [item for item in todo
              if device is None and resources.layer_matrices(item[1]["shape"])[2] < PARALLEL_LAYERS_BELOW]
     in_pool = {item[0] for item in small}

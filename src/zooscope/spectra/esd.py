@@ -35,15 +35,16 @@ log = logging.getLogger(__name__)
 # Bump when the eigenvalue computation changes, to invalidate every cache entry.
 # 3: the shuffled spectra of ``randomize`` are computed in float32.
 # 4: the Gram matrix's products in float32 blocks (config esd.gram), a new cache key field.
-ESD_VERSION = 4
+# 5: Gram matrices from M = 3072 on solved by the two-stage eigensolver (about 1e-14 apart).
+ESD_VERSION = 5
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
 # The fields of a record that the shared store keeps (the rest is the layer's, or the key's).
 SHARED_FIELDS = ("slices", "N", "M")
 # Layers whose matrices' short side M is below this are computed in parallel (compute_model_esd):
 # up to M = 2048 a matrix per thread beats both threads on one (a 1.1B Llama's 5632 x 2048 layers:
-# esd 41.3 -> 31.5 s on 2 cores); at 4096 the tridiagonal reduction is memory-bound, so two at once
-# are no faster than one after another (benchmarks/RESULTS.md).
+# esd 41.3 -> 31.5 s on 2 cores); from 4096 on a layer's Gram products gain from all the threads
+# (VGG16's 25088 x 4096 classifier: 1.0 s on two, 2 s on one), so large layers are batched.
 PARALLEL_LAYERS_BELOW = 4096
 
 
@@ -59,10 +60,20 @@ def cache_key(layer: dict, settings: EsdSettings) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str,
-                      conv2d_fft_size: int | None = None, shuffle_seed: int | None = None,
-                      device: str | None = None, gram: str = "float32"):
-    """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)).
+def layer_eigenvalues(weight: np.ndarray, layer_type: str, **options):
+    """(slice labels, eigenvalues array of shape (num_matrices, M), (N, M)) of a layer's weight:
+    :func:`begin_layer_eigenvalues` (its options) and the eigensolves at once."""
+    return begin_layer_eigenvalues(weight, layer_type, **options)()
+
+
+def begin_layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, normalize: str,
+                            conv2d_fft_size: int | None = None, shuffle_seed: int | None = None,
+                            device: str | None = None, gram: str = "float32"):
+    """The work of :func:`layer_eigenvalues` but the float64 eigensolves, which the returned
+    function does (it returns (slice labels, eigenvalues array of shape (num_matrices, M), (N, M))):
+    a job computes the Gram matrices of large layers with all its BLAS threads, then solves
+    several at once (:func:`compute_model_esd`). Every other route (the shuffled spectra, ``fft``,
+    a torch ``device``) does all its work here.
 
     With ``shuffle_seed`` each matrix's entries are shuffled first (for ``fft``, the kernel's:
     they are the operator's entries), so every matrix keeps its own values. ``pooled`` gives one
@@ -75,17 +86,32 @@ def layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str, norma
         n = spectrum.conv2d_fft_size(np.shape(weight), conv2d_fft_size)
         kernel = weight if shuffle_seed is None else spectrum.shuffled(weight, shuffle_seed)
         values = spectrum.conv2d_fft_eigenvalues(kernel, n, normalize=normalize)
-        return [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
+        result = [""], values[None, :], spectrum.conv2d_fft_shape(np.shape(weight), n)
+        return lambda: result
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
-    if shuffle_seed is None:
+    if shuffle_seed is None and device is None:
+        products = [(*spectrum.gram_matrix(m.matrix, precision=gram),
+                     spectrum.float32_products_for(m.matrix.dtype, gram)) for m in matrices]
+        solve = lambda: [spectrum.gram_eigenvalues(g, n, normalize=normalize, float32_products=single)  # noqa: E731
+                         for g, n, single in products]
+    elif shuffle_seed is None:
         rows = [spectrum.eigenvalues(m.matrix, normalize=normalize, device=device, gram=gram) for m in matrices]
+        solve = lambda: rows  # noqa: E731
     else:  # the randomization check's spectra, in float32 (spectrum.shuffled_eigenvalues says why)
         rows = [spectrum.shuffled_eigenvalues(m.matrix, shuffle_seed, normalize=normalize, device=device)
                 for m in matrices]
+        solve = lambda: rows  # noqa: E731
     shape = spectrum.oriented_shape(matrices[0].matrix)
-    if layer_type == "Conv2d" and conv2d == "pooled":  # each slice shuffled on its own, as for slices
-        return [""], spectrum.pooled_eigenvalues(rows)[None, :], shape
-    return [m.label for m in matrices], np.vstack(rows), shape
+    labels = [m.label for m in matrices]
+    pooled = layer_type == "Conv2d" and conv2d == "pooled"  # each slice shuffled on its own, as for slices
+
+    def finish():
+        rows = solve()
+        if pooled:
+            return [""], spectrum.pooled_eigenvalues(rows)[None, :], shape
+        return labels, np.vstack(rows), shape
+
+    return finish
 
 
 def shuffle_seed(layer: dict) -> int:
@@ -93,8 +119,11 @@ def shuffle_seed(layer: dict) -> int:
     return int(layer["sha256"][:16], 16)
 
 
-def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSettings, *,
-                   device: str | None) -> dict:
+def _begin_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSettings, *,
+                 device: str | None):
+    """The work of a layer's cache entry but its eigensolves (:func:`begin_layer_eigenvalues`);
+    the returned function does them, writes the entry's arrays and returns its record. A layer
+    that fails (bad weights) gets a failed record, never an exception; a MemoryError is raised."""
     record = {
         "name": layer["name"],
         "tensor": layer["tensor"],
@@ -112,16 +141,8 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSe
     }
     npy_path = out_dir / f"{layer['name']}.npy"
     rand_path = out_dir / f"{layer['name']}{RAND_SUFFIX}"
-    try:
-        weight = reader.get_tensor(layer["tensor"])
-        matrices = settings.matrices()
-        labels, values, (n, m) = layer_eigenvalues(weight, layer["type"], **matrices, device=device)
-        rand = (layer_eigenvalues(weight, layer["type"], **matrices, shuffle_seed=shuffle_seed(layer),
-                                  device=device)[1]
-                if settings.randomize else None)
-    except MemoryError:  # not the layer's fault: the model fails (zooscope.failures), to be retried
-        raise
-    except Exception as error:  # a bad layer becomes a failed row, never a failed model
+
+    def failed(error: Exception) -> dict:
         record.update(status="failed", reason=f"{type(error).__name__}: {error}")
         with contextlib.suppress(ValueError, IndexError):  # its shape is still known
             record["N"], record["M"] = spectrum.analysed_shape(
@@ -129,14 +150,36 @@ def _compute_entry(reader, layer: dict, key: str, out_dir: Path, settings: EsdSe
         npy_path.unlink(missing_ok=True)
         rand_path.unlink(missing_ok=True)
         return record
-    io.write_npy(npy_path, values)
-    if rand is None:
-        rand_path.unlink(missing_ok=True)
-    else:
-        io.write_npy(rand_path, rand)
-    record.update(file=npy_path.name, rand_file=rand_path.name if settings.randomize else None, slices=labels,
-                  N=int(n), M=int(m))
-    return record
+
+    try:
+        weight = reader.get_tensor(layer["tensor"])
+        matrices = settings.matrices()
+        solve = begin_layer_eigenvalues(weight, layer["type"], **matrices, device=device)
+        rand = (layer_eigenvalues(weight, layer["type"], **matrices, shuffle_seed=shuffle_seed(layer),
+                                  device=device)[1]
+                if settings.randomize else None)
+    except MemoryError:  # not the layer's fault: the model fails (zooscope.failures), to be retried
+        raise
+    except Exception as error:  # a bad layer becomes a failed row, never a failed model
+        return lambda error=error: failed(error)  # the name "error" ends with the except block
+
+    def finish() -> dict:
+        try:
+            labels, values, (n, m) = solve()
+        except MemoryError:
+            raise
+        except Exception as error:
+            return failed(error)
+        io.write_npy(npy_path, values)
+        if rand is None:
+            rand_path.unlink(missing_ok=True)
+        else:
+            io.write_npy(rand_path, rand)
+        record.update(file=npy_path.name, rand_file=rand_path.name if settings.randomize else None,
+                      slices=labels, N=int(n), M=int(m))
+        return record
+
+    return finish
 
 
 def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings = EsdSettings(), *,
@@ -181,45 +224,63 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     store = SharedStore(shared_cache) if shared_cache else None
     shared: list[str] = []
 
-    def compute(item) -> None:
+    def begin(item):
+        """The layer's work but its eigensolves; the returned function finishes it."""
         position, layer, key = item
         record = _shared_entry(store, layer, key, out_dir, settings.randomize) if store else None
-        origin = "shared" if record is not None else "computed"
         if record is not None:
             shared.append(layer["name"])  # list.append is atomic under the GIL
+            entry = lambda: record  # noqa: E731
         else:
-            record = _compute_entry(reader, layer, key, out_dir, settings, device=torch_device)
-            if store and record["status"] == "ok":
-                store.put(key, {field: record[field] for field in SHARED_FIELDS}, out_dir / record["file"],
-                          out_dir / record["rand_file"] if record["rand_file"] else None)
-        io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", record)
-        records[position] = record
-        log.info("[%d/%d] %s %s (%s)%s", position + 1, len(layers), origin, layer["name"], layer["type"],
-                 f": {record['reason']}" if record["status"] != "ok" else "")
+            entry = _begin_entry(reader, layer, key, out_dir, settings, device=torch_device)
 
-    # Large matrices one after another, each with all the job's BLAS threads; small ones a layer
-    # per thread, each with one BLAS thread: at their size threaded BLAS (LAPACK's reduction to
-    # tridiagonal form above all) gains little, a layer per thread nearly ``threads`` times.
-    # Which layers run which way depends on their shapes only, so results do not depend on
-    # scheduling. (On a GPU every layer goes one after another.)
-    in_parallel = [torch_device is None and resources.layer_matrices(layer["shape"])[2] < PARALLEL_LAYERS_BELOW
-                   for _, layer, _ in todo]
+        def finish() -> None:
+            done = entry()
+            if store and record is None and done["status"] == "ok":
+                store.put(key, {field: done[field] for field in SHARED_FIELDS}, out_dir / done["file"],
+                          out_dir / done["rand_file"] if done["rand_file"] else None)
+            io.write_json(out_dir / f"{layer['name']}{ENTRY_SUFFIX}", done)
+            records[position] = done
+            log.info("[%d/%d] %s %s (%s)%s", position + 1, len(layers), "shared" if record else "computed",
+                     layer["name"], layer["type"], f": {done['reason']}" if done["status"] != "ok" else "")
+
+        return finish
+
+    # Small matrices a layer per thread, each with one BLAS thread: at their size threaded BLAS
+    # gains little, a layer per thread nearly ``threads`` times. Large ones in batches of up to
+    # ``threads`` layers (and resources.gram_batch_bytes of Gram matrices): their Gram matrices
+    # one after another with all the job's BLAS threads, then their eigensolves at once, one BLAS
+    # thread each (the two-stage eigensolver of spectrum.gram_eigenvalues gains little from a
+    # second thread), the last batch's together with the small layers. Which layers run which way
+    # depends on their shapes only, and neither eigensolver's result depends on the BLAS threads
+    # it gets, so results do not depend on scheduling. (On a GPU every layer goes in turn.)
+    sizes = [resources.layer_matrices(layer["shape"]) for _, layer, _ in todo]
+    in_pool = [torch_device is None and m < PARALLEL_LAYERS_BELOW for _, _, m in sizes]
+    small = [item for item, pooled in zip(todo, in_pool) if pooled]
+    large = [item for item, pooled in zip(todo, in_pool) if not pooled]
+    batches = resources.gram_batches([count * m * m * 8 for (count, _, m), pooled in zip(sizes, in_pool)
+                                      if not pooled], max(1, threads),
+                                     resources.gram_batch_bytes([layer["shape"] for layer in layers]))
+    from concurrent.futures import ThreadPoolExecutor
+
     from threadpoolctl import threadpool_limits
 
     if settings.randomize and torch_device is None and todo:
         # The shuffled spectra's float32 eigensolver is scipy's, whose BLAS is a library of its own: a
         # thread limit binds only the libraries loaded when it is set, so load it before the limits.
         import scipy.linalg  # noqa: F401
-    with threadpool_limits(limits=max(1, threads)):
-        for item, parallel in zip(todo, in_parallel):
-            if not parallel:
-                compute(item)
-    small = [item for item, parallel in zip(todo, in_parallel) if parallel]
-    if small:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, threads)) as pool:
-            list(pool.map(compute, small))  # list(): raises a worker's exception here
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for number, batch in enumerate(batches or [[]], 1):
+            with threadpool_limits(limits=max(1, threads)):
+                work = [begin(large[i]) for i in batch]
+            # a batch of fewer eigensolves than threads, with nothing beside it, shares the threads
+            # out (the small layers always have one: eigvalsh's bytes depend on its threads)
+            each = max(1, threads // max(1, len(work)))
+            if number == max(1, len(batches)) and small:  # the small layers fill the last batch's threads
+                work += [lambda item=item: begin(item)() for item in small]
+                each = 1
+            with threadpool_limits(limits=each):
+                list(pool.map(lambda task: task(), work))  # list(): raises a worker's exception here
     reused = len(layers) - len(todo)
     if shard is None:  # a shard sees only its own layers; the merge removes stale entries
         _remove_stale_entries(out_dir, {layer["name"] for layer in layers})

@@ -39,6 +39,10 @@ GRAM_FLOAT32_LINES = 4096
 # rounding moves the zero eigenvalues of a rank-deficient matrix to 2e-8 to 9e-8 of lambda_max
 # (measured at 100 x 80 to 25088 x 1024), so this is 10 times above that noise
 GRAM_FLOAT32_RESOLUTION = 1e-6
+# Gram matrices from this size M on are solved by LAPACK's two-stage eigensolver
+# (zooscope.spectra.blas.eigvalsh_two_stage: at 3072 and 4096 1.2-1.5x faster than eigvalsh on one
+# thread, below 3072 no faster on AVX2 kernels), smaller ones by numpy's eigvalsh
+TWO_STAGE_FROM = 3072
 
 
 @dataclass(frozen=True)
@@ -150,13 +154,31 @@ def eigenvalues(matrix: np.ndarray, *, normalize: str = "none", device: str | No
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     if device is not None:
         return _torch_eigenvalues(matrix, normalize=normalize, device=device)
-    gram_m, n_rows = gram_matrix(matrix, precision=gram)
+    return gram_eigenvalues(*gram_matrix(matrix, precision=gram), normalize=normalize,
+                            float32_products=float32_products_for(np.asarray(matrix).dtype, gram))
+
+
+def gram_eigenvalues(gram_m: np.ndarray, n_rows: int, *, normalize: str = "none",
+                     float32_products: bool = False) -> np.ndarray:
+    """:func:`eigenvalues` from :func:`gram_matrix`'s result (``gram_m``, ``n_rows``), which the
+    eigensolver overwrites; ``float32_products``: whether its products were float32 (then
+    eigenvalues below :data:`GRAM_FLOAT32_RESOLUTION` of lambda_max are 0).
+
+    The two steps apart let a job compute several Gram matrices with all its BLAS threads and then
+    solve them at once with one each (zooscope.spectra.esd.compute_model_esd). From
+    :data:`TWO_STAGE_FROM` on the solver is LAPACK's two-stage one, below it numpy's ``eigvalsh``;
+    both give the same eigenvalues to rounding (about 1e-14 of lambda_max).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     # The transpose is Fortran-ordered with the filled triangle below the diagonal, which is what
     # LAPACK reads with numpy's default UPLO="L" (the faster one: "U" took 10% longer at M = 4096)
-    values = np.linalg.eigvalsh(gram_m.T)
+    values = blas.eigvalsh_two_stage(gram_m.T) if len(gram_m) >= TWO_STAGE_FROM else None
+    if values is None:
+        values = np.linalg.eigvalsh(gram_m.T)
     # The Gram route can return tiny negative values for zero singular values: they are zero.
     values = np.clip(values, 0.0, None)
-    if values.size and _float32_products(np.asarray(matrix).dtype, gram):
+    if values.size and float32_products:
         # below the float32 products' resolution an eigenvalue is rounding, not spectrum: a
         # rank-deficient matrix keeps exact zeros (which the fit's floor leaves out), not noise
         values[values < GRAM_FLOAT32_RESOLUTION * values.max()] = 0.0
@@ -194,7 +216,7 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
     w = np.asarray(matrix)
     wide = w.shape[0] < w.shape[1]  # then W^T W of the oriented matrix is w w^T
     n_rows, m = (w.shape[1], w.shape[0]) if wide else w.shape
-    single = _float32_products(w.dtype, precision)
+    single = float32_products_for(w.dtype, precision)
     if single:
         lines = max(1, min(n_rows, GRAM_FLOAT32_LINES))
         in_place = w.dtype == np.float32  # a view of the weight is the block: no copy
@@ -233,7 +255,7 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
     return (np.zeros((m, m)) if gram is None else gram), n_rows
 
 
-def _float32_products(dtype: np.dtype, precision: str) -> bool:
+def float32_products_for(dtype: np.dtype, precision: str) -> bool:
     """Whether :func:`gram_matrix` multiplies a matrix of ``dtype`` in float32 (config ``esd.gram``)."""
     if precision not in GRAM_PRECISIONS:
         raise ValueError(f"unknown Gram precision {precision!r}; valid: {', '.join(GRAM_PRECISIONS)}")
