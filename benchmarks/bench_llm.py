@@ -25,7 +25,7 @@ In one run it prints:
   float32 (its SVDs need float32) in a child process, BLAS and torch threads limited to N: the time
   of ``analyze()`` alone, and the child's peak RSS (the loaded model included: analyze() needs it);
 * the eigen-work floor: for each distinct matrix shape (N, M) of the model, a seeded random N x M
-  float32 matrix's float64 Gram and ``eigvalsh`` (``spectrum.eigenvalues`` with ``gram="float64"``)
+  float32 matrix's float64 Gram and eigenvalues (``spectrum.eigenvalues`` with ``gram="float64"``)
   timed alone (the better of N BLAS threads on it and one thread with N such matrices at once),
   times the number of matrices of that shape; zooscope's end-to-end time as a multiple of it (the
   issue's goal: at most 1.2x) and ``analyze()``'s; the same with ``esd.gram``'s default float32
@@ -169,7 +169,7 @@ def main() -> None:
 
         layers = json.loads((workdir / "resources" / "models" / "llm" / "layers.json").read_text())["layers"]
         floor, shapes = eigen_floor(layers, args.cores)
-        print(f"\neigen-work floor (float64 Gram + eigvalsh of each shape, alone, {args.cores} threads) ({load()}):")
+        print(f"\neigen-work floor (float64 Gram + eigensolver of each shape, alone, {args.cores} threads) ({load()}):")
         for n, m, count, seconds in shapes:
             print(f"  {n:>6} x {m:<6} x {count:>4}: {seconds:7.3f} s each, {seconds * count:7.1f} s")
         print(f"  floor {floor:.1f} s; zooscope end to end = {ours / floor:.2f}x the floor (goal <= {FLOOR_TARGET}x: "

@@ -282,3 +282,11 @@ def test_step_column_errors_name_the_row(tmp_path):
     assert "row 4 (model 'c'): step 1 of series 'run' is already the step of row 2 (model 'a')" in message
     assert "row 5 (model 'd'): series 'run' is a training trajectory" in message
     assert "model 'e'" not in message and "model 'a'" not in message.replace("of row 2 (model 'a')", "")
+
+
+def test_the_schemas_read_by_libyaml_are_what_pyyaml_s_own_parser_reads():
+    import yaml
+
+    for name in ("config", "zoo"):
+        path = REPO / "schemas" / f"{name}.schema.yaml"
+        assert load_schema(path) == yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
