@@ -49,7 +49,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, blas, clear_run, compare_dense_alphas, eigen_floor, job_logs, load, quiet, run_zooscope, timeline,
+    CONFIGS, blas, clear_run, compare_dense_alphas, compile_zooscope, eigen_floor, job_logs, load, quiet,
+    run_zooscope, timeline,
 )
 
 TARGET_RATIO = 4.0
@@ -154,6 +155,7 @@ def main() -> None:
               f"{args.cores} cores; zooscope's configuration: {args.config}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir
+        compile_zooscope()
         started = time.time()
         ours = run_zooscope(workdir, args.cores)
         jobs = job_logs(workdir)

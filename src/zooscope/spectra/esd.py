@@ -90,10 +90,8 @@ def begin_layer_eigenvalues(weight: np.ndarray, layer_type: str, *, conv2d: str,
         return lambda: result
     matrices = spectrum.layer_matrices(weight, layer_type, conv2d=conv2d)
     if shuffle_seed is None and device is None:
-        products = [(*spectrum.gram_matrix(m.matrix, precision=gram),
-                     spectrum.float32_products_for(m.matrix.dtype, gram)) for m in matrices]
-        solve = lambda: [spectrum.gram_eigenvalues(g, n, normalize=normalize, float32_products=single)  # noqa: E731
-                         for g, n, single in products]
+        solves = [spectrum.begin_eigenvalues(m.matrix, normalize=normalize, gram=gram) for m in matrices]
+        solve = lambda: [solve_one() for solve_one in solves]  # noqa: E731
     elif shuffle_seed is None:
         rows = [spectrum.eigenvalues(m.matrix, normalize=normalize, device=device, gram=gram) for m in matrices]
         solve = lambda: rows  # noqa: E731

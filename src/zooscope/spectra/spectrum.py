@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -154,8 +155,16 @@ def eigenvalues(matrix: np.ndarray, *, normalize: str = "none", device: str | No
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     if device is not None:
         return _torch_eigenvalues(matrix, normalize=normalize, device=device)
-    return gram_eigenvalues(*gram_matrix(matrix, precision=gram), normalize=normalize,
-                            float32_products=float32_products_for(np.asarray(matrix).dtype, gram))
+    return begin_eigenvalues(matrix, normalize=normalize, gram=gram)()
+
+
+def begin_eigenvalues(matrix: np.ndarray, *, normalize: str = "none",
+                      gram: str = "float32") -> Callable[[], np.ndarray]:
+    """:func:`eigenvalues` on the CPU in two steps: the Gram matrix's products now
+    (:func:`gram_matrix`), its eigensolve in the returned function (:func:`gram_eigenvalues`)."""
+    gram_m, n_rows = gram_matrix(matrix, precision=gram)
+    single = _float32_products(np.asarray(matrix).dtype, gram)
+    return lambda: gram_eigenvalues(gram_m, n_rows, normalize=normalize, float32_products=single)
 
 
 def gram_eigenvalues(gram_m: np.ndarray, n_rows: int, *, normalize: str = "none",
@@ -216,7 +225,7 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
     w = np.asarray(matrix)
     wide = w.shape[0] < w.shape[1]  # then W^T W of the oriented matrix is w w^T
     n_rows, m = (w.shape[1], w.shape[0]) if wide else w.shape
-    single = float32_products_for(w.dtype, precision)
+    single = _float32_products(w.dtype, precision)
     if single:
         lines = max(1, min(n_rows, GRAM_FLOAT32_LINES))
         in_place = w.dtype == np.float32  # a view of the weight is the block: no copy
@@ -255,7 +264,7 @@ def gram_matrix(matrix: np.ndarray, block_entries: int = GRAM_BLOCK_ENTRIES, *,
     return (np.zeros((m, m)) if gram is None else gram), n_rows
 
 
-def float32_products_for(dtype: np.dtype, precision: str) -> bool:
+def _float32_products(dtype: np.dtype, precision: str) -> bool:
     """Whether :func:`gram_matrix` multiplies a matrix of ``dtype`` in float32 (config ``esd.gram``)."""
     if precision not in GRAM_PRECISIONS:
         raise ValueError(f"unknown Gram precision {precision!r}; valid: {', '.join(GRAM_PRECISIONS)}")
