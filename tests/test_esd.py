@@ -5,7 +5,7 @@ import pytest
 
 from conftest import write_model_dir
 from zooscope.config import EsdSettings
-from zooscope.spectra import esd
+from zooscope.spectra import blas, esd
 from zooscope.spectra import spectrum
 
 
@@ -199,7 +199,7 @@ def test_layers_computed_in_parallel_or_in_batches_give_the_same_bytes(tmp_path,
         (f"fc{i}", "Linear", rng.standard_normal((40 + 7 * i, 24 + 5 * i))) for i in range(6)
     ] + [("conv", "Conv2d", rng.standard_normal((12, 30, 3, 3)))])
     monkeypatch.setattr(esd, "PARALLEL_LAYERS_BELOW", 40)  # fc4, fc5: in a batch; the rest: in parallel
-    monkeypatch.setattr(spectrum, "TWO_STAGE_FROM", 44)  # fc4 (M = 44) and fc5: the two-stage solver
+    monkeypatch.setattr(blas, "two_stage_from", lambda: 44)  # fc4 (M = 44) and fc5: the two-stage solver
     one = run(model, tmp_path / "one", threads=1)
     two = run(model, tmp_path / "two", threads=2)
     assert [r["name"] for r in two["layers"]] == [f"fc{i}" for i in range(6)] + ["conv"]

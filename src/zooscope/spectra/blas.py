@@ -9,16 +9,23 @@ eigensolver reads one triangle. :func:`syrk_upper` calls the same library's ``cb
 through ctypes for one triangle (the upper one, which numpy computes before mirroring it), with
 the same kernels and threads as numpy's own call (its thread limit is the library's).
 
-LAPACK's ``dsyevd_2stage`` reduces the matrix to a band first (matrix-matrix products) and the
-band to tridiagonal form in cache-sized pieces, where ``dsyevd`` (numpy's ``eigvalsh``) does the
-whole reduction in memory-bound matrix-vector products. For eigenvalues alone, on one thread, at
-M = 4096: 1.9-2.1 s against 3.1 s (AVX-512 kernels), 2.5-2.8 s against 3.3 s (AVX2); at 3072
-0.84 against 1.24 s; at 2048 and below it is no faster or slower (2026-12-01). Its eigenvalues
-are the same bytes whatever the BLAS threads (``dsyevd``'s are not: tested).
+LAPACK's two-stage reduction (``dsyevd_2stage``'s) reduces the matrix to a band first
+(matrix-matrix products) and the band to tridiagonal form in cache-sized pieces, where ``dsyevd``
+(numpy's ``eigvalsh``) does the whole reduction in memory-bound matrix-vector products. For
+eigenvalues alone, two matrices at once on one thread each (as an esd job solves them), 2026-12-01:
+at M = 4096 1.84 s against ``dsyevd``'s 3.1 s (AVX-512 kernels), 2.52 against 3.41 s (AVX2); at
+2048 0.29-0.31 against 0.36-0.38 s (AVX-512) but 0.39 against 0.33 s (AVX2), hence
+:func:`two_stage_from`. :func:`eigvalsh_two_stage` calls its routines one by one to choose the
+band's width (:data:`TWO_STAGE_BAND`: 5-8% faster than ``dsyevd_2stage``'s at 3072 and 4096).
+Neither eigensolver's bytes are independent of the BLAS threads in general: from one thread to
+two, ``dsyevd``'s changed at every size measured (1000 to 4096), the two-stage reduction's at
+1000 (AVX-512) and 2500, by 3e-15 to 2e-14 of lambda_max, and not at 1536, 1792, 2048, 3072 or
+4096.
 
 Only numpy builds that bundle OpenBLAS with 64-bit integers and suffixed symbols (the PyPI wheels:
-``scipy_cblas_ssyrk64_``; also ``cblas_ssyrk64_``) are used; elsewhere :func:`syrk_upper` returns
-False and the caller multiplies with numpy, and :func:`eigvalsh_two_stage` returns None.
+``scipy_cblas_ssyrk64_``, ``scipy_dsytrd_sy2sb_64_``; also without ``scipy_``) are used; elsewhere
+:func:`syrk_upper` returns False and the caller multiplies with numpy, and
+:func:`eigvalsh_two_stage` returns None.
 """
 from __future__ import annotations
 
@@ -28,9 +35,7 @@ import functools
 import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS, _UPPER = 101, 111, 112, 121
-_COL_MAJOR = 102
 _SUFFIXED = ("scipy_cblas_{}syrk64_", "cblas_{}syrk64_")  # 64-bit integer interfaces only
-_TWO_STAGE = ("scipy_LAPACKE_dsyevd_2stage64_", "LAPACKE_dsyevd_2stage64_")
 
 
 @functools.cache
@@ -69,48 +74,128 @@ def _syrk_functions() -> dict:
     return {}
 
 
+# The Fortran routines of the two-stage reduction, called one by one (with the 64-bit integer
+# interface's suffix): LAPACKE_dsyevd_2stage fixes the band's width at LAPACK's default, 32.
+_TWO_STAGE_ROUTINES = ("dlansy", "dsytrd_sy2sb", "dsytrd_sb2st", "dsterf")
+_FORTRAN_NAMES = ("scipy_{}_64_", "{}_64_")
+# The band's width of the two-stage reduction: its first stage (matrix-matrix products) gains from
+# a wider band, its second (the band to tridiagonal, memory-bound) loses. Eigenvalues only, two
+# matrices at once on one thread each, 2026-12-01: at M = 4096 64 took 1.84 s against LAPACK's
+# default 32's 1.99 s (AVX-512 kernels; the best, 56: 1.81) and 2.52 against 2.64 s (AVX2; 48:
+# 2.49); at 3072 0.85 against 0.90 s and 1.16 against 1.17 s; at 2048 0.31 against 0.30 s. A
+# multiple of 32 as the default: 48 and 56 also changed the eigenvalues' last bits with the BLAS
+# threads at M = 1536, 2048 and 3072 (AVX-512), 32 and 64 did not (at 1000 and 2500 all do).
+TWO_STAGE_BAND = 64
+
+
+# From which size M on eigvalsh_two_stage beats numpy's eigvalsh (two matrices at once, one thread
+# each, as an esd job runs them; 2026-12-01): on AVX-512 kernels from about 1792 on (1792: 0.195
+# against 0.222 s; 2048: 0.29 against 0.36-0.38 s; 1536: 0.137 against 0.131 s), on AVX2 ones
+# between 2048 and 3072 (2048: 0.385 against 0.333 s; 3072: 1.13 against 1.30 s).
+TWO_STAGE_FROM, TWO_STAGE_FROM_AVX512 = 3072, 1792
+# OpenBLAS's names (openblas_get_corename, lower case) of its x86 kernels with AVX-512
+_AVX512_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
 @functools.cache
-def _two_stage_function():
-    """LAPACKE_dsyevd_2stage (64-bit integers) of the library numpy is linked with, or None."""
+def core_type() -> str | None:
+    """OpenBLAS's name for the kernels numpy's BLAS runs (``openblas_get_corename``: the detected
+    CPU's, or OPENBLAS_CORETYPE's), or None where numpy's BLAS is not such an OpenBLAS."""
     library = _numpy_openblas()
-    for name in _TWO_STAGE if library is not None else ():
-        function = getattr(library, name, None)
+    for name in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+        function = getattr(library, name, None) if library is not None else None
         if function is not None:
-            function.restype = ctypes.c_int64
-            function.argtypes = [ctypes.c_int, ctypes.c_char, ctypes.c_char, ctypes.c_int64, ctypes.c_void_p,
-                                 ctypes.c_int64, ctypes.c_void_p]
-            return function
+            function.restype, function.argtypes = ctypes.c_char_p, []
+            return (function() or b"").decode(errors="replace").strip() or None
+    return None
+
+
+def two_stage_from() -> int:
+    """The size M from which zooscope.spectra.spectrum solves a Gram matrix by
+    :func:`eigvalsh_two_stage` (where it is faster than ``eigvalsh`` on these kernels)."""
+    return TWO_STAGE_FROM_AVX512 if (core_type() or "").lower() in _AVX512_CORES else TWO_STAGE_FROM
+
+
+@functools.cache
+def _two_stage_functions() -> dict | None:
+    """{name: Fortran routine} of :data:`_TWO_STAGE_ROUTINES` in the library numpy is linked with, or None."""
+    library = _numpy_openblas()
+    for pattern in _FORTRAN_NAMES if library is not None else ():
+        found = {name: getattr(library, pattern.format(name), None) for name in _TWO_STAGE_ROUTINES}
+        if all(found.values()):
+            for function in found.values():
+                function.restype = None  # every argument by reference, then the strings' lengths
+            found["dlansy"].restype = ctypes.c_double
+            return found
     return None
 
 
 def two_stage_available() -> bool:
     """Whether :func:`eigvalsh_two_stage` runs on this numpy's LAPACK."""
-    return _two_stage_function() is not None
+    return _two_stage_functions() is not None
 
 
-def eigvalsh_two_stage(lower: np.ndarray) -> np.ndarray | None:
+def eigvalsh_two_stage(lower: np.ndarray, band: int = TWO_STAGE_BAND) -> np.ndarray | None:
     """Eigenvalues, ascending, of the symmetric matrix whose lower triangle ``lower`` holds (M x M
-    float64, Fortran-ordered, writeable: LAPACK overwrites it), by ``dsyevd_2stage``; None
-    (``lower`` untouched) where this numpy's LAPACK has no usable one. Raises
-    ``numpy.linalg.LinAlgError`` where the eigensolver does not converge (as ``eigvalsh`` does).
+    float64, Fortran-ordered, writeable: it is overwritten), by LAPACK's two-stage reduction
+    (``dsytrd_sy2sb`` to a band of ``band`` sub-diagonals, ``dsytrd_sb2st`` to tridiagonal form,
+    ``dsterf``'s eigenvalues): what ``dsyevd_2stage`` computes for eigenvalues alone, with the
+    band's width chosen (:data:`TWO_STAGE_BAND`). ``dsyevd_2stage`` also scales a matrix whose
+    largest entry is beyond 1e+-146 first; the routines need not (entries of 1e-310 to 1e305 give
+    the eigenvalues to 3e-15 unscaled: tested). None (``lower`` untouched) where this numpy's LAPACK
+    has no such routines. Raises ValueError for NaN or Inf entries and ``numpy.linalg.LinAlgError``
+    where the eigensolver does not converge (as ``eigvalsh`` does).
 
-    ctypes releases the GIL for the call, so threads run several at once (each with the BLAS
+    ctypes releases the GIL for the calls, so threads run several at once (each with the BLAS
     threads the library is limited to).
     """
-    function = _two_stage_function()
+    routines = _two_stage_functions()
     m = lower.shape[0] if lower.ndim == 2 else -1
-    if (function is None or lower.dtype != np.float64 or lower.shape != (m, m) or not lower.flags.f_contiguous
+    if (routines is None or lower.dtype != np.float64 or lower.shape != (m, m) or not lower.flags.f_contiguous
             or not lower.flags.writeable or m == 0):
         return None
-    values = np.empty(m)
-    info = function(_COL_MAJOR, b"N", b"L", m, lower.ctypes.data, m, values.ctypes.data)
-    if info > 0:
-        raise np.linalg.LinAlgError(f"the eigensolver did not converge ({info} off-diagonal elements)")
-    if info in (-1010, -1011):  # LAPACKE could not allocate its workspace
-        raise MemoryError(f"LAPACKE_dsyevd_2stage could not allocate its workspace (M = {m})")
-    if info < 0:
-        raise ValueError(f"LAPACKE_dsyevd_2stage rejected its argument {-info} (M = {m})")
-    return values
+    integer, length = ctypes.c_int64, ctypes.c_size_t(1)  # length: of a one-character argument
+    n, info = integer(m), integer(0)
+    address = lower.ctypes.data_as(ctypes.c_void_p)
+    largest = routines["dlansy"](b"M", b"L", ctypes.byref(n), address, ctypes.byref(n), None, length, length)
+    if not np.isfinite(largest):
+        raise ValueError(f"the matrix has NaN or Inf entries (M = {m})")
+    kd = integer(max(1, min(band, m - 1)))
+    rows = integer(kd.value + 1)
+    banded = np.empty((m, rows.value))  # Fortran (kd + 1) x M
+    diagonal, off_diagonal, tau, query, query_2 = np.empty(m), np.empty(m), np.empty(m), np.empty(1), np.empty(1)
+
+    def pointer(array):
+        return array.ctypes.data_as(ctypes.c_void_p)
+
+    def reduce_to_band(work, size):
+        routines["dsytrd_sy2sb"](b"L", ctypes.byref(n), ctypes.byref(kd), address, ctypes.byref(n), pointer(banded),
+                                 ctypes.byref(rows), pointer(tau), pointer(work), ctypes.byref(integer(size)),
+                                 ctypes.byref(info), length)
+
+    def reduce_to_tridiagonal(householder, householder_size, work, size):
+        routines["dsytrd_sb2st"](b"Y", b"N", b"L", ctypes.byref(n), ctypes.byref(kd), pointer(banded),
+                                 ctypes.byref(rows), pointer(diagonal), pointer(off_diagonal), pointer(householder),
+                                 ctypes.byref(integer(householder_size)), pointer(work), ctypes.byref(integer(size)),
+                                 ctypes.byref(info), length, length, length)
+
+    reduce_to_band(query, -1)  # the workspace query
+    reduce_to_band(np.empty(max(1, int(query[0]))), max(1, int(query[0])))
+    _check(info, "dsytrd_sy2sb", m)
+    reduce_to_tridiagonal(query, -1, query_2, -1)
+    householder_size, size = max(1, int(query[0])), max(1, int(query_2[0]))
+    reduce_to_tridiagonal(np.empty(householder_size), householder_size, np.empty(size), size)
+    _check(info, "dsytrd_sb2st", m)
+    routines["dsterf"](ctypes.byref(n), pointer(diagonal), pointer(off_diagonal), ctypes.byref(info))
+    if info.value > 0:
+        raise np.linalg.LinAlgError(f"the eigensolver did not converge ({info.value} off-diagonal elements)")
+    _check(info, "dsterf", m)
+    return diagonal
+
+
+def _check(info: ctypes.c_int64, routine: str, m: int) -> None:
+    if info.value < 0:
+        raise ValueError(f"LAPACK's {routine} rejected its argument {-info.value} (M = {m})")
 
 
 def available() -> bool:

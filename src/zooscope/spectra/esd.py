@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 # 3: the shuffled spectra of ``randomize`` are computed in float32.
 # 4: the Gram matrix's products in float32 blocks (config esd.gram), a new cache key field.
 # 5: Gram matrices from M = 3072 on solved by the two-stage eigensolver (about 1e-14 apart).
-ESD_VERSION = 5
+# 6: its band 48 wide, not 32 (about 2e-14 apart).
+ESD_VERSION = 6
 ENTRY_SUFFIX = ".entry.json"
 RAND_SUFFIX = ".rand.npy"
 # The fields of a record that the shared store keeps (the rest is the layer's, or the key's).
@@ -249,9 +250,11 @@ def compute_model_esd(weights_path, layers_path, out_dir, settings: EsdSettings 
     # ``threads`` layers (and resources.gram_batch_bytes of Gram matrices): their Gram matrices
     # one after another with all the job's BLAS threads, then their eigensolves at once, one BLAS
     # thread each (the two-stage eigensolver of spectrum.gram_eigenvalues gains little from a
-    # second thread), the last batch's together with the small layers. Which layers run which way
-    # depends on their shapes only, and neither eigensolver's result depends on the BLAS threads
-    # it gets, so results do not depend on scheduling. (On a GPU every layer goes in turn.)
+    # second thread), the last batch's together with the small layers. Which layers run which way,
+    # and on how many BLAS threads, depends on the layers' shapes and the job's threads only, so
+    # the same model, settings and threads give the same bytes. (Another thread count can change
+    # a large layer's last bits: OpenBLAS's threaded AVX2 products and both eigensolvers at some
+    # sizes sum in another order; zooscope.spectra.blas.) (On a GPU every layer goes in turn.)
     sizes = [resources.layer_matrices(layer["shape"]) for _, layer, _ in todo]
     in_pool = [torch_device is None and m < PARALLEL_LAYERS_BELOW for _, _, m in sizes]
     small = [item for item, pooled in zip(todo, in_pool) if pooled]

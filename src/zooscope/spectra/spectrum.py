@@ -40,10 +40,6 @@ GRAM_FLOAT32_LINES = 4096
 # rounding moves the zero eigenvalues of a rank-deficient matrix to 2e-8 to 9e-8 of lambda_max
 # (measured at 100 x 80 to 25088 x 1024), so this is 10 times above that noise
 GRAM_FLOAT32_RESOLUTION = 1e-6
-# Gram matrices from this size M on are solved by LAPACK's two-stage eigensolver
-# (zooscope.spectra.blas.eigvalsh_two_stage: at 3072 and 4096 1.2-1.5x faster than eigvalsh on one
-# thread, below 3072 no faster on AVX2 kernels), smaller ones by numpy's eigvalsh
-TWO_STAGE_FROM = 3072
 
 
 @dataclass(frozen=True)
@@ -175,14 +171,15 @@ def gram_eigenvalues(gram_m: np.ndarray, n_rows: int, *, normalize: str = "none"
 
     The two steps apart let a job compute several Gram matrices with all its BLAS threads and then
     solve them at once with one each (zooscope.spectra.esd.compute_model_esd). From
-    :data:`TWO_STAGE_FROM` on the solver is LAPACK's two-stage one, below it numpy's ``eigvalsh``;
-    both give the same eigenvalues to rounding (about 1e-14 of lambda_max).
+    :func:`zooscope.spectra.blas.two_stage_from` on (1792 on AVX-512 kernels, 3072 on others) the
+    solver is LAPACK's two-stage one, below it numpy's ``eigvalsh``; both give the same eigenvalues
+    to rounding (about 1e-14 of lambda_max).
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZATIONS)}")
     # The transpose is Fortran-ordered with the filled triangle below the diagonal, which is what
     # LAPACK reads with numpy's default UPLO="L" (the faster one: "U" took 10% longer at M = 4096)
-    values = blas.eigvalsh_two_stage(gram_m.T) if len(gram_m) >= TWO_STAGE_FROM else None
+    values = blas.eigvalsh_two_stage(gram_m.T) if len(gram_m) >= blas.two_stage_from() else None
     if values is None:
         values = np.linalg.eigvalsh(gram_m.T)
     # The Gram route can return tiny negative values for zero singular values: they are zero.
