@@ -178,7 +178,7 @@ def jacobian_data_input(wildcards):
 # The run summary (zooscope.report.run_summary): every failed model and every model with failed
 # or skipped layers, on the console and in logs/{zoo}/run-summary.txt; it sets the exit status.
 def finish_run(errored):
-    from zooscope.jobs import cancel_pending_timers
+    from zooscope.jobs import cancel_pending_timers, exit_without_collecting
     from zooscope.report.run_summary import run_summary, write_summary
 
     cancel_pending_timers()  # else the process exits up to a second after the run (its docstring)
@@ -189,5 +189,6 @@ def finish_run(errored):
         jacobian_path=lambda model: f"results/jacobian/{model}/summary.json" if model in JACOBIAN_MODELS else None,
     )
     status = write_summary(summary, f"logs/{ZOO}/run-summary.txt")
+    exit_without_collecting()  # the DAG and the run's objects: not collected on the way out
     if status and not errored:
         sys.exit(status)

@@ -26,6 +26,28 @@ def write_model_dir(directory: Path, layers: list[tuple[str, str, np.ndarray]], 
     return directory
 
 
+def checked_meta(out: Path) -> dict:
+    """meta.json of a fetched model, its ``weights_digest`` checked against one computed here
+    independently: the file's header bytes, then each tensor's sha256 as safetensors' own reader
+    returns it (torch, any dtype), in the order of the tensors' bytes in the file."""
+    import torch
+    from safetensors import safe_open
+
+    meta = json.loads((out / "meta.json").read_text())
+    path = out / "model.safetensors"
+    raw = path.read_bytes()
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    order = sorted((entry["data_offsets"][0], name) for name, entry in header.items() if name != "__metadata__")
+    digest = hashlib.sha256(raw[:8 + length])
+    with safe_open(str(path), framework="pt") as stored:
+        for _, name in order:
+            tensor = stored.get_tensor(name).contiguous().reshape(-1)
+            digest.update(hashlib.sha256(tensor.view(torch.uint8).numpy().tobytes()).digest())
+    assert meta["weights_digest"] == digest.hexdigest()
+    return meta
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
@@ -42,4 +64,4 @@ def fetch_file_source(path: Path, out: Path, model: str = "m"):
                 sheet_dir=path.parent)
     layers = json.loads((out / "layers.json").read_text())["layers"]
     stored = load_file(str(out / "model.safetensors"))
-    return layers, {layer["name"]: stored[layer["tensor"]] for layer in layers}, json.loads((out / "meta.json").read_text())
+    return layers, {layer["name"]: stored[layer["tensor"]] for layer in layers}, checked_meta(out)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from conftest import checked_meta
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
 
@@ -37,7 +38,7 @@ def row(path, model="m", **extra):
 def fetched(tmp_path, path, name="out", **extra):
     out = tmp_path / name
     fetch_model(row(path, **extra), out, sheet_dir=tmp_path)
-    return (json.loads((out / "layers.json").read_text())["layers"], json.loads((out / "meta.json").read_text()),
+    return (json.loads((out / "layers.json").read_text())["layers"], checked_meta(out),
             load_file(out / "model.safetensors"))
 
 

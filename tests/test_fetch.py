@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from conftest import checked_meta
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
 from zooscope.sources.registry import KINDS
@@ -158,7 +159,7 @@ def file_row(path: str, model: str = "tiny", **extra) -> dict:
 
 
 def read_outputs(out: Path):
-    return json.loads((out / "layers.json").read_text()), json.loads((out / "meta.json").read_text())
+    return json.loads((out / "layers.json").read_text()), checked_meta(out)
 
 
 @pytest.mark.parametrize("writer", FORMATS, ids=lambda f: f.__name__.removeprefix("fmt_"))
@@ -186,7 +187,6 @@ def test_file_formats_round_trip(tmp_path, writer, monkeypatch):
         assert layer["sha256"] == hashlib.sha256(state[layer["tensor"]].numpy().tobytes()).hexdigest()
 
     assert meta["num_params"] == EXPECTED_NUM_PARAMS
-    assert meta["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     inventory = {t["tensor"]: t for t in json.loads((out / "tensors.json").read_text())["tensors"]}
     assert inventory.keys() == state.keys()
     assert {key: t["reason"] for key, t in inventory.items() if t["reason"]} == EXPECTED_LEFT_OUT
@@ -523,10 +523,10 @@ def header_of(path):
 
 def test_module_state_of_every_dtype_round_trips_through_the_fetch_writer(tmp_path):
     """Buffers of other dtypes and 0-d tensors (BatchNorm's num_batches_tracked) are stored as
-    they are, readable by safetensors' own loader, and the sha256 is that of the file."""
+    they are, readable by safetensors' own loader, and the digest is the file's (weights_digest)."""
     from zooscope.layers import layers_from_module
     from zooscope.sources.built import unanalysed_state
-    from zooscope.sources.fetch import write_safetensors
+    from zooscope.sources.fetch import weights_digest, write_safetensors
 
     torch.manual_seed(0)
     network = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 4))
@@ -537,7 +537,7 @@ def test_module_state_of_every_dtype_round_trips_through_the_fetch_writer(tmp_pa
     others = unanalysed_state(network, layers)
     assert {"1.num_batches_tracked", "mask", "scale16", "0.bias", "1.weight"} <= others.keys()
     digest = write_safetensors(tmp_path / "m.safetensors", layers, others)
-    assert digest == hashlib.sha256((tmp_path / "m.safetensors").read_bytes()).hexdigest()
+    assert digest == weights_digest(tmp_path / "m.safetensors")
     stored = load_file(tmp_path / "m.safetensors")
     state = network.state_dict()
     assert stored.keys() == state.keys()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import checked_meta
 from zooscope.sources.fetch import fetch_model
 
 torch = pytest.importorskip("torch")
@@ -18,7 +19,7 @@ BASE = {"model": "base", "series": "s", "source": "train:mlp", "accuracy": None,
 
 def fetch(row, out, base_dir=None):
     fetch_model(row, out, threads=1, base_dir=base_dir)
-    return json.loads((out / "meta.json").read_text()), load_file(str(out / "model.safetensors"))
+    return checked_meta(out), load_file(str(out / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import checked_meta
 from zooscope.config import load_schema
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
@@ -57,7 +58,7 @@ def sha256(path: Path) -> str:
 
 
 def read_outputs(out: Path):
-    return json.loads((out / "layers.json").read_text()), json.loads((out / "meta.json").read_text())
+    return json.loads((out / "layers.json").read_text()), checked_meta(out)
 
 
 def put_in_hf_cache(hf_home: Path, repo: str, folder: Path, commit: str = COMMIT) -> Path:

@@ -51,6 +51,24 @@ def test_pending_timers_are_cancelled_at_the_end_of_a_run():
     assert fired == [] and cancel_pending_timers() == 0
 
 
+def test_a_process_that_asks_freezes_its_objects_at_exit_once_and_nothing_before():
+    """exit_without_collecting defers gc.freeze to the process's exit (atexit runs before the
+    interpreter's teardown collects): nothing is frozen while the process works, everything at
+    the end, and calling it twice registers it once. In a fresh interpreter, as a job's process."""
+    script = """
+import atexit, gc
+calls, freeze = [], gc.freeze
+gc.freeze = lambda: calls.append(1) or freeze()  # counts the freezes
+from zooscope.jobs import exit_without_collecting
+atexit.register(lambda: print("at exit", len(calls), gc.get_freeze_count() > 0))  # after: LIFO
+exit_without_collecting()
+exit_without_collecting()
+print("before", len(calls), gc.get_freeze_count())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:2] == ["before 0 0", "at exit 1 True"]
+
+
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux 5.3+: pidfd_open")
 def test_the_worker_watch_wakes_when_the_worker_exits_not_an_interval_later():
     """A job's watch loop waits on the worker's exit (a pidfd), not on a sleep of WATCH_INTERVAL:

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
+from conftest import checked_meta
 from zooscope import io  # noqa: E402
 from zooscope.sources.base import FetchError  # noqa: E402
 from zooscope.sources.fetch import fetch_model  # noqa: E402
@@ -74,7 +75,7 @@ def test_merged_adapter_equals_peft_merge_and_the_spectra_the_dense_update(tmp_p
         assert layers[key]["sha256"] != base_layers[key]["sha256"]
     np.testing.assert_array_equal(fetched["head.bias"], merged["head.bias"].numpy())  # modules_to_save
     scale = 8 / math.sqrt(4) if use_rslora else 8 / 4
-    meta = io.read_json(model_dir / "meta.json")
+    meta = checked_meta(model_dir)
     assert meta["adapter"]["layers"]["fc1.weight"]["scale"] == pytest.approx(scale)
     assert sorted(meta["adapter"]["layers"]) == ["embed.weight", "fc1.weight", "fc2.weight"]  # conv: merged densely
 
