@@ -48,6 +48,11 @@ def checked_meta(out: Path) -> dict:
     return meta
 
 
+def read_outputs(out: Path) -> tuple[dict, dict]:
+    """(layers.json, meta.json with its weights_digest checked: checked_meta) of a fetched model."""
+    return json.loads((out / "layers.json").read_text()), checked_meta(out)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

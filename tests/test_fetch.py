@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import checked_meta
+from conftest import read_outputs
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
 from zooscope.sources.registry import KINDS
@@ -156,10 +156,6 @@ FORMATS = [
 
 def file_row(path: str, model: str = "tiny", **extra) -> dict:
     return {"model": model, "series": "s", "source": f"file:{path}", "accuracy": None, **extra}
-
-
-def read_outputs(out: Path):
-    return json.loads((out / "layers.json").read_text()), checked_meta(out)
 
 
 @pytest.mark.parametrize("writer", FORMATS, ids=lambda f: f.__name__.removeprefix("fmt_"))

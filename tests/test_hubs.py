@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import checked_meta
+from conftest import read_outputs
 from zooscope.config import load_schema
 from zooscope.sources.base import FetchError
 from zooscope.sources.fetch import fetch_model
@@ -55,10 +55,6 @@ def hub_row(source: str, model: str = "hub-model", accuracy=None) -> dict:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_outputs(out: Path):
-    return json.loads((out / "layers.json").read_text()), checked_meta(out)
 
 
 def put_in_hf_cache(hf_home: Path, repo: str, folder: Path, commit: str = COMMIT) -> Path:

@@ -180,7 +180,8 @@ def eigvalsh_two_stage(lower: np.ndarray, band: int = TWO_STAGE_BAND) -> np.ndar
                                  ctypes.byref(info), length, length, length)
 
     reduce_to_band(query, -1)  # the workspace query
-    reduce_to_band(np.empty(max(1, int(query[0]))), max(1, int(query[0])))
+    size = max(1, int(query[0]))
+    reduce_to_band(np.empty(size), size)
     _check(info, "dsytrd_sy2sb", m)
     reduce_to_tridiagonal(query, -1, query_2, -1)
     householder_size, size = max(1, int(query[0])), max(1, int(query_2[0]))
