@@ -4,6 +4,7 @@ Not run by pytest. Needs the optional packages (benchmarks only):
 
     pip install weightwatcher transformers     # or: pip install -e .[bench]
     python benchmarks/bench_llm.py [--scale 1.0] [--cores 2] [--config same-work] [--workdir DIR]
+                                   [--device cuda]
 
 The model is built at a seeded random initialisation from a ``LlamaConfig`` (at ``--scale 1``:
 22 blocks, hidden 2048, MLP 5632, 32 attention heads of 64, 4 key-value heads, vocabulary 32000:
@@ -29,7 +30,9 @@ In one run it prints:
   timed alone (the better of N BLAS threads on it and one thread with N such matrices at once),
   times the number of matrices of that shape; zooscope's end-to-end time as a multiple of it (the
   issue's goal: at most 1.2x) and ``analyze()``'s; the same with ``esd.gram``'s default float32
-  products beside it;
+  products beside it. With ``--device cuda`` zooscope runs ``esd.device: cuda`` and the floor is
+  the GPU route's (float64 products and eigensolver on the GPU, the transfers included);
+  WeightWatcher runs its SVDs on the GPU whenever torch sees one;
 * the ratio analyze() / zooscope (target: at least 4x), and the dense-layer alphas of both tools
   compared layer by layer (same matrices, same power-law fit: within 1e-6 relative).
 
@@ -49,8 +52,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, blas, clear_run, compare_dense_alphas, compile_zooscope, eigen_floor, job_logs, load, quiet,
-    run_zooscope, timeline,
+    CONFIGS, DEVICES, blas, clear_run, compare_dense_alphas, compile_zooscope, config_yaml, eigen_floor, job_logs,
+    load, quiet, run_zooscope, svd_route, timeline,
 )
 
 TARGET_RATIO = 4.0
@@ -85,6 +88,14 @@ def build_folder(scale: float, folder: Path) -> tuple[int, int]:
     shard_mb = max(1, params * 2 // 10 // 2**20)
     model.save_pretrained(folder, max_shard_size=f"{shard_mb}MB", safe_serialization=True)
     return params, sum(path.stat().st_size for path in folder.iterdir())
+
+
+def torch_gpu_name() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
+    return torch.cuda.get_device_name()
 
 
 def disk_usage(path: Path) -> int:
@@ -132,6 +143,8 @@ def main() -> None:
     parser.add_argument("--config", choices=tuple(CONFIGS), default="same-work",
                         help="zooscope's configuration (bench_weightwatcher.CONFIGS; default: %(default)s)")
     parser.add_argument("--workdir", type=Path, help="build here and keep it (default: a temporary folder)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="zooscope's config esd.device; the floor is timed there too (default: %(default)s)")
     parser.add_argument("--ww-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ww-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,13 +159,15 @@ def main() -> None:
         config = llama_config(args.scale)
         params, folder_bytes = build_folder(args.scale, folder)
         (workdir / "zoo.tsv").write_text("model\tseries\tsource\taccuracy\nllm\tbench\tfile:weights/llm\t\n")
-        (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[args.config][0]}")
+        (workdir / "config.yaml").write_text(config_yaml(args.config, args.device))
         os.sync()  # the folder is on disk before anything is timed
         print(f"Llama, scale {args.scale}: {config.num_hidden_layers} blocks, hidden {config.hidden_size}, MLP "
               f"{config.intermediate_size}, {config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
               f"vocabulary {config.vocab_size}: {params / 1e9:.3f}B parameters, bf16 folder "
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
-              f"{args.cores} cores; zooscope's configuration: {args.config}; {blas()}", flush=True)
+              f"{args.cores} cores; zooscope's configuration: {args.config}, esd.device: {args.device}"
+              + (f" ({torch_gpu_name()})" if args.device == "cuda" else "")
+              + f"; WeightWatcher's SVDs: {svd_route()}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir
         compile_zooscope()
@@ -170,15 +185,17 @@ def main() -> None:
               flush=True)
 
         layers = json.loads((workdir / "resources" / "models" / "llm" / "layers.json").read_text())["layers"]
-        floor, shapes = eigen_floor(layers, args.cores)
-        print(f"\neigen-work floor (float64 Gram + eigensolver of each shape, alone, {args.cores} threads) ({load()}):")
+        floor, shapes = eigen_floor(layers, args.cores, device=args.device)
+        print(f"\neigen-work floor (float64 Gram + eigensolver of each shape, alone, {args.cores} threads, device "
+              f"{args.device}) ({load()}):")
         for n, m, count, seconds in shapes:
             print(f"  {n:>6} x {m:<6} x {count:>4}: {seconds:7.3f} s each, {seconds * count:7.1f} s")
         print(f"  floor {floor:.1f} s; zooscope end to end = {ours / floor:.2f}x the floor (goal <= {FLOOR_TARGET}x: "
               f"{'met' if ours / floor <= FLOOR_TARGET else 'MISSED'})", flush=True)
-        floor32, _ = eigen_floor(layers, args.cores, gram="float32")
-        print(f"  with esd.gram's float32 products (zooscope's default): floor {floor32:.1f} s; zooscope end to "
-              f"end = {ours / floor32:.2f}x it", flush=True)
+        if args.device == "cpu":  # the GPU route's products are float64 (esd.gram does not apply)
+            floor32, _ = eigen_floor(layers, args.cores, gram="float32")
+            print(f"  with esd.gram's float32 products (zooscope's default): floor {floor32:.1f} s; zooscope end to "
+                  f"end = {ours / floor32:.2f}x it", flush=True)
 
         ww = run_weightwatcher(folder, args.cores, workdir / "ww.pkl")
         import pandas as pd

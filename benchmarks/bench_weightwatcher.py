@@ -4,7 +4,7 @@ Not run by pytest. Needs the optional package (benchmarks only):
 
     pip install weightwatcher        # or: pip install -e .[bench]
     python benchmarks/bench_weightwatcher.py [--cores 2] [--models vgg16,resnet50,gpt2] [--workdir DIR]
-                                             [--in-process]
+                                             [--in-process] [--device cuda]
 
 In one run, on the same models (seeded random initialisation, written to safetensors files in a
 temporary folder, or DIR, kept):
@@ -29,14 +29,18 @@ defaults at least 3 times), the per-model
 ratios, and the alphas of the dense layers (Linear, Embedding, GPT-2's Conv1D; both tools analyse
 them as one matrix with the same power-law fit), compared layer by layer. Conv2d layers are not
 compared: zooscope fits each kernel slice (config `conv2d: slices`), WeightWatcher pools the slices.
-On a machine with a CUDA GPU it also times the library call with `device: cuda`. `--in-process`
-skips the end-to-end run (no Snakemake needed: the models are fetched by the library call that
-the fetch job makes) and prints only the per-model and GPU figures.
+`--device cuda` computes zooscope's eigenvalues on the GPU (config `esd.device: cuda`), end to end
+and in process, and times the eigen-work floor there; WeightWatcher runs its SVDs on the GPU
+whenever torch sees one (its own choice, not a setting), so on a GPU machine only `--device cuda`
+compares like with like (the header line says where each tool ran). `--in-process` skips the
+end-to-end run (no Snakemake needed: the models are fetched by the library call that the fetch job
+makes) and prints only the per-model figures.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import io
 import json
@@ -58,15 +62,42 @@ from safetensors.torch import save_file
 from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
-# zooscope's configurations timed end to end: (the config.yaml lines after "zoo:", the target of
-# analyze()'s time / zooscope's, issue 16's; None: no target)
+# zooscope's configurations timed end to end: (their settings in config.yaml beside "zoo:", the
+# target of analyze()'s time / zooscope's, issue 16's; None: no target)
 CONFIGS = {
-    "same-work": ("fit:\n  bootstrap: 0\n  gof: 0\n  alternatives: false\n", 5.0),
-    "defaults": ("", 3.0),
-    "randomize": ("esd:\n  randomize: true\n", None),
+    "same-work": ({"fit": {"bootstrap": 0, "gof": 0, "alternatives": False}}, 5.0),
+    "defaults": ({}, 3.0),
+    "randomize": ({"esd": {"randomize": True}}, None),
 }
+DEVICES = ("cpu", "cuda")
 TABLES = ("results/zoo/models.tsv", "results/zoo/regressions.tsv")
 JOB_LOG = re.compile(r"took ([0-9.]+) s; process CPU ([0-9.]+) s user, ([0-9.]+) s system; peak RSS ([0-9.]+) GiB")
+
+
+def config_yaml(config: str, device: str) -> str:
+    """The run's config.yaml: the zoo sheet zoo.tsv, configuration ``config``'s settings, and
+    ``esd.device: device`` (config ``esd.device``; cpu, the default, is left out)."""
+    import yaml
+
+    settings = {"zoo": "zoo.tsv", **copy.deepcopy(CONFIGS[config][0])}
+    if device != "cpu":
+        settings.setdefault("esd", {})["device"] = device
+    return yaml.safe_dump(settings, sort_keys=False)
+
+
+def warm_up(device: str) -> None:
+    """On a GPU: make torch's CUDA context and its cuSOLVER/cuBLAS handles before anything is timed
+    (both tools run on them in this process; analyze() runs its SVDs on the GPU where torch sees one)."""
+    if device == "cuda":
+        w = torch.randn(64, 32, device="cuda", dtype=torch.float64)
+        torch.linalg.eigvalsh(w.T @ w)
+        torch.linalg.svdvals(w.float())
+        torch.cuda.synchronize()
+
+
+def svd_route() -> str:
+    """Where WeightWatcher 0.7.7 runs its SVDs: torch on the GPU when torch sees CUDA, else scipy."""
+    return "torch on the GPU" if torch.cuda.is_available() else "scipy on the CPU"
 
 
 def blas() -> str:
@@ -217,9 +248,12 @@ def stage_times(workdir: Path) -> str:
                                                           for stage, (wall, cpu) in stages.items())
 
 
-def eigen_floor(layers: list[dict], threads: int, gram: str = "float64") -> tuple[float, list[tuple[int, int, int, float]]]:
+def eigen_floor(layers: list[dict], threads: int, gram: str = "float64",
+                device: str = "cpu") -> tuple[float, list[tuple[int, int, int, float]]]:
     """(seconds, [(N, M, count, seconds of one)]): Gram (products in ``gram``: esd.gram) + eigenvalues
-    (the esd stage's eigensolver: spectrum.eigenvalues) of each distinct shape, times its count."""
+    (the esd stage's eigensolver: spectrum.eigenvalues) of each distinct shape, times its count.
+    ``device`` cuda: the esd stage's GPU route (float64 throughout; ``gram`` does not apply), the
+    matrix's transfer to the GPU and the eigenvalues' back included, as in the esd job."""
     from zooscope.resources import layer_matrices
     from zooscope.spectra import spectrum
 
@@ -233,16 +267,19 @@ def eigen_floor(layers: list[dict], threads: int, gram: str = "float64") -> tupl
         with threadpool_limits(limit):
             while len(times) < 3 and sum(times) < 1.0:
                 start = time.perf_counter()
-                spectrum.eigenvalues(matrix, gram=gram)
+                spectrum.eigenvalues(matrix, gram=gram, device=torch_device)
                 times.append(time.perf_counter() - start)
         return min(times)
 
+    torch_device = spectrum.resolve_device(device)
+    warm_up(device)
     rng = np.random.default_rng(0)
     rows, total = [], 0.0
     for (n, m), count in sorted(counts.items(), key=lambda item: -item[0][0] * item[0][1]):
         matrix = rng.standard_normal((n, m), dtype=np.float32)
         # the better of all threads on one matrix and one thread per matrix, ``threads`` at once
-        seconds = min(best(matrix, threads), best(matrix, 1) / threads)
+        # (on a GPU: one matrix at a time, as the esd job runs them)
+        seconds = best(matrix, threads) if torch_device else min(best(matrix, threads), best(matrix, 1) / threads)
         rows.append((n, m, count, seconds))
         total += seconds * count
     return total, rows
@@ -299,8 +336,12 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"zooscope configurations to time end to end, of {', '.join(CONFIGS)} (default: all)")
     parser.add_argument("--in-process", action="store_true",
-                        help="skip the end-to-end Snakemake run: per-model and GPU figures only")
+                        help="skip the end-to-end Snakemake run: per-model figures only")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="zooscope's config esd.device, end to end and in process (default: %(default)s)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
     names = args.models.split(",")
     torch.set_num_threads(args.cores)
 
@@ -323,7 +364,9 @@ def main() -> None:
         # (zooscope's) would also pay the kernel's write-back of the 1.1 GB just written.
         os.sync()
         print(f"models: {', '.join(f'{n} ({params[n]:.1f}M parameters)' for n in names)}; {args.cores} cores; "
-              f"torch {torch.__version__}; {blas()}")
+              f"torch {torch.__version__}; {blas()}; zooscope's esd.device: {args.device}"
+              + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
+              + f"; WeightWatcher's SVDs: {svd_route()}")
 
         if args.in_process:
             from zooscope.sources.fetch import fetch_model
@@ -338,7 +381,7 @@ def main() -> None:
                 if config not in CONFIGS:
                     raise SystemExit(f"unknown configuration {config!r}; valid: {', '.join(CONFIGS)}")
                 clear_run(workdir)
-                (workdir / "config.yaml").write_text(f"zoo: zoo.tsv\n{CONFIGS[config][0]}")
+                (workdir / "config.yaml").write_text(config_yaml(config, args.device))
                 started = time.time()
                 ours_totals[config] = run_zooscope(workdir, args.cores)
                 print(f"zooscope, snakemake --cores {args.cores} (weights files -> zoo tables), {config}: "
@@ -348,13 +391,14 @@ def main() -> None:
         print("\nper model, in process (zooscope esd+fit library call vs analyze()):")
         print(f"{'model':<10}{'zooscope s':>12}{'analyze s':>11}{'ratio':>8}   dense alphas (ours vs WW)", flush=True)
         ww = {}
+        warm_up("cuda" if torch.cuda.is_available() else "cpu")  # analyze()'s GPU, and zooscope's
         with threadpool_limits(limits=args.cores):
             for name in names:
                 model = build(name)
                 check_same_weights(model, workdir / "weights" / f"{name}.safetensors")
                 ww[name] = run_weightwatcher(model)
                 del model
-                seconds, ours_layers = zooscope_library(workdir, name, args.cores)
+                seconds, ours_layers = zooscope_library(workdir, name, args.cores, device=args.device)
                 alphas = compare_dense_alphas(ours_layers, ww[name][1])
                 worst = alphas["worst"]
                 detail = (f"{alphas['same_1e-6']}/{alphas['compared']} within 1e-6 relative"
@@ -371,23 +415,16 @@ def main() -> None:
             # the eigen-work alone, for what the end-to-end times can reach (issue 16: near the floor)
             layers = [layer for name in names for layer in json.loads(
                 (workdir / "resources" / "models" / name / "layers.json").read_text())["layers"]]
-            floors = {gram: eigen_floor(layers, args.cores, gram=gram)[0] for gram in ("float64", "float32")}
+            grams = ("float64",) if args.device == "cuda" else ("float64", "float32")
+            floors = {gram: eigen_floor(layers, args.cores, gram=gram, device=args.device)[0] for gram in grams}
+            floor = floors[grams[-1]]  # the products the esd job runs (esd.gram's default on the CPU)
             print(f"eigen-work floor of the {len(names)} models (Gram + eigensolver of each matrix shape alone, "
-                  f"{args.cores} threads; {load()}): float64 products {floors['float64']:.1f} s "
-                  f"(analyze() = {ww_total / floors['float64']:.1f}x it), esd.gram's float32 products "
-                  f"{floors['float32']:.1f} s; zooscope end to end = "
-                  + ", ".join(f"{config} {total / floors['float32']:.2f}x" for config, total in ours_totals.items())
-                  + " the float32 floor", flush=True)
-
-        if torch.cuda.is_available():
-            print("\nGPU (device: cuda), in process:")
-            for name in names:
-                zooscope_library(workdir, name, args.cores, device="cuda")  # warm-up: CUDA context, kernels
-                seconds, _ = zooscope_library(workdir, name, args.cores, device="cuda")
-                print(f"{name:<10}{seconds:>12.2f} s  ({ww[name][0] / seconds:.1f}x analyze() above, which "
-                      f"runs its SVDs on the GPU too where torch sees one)")
-        else:
-            print("\nno CUDA GPU here: no GPU figures")
+                  f"{args.cores} threads, device {args.device}; {load()}): float64 products {floors['float64']:.1f} s "
+                  f"(analyze() = {ww_total / floors['float64']:.1f}x it)"
+                  + (f", esd.gram's float32 products {floors['float32']:.1f} s" if "float32" in floors else "")
+                  + "; zooscope end to end = "
+                  + ", ".join(f"{config} {total / floor:.2f}x" for config, total in ours_totals.items())
+                  + f" the {grams[-1]} floor", flush=True)
 
 
 if __name__ == "__main__":
