@@ -86,7 +86,7 @@ def build_folder(scale: float, folder: Path) -> tuple[int, int]:
     params = sum(p.numel() for p in model.parameters())
     # shards of about a tenth of the model (at least 2): the sharded Hugging Face layout with its index
     shard_mb = max(1, params * 2 // 10 // 2**20)
-    model.save_pretrained(folder, max_shard_size=f"{shard_mb}MB", safe_serialization=True)
+    model.save_pretrained(folder, max_shard_size=f"{shard_mb}MB")
     return params, sum(path.stat().st_size for path in folder.iterdir())
 
 

@@ -225,7 +225,7 @@ def test_a_gguf_converted_from_a_hugging_face_llama_gives_its_layers(tmp_path):
                                       num_attention_heads=N_HEAD, num_key_value_heads=N_HEAD_KV,
                                       tie_word_embeddings=False)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     state = load_file(str(tmp_path / "hf" / "model.safetensors"))
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
