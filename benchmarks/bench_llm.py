@@ -151,6 +151,7 @@ def main() -> None:
     if args.ww_child:
         weightwatcher_child(args.ww_child, args.cores, args.ww_out)
         return
+    gpu = f" ({torch_gpu_name()})" if args.device == "cuda" else ""  # before the model is built
 
     with tempfile.TemporaryDirectory(prefix="zooscope-llm-") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -166,7 +167,7 @@ def main() -> None:
               f"vocabulary {config.vocab_size}: {params / 1e9:.3f}B parameters, bf16 folder "
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
               f"{args.cores} cores; zooscope's configuration: {args.config}, esd.device: {args.device}"
-              + (f" ({torch_gpu_name()})" if args.device == "cuda" else "")
+              + gpu
               + f"; WeightWatcher's SVDs: {svd_route()}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir

@@ -37,6 +37,9 @@ step() {  # step NAME COMMAND...: run it, its output to the screen and OUTDIR/NA
 } 2>&1 | tee "$out/machine.log"
 
 if [ "$device" = cuda ]; then
+    # tests/test_gpu.py skips itself without a GPU: here that is a failure, not a pass
+    python3 -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' ||
+        { echo "DEVICE=cuda, but torch sees no CUDA GPU here" | tee -a "$out/machine.log"; exit 1; }
     step test_gpu python3 -m pytest -q -rs tests/test_gpu.py
 fi
 step bench_weightwatcher python3 benchmarks/bench_weightwatcher.py --device "$device" --cores "$cores" \
