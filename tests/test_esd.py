@@ -256,7 +256,7 @@ def test_conv2d_pooled_is_every_scaled_slice_in_one_spectrum(model_dir, tmp_path
     # the shuffled ESD shuffles each slice on its own: each slice keeps its Frobenius norm
     # (float32 sums: within (N + M) eps32 of it, spectrum.shuffled_eigenvalues)
     rand = esd.load_layer_eigenvalues(tmp_path / "esd", conv, randomized=True)
-    assert rand.sum() == pytest.approx(4.5 * np.sum(kernel ** 2), rel=(16 + 8) * np.finfo(np.float32).eps)
+    assert rand.sum() == pytest.approx(4.5 * np.sum(kernel ** 2), rel=(16 + 8) * float(np.finfo(np.float32).eps))
     # dense layers are as with slices; the setting is part of the cache key
     sliced = run(model_dir, tmp_path / "esd", conv2d="slices")["layers"][1]
     assert sliced["key"] != conv["key"] and len(sliced["slices"]) == 9
