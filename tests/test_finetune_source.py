@@ -1,17 +1,12 @@
 """finetune:full and finetune:lora (zooscope.sources.finetune), and train:'s classes and stop_epoch:
 a base trained on part of the digits, fine-tuned to the whole task, checked against what the
 merged weights do when run again, and reproducible to the byte."""
-import json
-
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
 from conftest import checked_meta
 from zooscope.sources.fetch import fetch_model
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
 
 BASE = {"model": "base", "series": "s", "source": "train:mlp", "accuracy": None, "width": "32", "depth": "1",
         "epochs": "4", "classes": "5"}

@@ -9,7 +9,7 @@ from conftest import fetch_file_source
 from zooscope.sources import formats
 from zooscope.sources.base import FetchError
 
-gguf = pytest.importorskip("gguf")
+import gguf
 Q = gguf.GGMLQuantizationType
 N_EMBD, N_FF, N_VOCAB, N_HEAD, N_HEAD_KV = 64, 256, 96, 4, 2
 
@@ -217,8 +217,8 @@ def test_a_gguf_converted_from_a_hugging_face_llama_gives_its_layers(tmp_path):
     """A transformers LlamaForCausalLM saved with save_pretrained, converted to an F32 GGUF the
     way llama.cpp's convert_hf_to_gguf.py does (names from gguf's own TensorNameMap, q and k rows
     permuted): both files give the same layers, with the same matrices."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     from safetensors.numpy import load_file
 
     config = transformers.LlamaConfig(vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -17,8 +17,8 @@ from conftest import fetch_file_source
 from zooscope.sources import formats
 from zooscope.sources.base import FetchError
 
-h5py = pytest.importorskip("h5py")
-torch = pytest.importorskip("torch")
+import h5py
+import torch
 F = torch.nn.functional
 
 KERAS_SCRIPT = textwrap.dedent("""

@@ -9,8 +9,8 @@ from conftest import fetch_file_source
 from zooscope.sources import formats
 from zooscope.sources.base import FetchError
 
-onnx = pytest.importorskip("onnx")
-torch = pytest.importorskip("torch")
+import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 

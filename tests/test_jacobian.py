@@ -239,7 +239,6 @@ def explicit_rows(model, x, y, parameter, view):
 
 
 def test_the_jacobian_layers_are_the_weight_stages_layers_named_the_same():
-    pytest.importorskip("transformers")
     from zooscope.layers import layers_from_module
 
     model = EveryLayerKind().eval()

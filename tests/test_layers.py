@@ -167,7 +167,7 @@ def hand_summary(layer_list):
 
 
 def test_gpt2_conv1d_is_a_transposed_linear_and_the_tied_head_counts_once():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(config)
@@ -196,7 +196,7 @@ def test_gpt2_conv1d_is_a_transposed_linear_and_the_tied_head_counts_once():
 
 
 def test_bert_layers():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=16, type_vocab_size=2)
     expected = [
@@ -219,7 +219,7 @@ def test_bert_layers():
 
 
 def test_resnet18_layers():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     expected = [("conv1", "Conv2d", [64, 3, 7, 7])]
     channels_in = 64
     for stage, channels in enumerate([64, 128, 256, 512], start=1):
@@ -237,7 +237,7 @@ def test_resnet18_layers():
 
 
 def test_vgg11_layers():
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     # cfg "A": 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M; each conv is followed by a
     # ReLU, so the convs sit at these indices of `features`.
     convs = [(0, 3, 64), (3, 64, 128), (6, 128, 256), (8, 256, 256),
@@ -277,7 +277,7 @@ def test_multihead_attention_with_separate_key_and_value_sizes():
 
 
 def gpt2_lm():
-    transformers = pytest.importorskip("transformers")
+    import transformers
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
     return transformers.GPT2LMHeadModel(config)
 
