@@ -52,8 +52,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_weightwatcher import (  # noqa: E402
-    CONFIGS, DEVICES, blas, clear_run, compare_dense_alphas, compile_zooscope, config_yaml, eigen_floor, job_logs,
-    load, quiet, run_zooscope, svd_route, timeline,
+    CONFIGS, DEVICES, blas, clear_run, compare_dense_alphas, compile_zooscope, config_yaml, eigen_floor, gpu_label,
+    job_logs, load, quiet, run_zooscope, svd_route, timeline,
 )
 
 TARGET_RATIO = 4.0
@@ -88,14 +88,6 @@ def build_folder(scale: float, folder: Path) -> tuple[int, int]:
     shard_mb = max(1, params * 2 // 10 // 2**20)
     model.save_pretrained(folder, max_shard_size=f"{shard_mb}MB")
     return params, sum(path.stat().st_size for path in folder.iterdir())
-
-
-def torch_gpu_name() -> str:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
-    return torch.cuda.get_device_name()
 
 
 def disk_usage(path: Path) -> int:
@@ -151,7 +143,7 @@ def main() -> None:
     if args.ww_child:
         weightwatcher_child(args.ww_child, args.cores, args.ww_out)
         return
-    gpu = f" ({torch_gpu_name()})" if args.device == "cuda" else ""  # before the model is built
+    gpu = gpu_label(args.device)  # before the model is built
 
     with tempfile.TemporaryDirectory(prefix="zooscope-llm-") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -166,9 +158,8 @@ def main() -> None:
               f"{config.intermediate_size}, {config.num_attention_heads} heads ({config.num_key_value_heads} kv), "
               f"vocabulary {config.vocab_size}: {params / 1e9:.3f}B parameters, bf16 folder "
               f"{folder_bytes / 2**30:.2f} GiB in {len(list(folder.glob('*.safetensors')))} shards; "
-              f"{args.cores} cores; zooscope's configuration: {args.config}, esd.device: {args.device}"
-              + gpu
-              + f"; WeightWatcher's SVDs: {svd_route()}; {blas()}", flush=True)
+              f"{args.cores} cores; zooscope's configuration: {args.config}, esd.device: {args.device}{gpu}; "
+              f"WeightWatcher's SVDs: {svd_route()}; {blas()}", flush=True)
 
         clear_run(workdir)  # from nothing, also in a kept --workdir
         compile_zooscope()

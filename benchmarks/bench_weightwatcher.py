@@ -95,6 +95,15 @@ def warm_up(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def gpu_label(device: str) -> str:
+    """" (the GPU's name)" for ``device`` cuda, "" for cpu; exits where torch sees no CUDA GPU."""
+    if device != "cuda":
+        return ""
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
+    return f" ({torch.cuda.get_device_name()})"
+
+
 def svd_route() -> str:
     """Where WeightWatcher 0.7.7 runs its SVDs: torch on the GPU when torch sees CUDA, else scipy."""
     return "torch on the GPU" if torch.cuda.is_available() else "scipy on the CPU"
@@ -261,6 +270,7 @@ def eigen_floor(layers: list[dict], threads: int, gram: str = "float64",
     for layer in layers:
         count, n, m = layer_matrices(layer["shape"])
         counts[(n, m)] += count
+    torch_device = spectrum.resolve_device(device)
 
     def best(matrix, limit: int) -> float:  # best of 3 (1 for a matrix that takes over a second)
         times = []
@@ -271,7 +281,6 @@ def eigen_floor(layers: list[dict], threads: int, gram: str = "float64",
                 times.append(time.perf_counter() - start)
         return min(times)
 
-    torch_device = spectrum.resolve_device(device)
     warm_up(device)
     rng = np.random.default_rng(0)
     rows, total = [], 0.0
@@ -340,8 +349,7 @@ def main() -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="zooscope's config esd.device, end to end and in process (default: %(default)s)")
     args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA GPU here")
+    gpu = gpu_label(args.device)
     names = args.models.split(",")
     torch.set_num_threads(args.cores)
 
@@ -364,9 +372,8 @@ def main() -> None:
         # (zooscope's) would also pay the kernel's write-back of the 1.1 GB just written.
         os.sync()
         print(f"models: {', '.join(f'{n} ({params[n]:.1f}M parameters)' for n in names)}; {args.cores} cores; "
-              f"torch {torch.__version__}; {blas()}; zooscope's esd.device: {args.device}"
-              + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
-              + f"; WeightWatcher's SVDs: {svd_route()}")
+              f"torch {torch.__version__}; {blas()}; zooscope's esd.device: {args.device}{gpu}; "
+              f"WeightWatcher's SVDs: {svd_route()}")
 
         if args.in_process:
             from zooscope.sources.fetch import fetch_model
