@@ -605,6 +605,50 @@ def test_a_tied_head_is_one_layer(caches):
     assert "lm_head.weight" not in {key for shard in folder.glob("*.safetensors") for key in load_file(shard)}
 
 
+def test_the_experts_of_a_mixture_of_experts_checkpoint_are_layers(caches, no_whole_model_loads):
+    """A Mixtral checkpoint (as save_pretrained writes it and the hub holds it: each expert's w1, w2,
+    w3 and each block's router a matrix) typed by a transformers tree that fuses the experts into
+    3-D parameters: every weight matrix of the files is a layer, the experts after their block's
+    attention, for file: and hf: alike, without loading the model."""
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=3,
+                                        num_experts_per_tok=2, max_position_embeddings=64)
+    folder = caches / "mixtral"
+    transformers.MixtralForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    files = {}
+    for shard in folder.glob("*.safetensors"):
+        files.update(load_file(shard))
+    matrices = sorted(key for key, value in files.items() if value.ndim == 2)
+    assert "model.layers.1.block_sparse_moe.experts.2.w3.weight" in matrices, "not the per-expert layout of the hub"
+    put_in_hf_cache(caches / "hf", "someone/tiny-mixtral", folder)
+    fetch_model(hub_row("file:mixtral", model="local"), caches / "local", sheet_dir=caches)
+    fetch_model(hub_row("hf:someone/tiny-mixtral"), caches / "hub", sheet_dir=caches)
+    (local, meta), (hub, _) = read_outputs(caches / "local"), read_outputs(caches / "hub")
+    assert local["layers"] == hub["layers"]
+    assert (caches / "local" / "model.safetensors").read_bytes() == (caches / "hub" / "model.safetensors").read_bytes()
+    names = [layer["name"] for layer in local["layers"]]
+    assert sorted(layer["tensor"] for layer in local["layers"]) == matrices
+    assert {layer["name"]: layer["type"] for layer in local["layers"]} == {
+        key.removesuffix(".weight"): "Embedding" if "embed" in key else "Linear" for key in matrices}
+    for layer in local["layers"]:
+        widened = files[layer["tensor"]].float().numpy()
+        assert layer["shape"] == list(widened.shape)
+        assert layer["sha256"] == hashlib.sha256(widened.tobytes()).hexdigest()
+    block = [re.match(r"model\.layers\.(\d+)\.(\w+)", name) for name in names]
+    blocks = [int(match[1]) if match else None for match in block]
+    assert names[0] == "model.embed_tokens" and names[-1] == "lm_head"
+    assert blocks[1:-1] == sorted(blocks[1:-1])  # block by block
+    for i in range(config.num_hidden_layers):
+        parts = [match[2] for match, b in zip(block, blocks) if b == i]
+        assert parts == ["self_attn"] * 4 + ["block_sparse_moe"] * (3 * 3 + 1)  # attention, then the MoE
+    reasons = {t["tensor"]: t["reason"] for t in json.loads((caches / "local" / "tensors.json").read_text())["tensors"]}
+    assert not {key for key in matrices if reasons[key]}
+    moe = [key for key in matrices if ".block_sparse_moe." in key]  # experts and routers: 2 x (3 x 3 + 1)
+    assert meta["layer_typing"] == (f"module tree of transformers MixtralForCausalLM (config.json), and {len(moe)} "
+                                    "weights it has no parameter for by tensor names and ranks")
+
+
 @pytest.mark.parametrize("config", ["none", "remote-code", "unknown-type"])
 def test_without_a_usable_config_the_folder_is_typed_by_name(caches, config):
     folder = tiny_llama_folder(caches)

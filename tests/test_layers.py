@@ -331,3 +331,34 @@ def test_module_layers_are_the_listed_layers_with_the_parameter_each_comes_from(
     for item in found:
         matrix = item.weight.matrix(model.get_parameter(item.weight.parameter)).detach()
         torch.testing.assert_close(matrix, listed.tensors[item.weight.key], rtol=0, atol=0)
+
+
+def test_checkpoint_weights_the_tree_has_no_parameter_for_are_typed_by_name_after_their_block():
+    """A checkpoint in another layout than its tree (an MoE's per-expert weights, which
+    transformers 5 fuses on load): the weights no parameter is read from are layers too, typed
+    by name and rank, each after the tree's layer it shares the longest module path with."""
+    from zooscope.tensors import RenamedTensors
+
+    torch.manual_seed(0)
+    tree = nn.ModuleDict({"embed": nn.Embedding(10, 4),
+                          "blocks": nn.ModuleList([nn.ModuleDict({"attn": nn.Linear(4, 4)}) for _ in range(2)])})
+    store = {key: value.detach().clone() for key, value in tree.state_dict().items()}
+    extra = {"head.weight": torch.randn(10, 4), "blocks.1.moe.experts.0.w.weight": torch.randn(6, 4),
+             "blocks.0.moe.experts.10.w.weight": torch.randn(6, 4), "blocks.0.moe.experts.2.w.weight": torch.randn(6, 4),
+             "blocks.0.moe.embed_extra.weight": torch.randn(9, 4), "blocks.0.moe.scale": torch.randn(4),
+             "blocks.0.moe.experts.2.w.bias": torch.randn(6), "counts": torch.arange(3)}
+    store.update(extra)
+    layers = layers_from_module(tree, RenamedTensors(store, {name: name for name in tree.state_dict()}))
+    assert [layer.name for layer in layers.layers] == [
+        "embed", "blocks.0.attn", "blocks.0.moe.embed_extra", "blocks.0.moe.experts.2.w", "blocks.0.moe.experts.10.w",
+        "blocks.1.attn", "blocks.1.moe.experts.0.w", "head"]
+    assert [layer.type for layer in layers.layers] == ["Embedding", "Linear", "Embedding"] + ["Linear"] * 5
+    assert [layer.depth for layer in layers.layers] == list(range(8))
+    for layer in layers.layers:  # each read from the checkpoint under its own name
+        assert layer.sha256 == hashlib.sha256(store[layer.tensor].float().numpy().tobytes()).hexdigest()
+        assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), store[layer.tensor])
+    # a tree without any layer of its own puts them all in name order
+    empty = nn.ModuleDict({"norm": nn.LayerNorm(4)})
+    only = layers_from_module(empty, RenamedTensors({**empty.state_dict(), **extra}, {n: n for n in empty.state_dict()}))
+    assert [layer.name for layer in only.layers] == sorted(
+        (key.removesuffix(".weight") for key in extra if key.endswith(".weight")), key=natural_key)

@@ -30,7 +30,8 @@ import numpy as np
 
 from zooscope.io import FLOAT_DTYPES, safe_filename
 from zooscope.tensors import (
-    LazyTensors, TensorInfo, describe_tensor, is_torch_tensor, storage_key, tensor_sha256,
+    LazyTensors, RenamedTensors, TensorInfo, describe_tensor, is_torch_tensor, storage_key, tensor_info,
+    tensor_sha256,
 )
 
 if TYPE_CHECKING:
@@ -105,10 +106,57 @@ def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = 
     With ``weights`` (parameter name -> tensor, e.g. a checkpoint read lazily from safetensors
     shards) the module tree only says what each weight is: it may live on the ``meta`` device,
     and every value is read from ``weights`` when it is hashed or written, one at a time.
-    ``select`` (see _build) leaves layers out by name, type or size.
+    A checkpoint's weights that no parameter of the tree is read from (unclaimed_weights) are
+    typed by name and rank and placed after the tree's layer they share the longest module path
+    with (with_unclaimed). ``select`` (see _build) leaves layers out by name, type or size.
     """
-    return _build([(item.key, item.kind, identity, shape, make)
-                   for item, identity, shape, make in _module_found(model, weights)], select)
+    module_found = _module_found(model, weights)
+    found = [(item.key, item.kind, identity, shape, make) for item, identity, shape, make in module_found]
+    if isinstance(weights, RenamedTensors):
+        found = with_unclaimed(found, [weights.names[item.parameter] for item, *_ in module_found], weights)
+    return _build(found, select)
+
+
+def unclaimed_weights(weights: RenamedTensors) -> list[str]:
+    """The keys of a checkpoint's weights (what state_dict_type types) that no parameter of a
+    module tree is read from, in natural order.
+
+    A checkpoint is not always in the layout of the classes that load it: transformers 5 fuses the
+    experts of a mixture-of-experts block into 3-D parameters and converts the per-expert
+    ``experts.{e}.w1.weight`` tensors of Mixtral, Qwen-MoE, DeepSeek or OLMoE checkpoints on
+    load, so its tree claims none of them; a checkpoint saved with a head may be typed by a
+    tree without it. Left out, these would be most of an MoE model's weights.
+    """
+    claimed = set(weights.names.values())
+    store = weights.store
+    return sorted((key for key in store if key not in claimed and state_dict_type(key, tensor_info(store, key))),
+                  key=natural_key)
+
+
+def with_unclaimed(found: list, checkpoint_keys: list[str], weights: RenamedTensors) -> list:
+    """``found`` (a tree's (key, type, identity, shape, maker), in depth order; ``checkpoint_keys``:
+    the checkpoint tensor each is read from) with the unclaimed weights of the checkpoint
+    (unclaimed_weights), each after the last entry whose checkpoint name shares the most
+    leading path components with its own (an expert of block 3 after block 3's attention), in
+    natural order among those placed at the same entry; with none in common, at the end."""
+    store = weights.store
+    last_with_prefix: dict[tuple[str, ...], int] = {}
+    for index, key in enumerate(checkpoint_keys):
+        parts = tuple(key.split("."))
+        for length in range(len(parts) + 1):
+            last_with_prefix[parts[:length]] = index
+    after: dict[int, list] = {}
+    for key in unclaimed_weights(weights):
+        parts = tuple(key.split("."))
+        anchor = next(last_with_prefix[parts[:length]] for length in range(len(parts), -1, -1)
+                      if parts[:length] in last_with_prefix) if found else -1
+        info = tensor_info(store, key)
+        after.setdefault(anchor, []).append(
+            (key, state_dict_type(key, info), ("key", key), info.shape, lambda k=key: store[k]))
+    merged = list(after.get(-1, []))
+    for index, entry in enumerate(found):
+        merged += [entry, *after.get(index, [])]
+    return merged
 
 
 @dataclass(frozen=True)

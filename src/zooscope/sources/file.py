@@ -135,7 +135,11 @@ def folder_tree(path: Path, checkpoint: Checkpoint, model: str) -> tuple[tuple[A
     tree = tree_over_checkpoint(config, checkpoint.tensors, model)
     if tree is None:
         return None, f"{BY_NAME} (the checkpoint lacks weights of the model config.json describes)"
-    return tree, f"module tree of transformers {type(tree[0]).__name__} (config.json)"
+    from zooscope.layers import unclaimed_weights
+
+    unclaimed = unclaimed_weights(tree[1])
+    by_name = f", and {len(unclaimed)} weights it has no parameter for by {BY_NAME}" if unclaimed else ""
+    return tree, f"module tree of transformers {type(tree[0]).__name__} (config.json){by_name}"
 
 
 # file: rows ignore option columns: the weights are given, nothing is built or trained.

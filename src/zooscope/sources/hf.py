@@ -132,10 +132,13 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
     their names, or their base model's prefixed names); depth is its module order (embeddings
     first, each block's attention before its MLP, the head last). None if no class fits:
     transformers would initialise the missing weights randomly or convert keys this does not know.
+    The checkpoint's weights the tree has no parameter for (the per-expert weights of an MoE
+    checkpoint, which transformers 5 fuses on load) are typed by name
+    (zooscope.layers.unclaimed_weights).
     """
     import torch
 
-    from zooscope.layers import module_weights
+    from zooscope.layers import module_weights, unclaimed_weights
 
     for cls in hf_classes(config):
         with torch.device("meta"):
@@ -147,6 +150,9 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
             if item.parameter not in weights
         ]
         if not missing:
+            if unclaimed := unclaimed_weights(weights):
+                log.info("model %s: %d weights of the checkpoint are no parameter of %s (first: %s); they are "
+                         "typed by name and rank", model, len(unclaimed), type(module).__name__, unclaimed[0])
             return module, weights
         log.warning("model %s: %d analysed weights of %s are not in the checkpoint under their names (first: %s)",
                     model, len(missing), type(module).__name__, missing[0])
