@@ -65,6 +65,9 @@ def test_degenerate_spectra_fail_with_a_reason():
     row = spectrum_metrics(rank_one, POINT)
     assert row["status"] == "failed" and "degenerate" in row["reason"]
     assert row["lambda_max"] == 5.0
+    identity = spectrum_metrics(np.full(64, 2.0) + 1e-9 * np.arange(64), POINT)  # (a multiple of) an orthogonal matrix
+    assert identity["status"] == "failed" and identity["reason"].startswith("flat spectrum: all 64 eigenvalues")
+    assert identity["lambda_max"] == pytest.approx(2.0)
 
 
 def test_fit_layers_rows_per_slice_and_failed_records_pass_through(rng):

@@ -215,14 +215,34 @@ def test_input_is_not_modified_and_order_does_not_matter():
             [0.0, 1e-6, 1e-5, 2.0],
             "degenerate spectrum: only 1 eigenvalue(s) above the floor 1e-05; need at least 2",
         ),
-        ([2.0, 2.0], "degenerate spectrum: all eigenvalues above the floor are equal"),
-        ([0.0, 0.0, 4.0, 4.0, 4.0], "degenerate spectrum: all eigenvalues above the floor are equal"),
+        ([2.0, 2.0], "flat spectrum: all 2 eigenvalues above the floor are within 0.0e+00 of the largest (2)"),
+        ([0.0, 0.0, 4.0, 4.0, 4.0], "flat spectrum: all 3 eigenvalues above the floor are within 0.0e+00"),
     ],
 )
 def test_errors(values, message):
     with pytest.raises(ValueError) as err:
         fit_power_law(values)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_orthogonal_matrix_has_a_flat_spectrum_and_no_fit(dtype):
+    """W^T W = I up to rounding (RWKV's and ConViT's initialisations): its eigenvalues, computed in
+    float64 or through a float32 Gram matrix, spread by rounding alone (well under FLAT_SPREAD of
+    lambda_max), and fitting that noise gave alphas in the millions; a spread the eigenvalues do
+    resolve is fitted."""
+    from zooscope.fits.powerlaw import FLAT_SPREAD
+
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((400, 200)))
+    w = q.astype(dtype)
+    eigenvalues = np.linalg.eigvalsh((w.T @ w).astype(np.float64))
+    spread = (eigenvalues.max() - eigenvalues.min()) / eigenvalues.max()
+    assert 0 < spread < FLAT_SPREAD / 5
+    with pytest.raises(ValueError, match=r"flat spectrum: all 200 eigenvalues above the floor are within"):
+        fit_power_law(3.0 * eigenvalues)
+    resolved = 1.0 + 10 * FLAT_SPREAD * np.sort(rng.random(200))
+    assert fit_power_law(resolved).num_pl_spikes >= 2
 
 
 def test_error_on_bad_shape_and_floor():

@@ -55,6 +55,12 @@ _M0 = 4
 _GROW = 8
 _TOL = 1e-12  # slack on the pruning threshold against rounding
 _BUDGET = 0.25  # exact evaluations per pass: at most this fraction of the next pass
+# A spectrum whose whole range is below this fraction of its largest value is flat to the accuracy
+# of the eigenvalues (about 1e-6 of lambda_max with the float32 Gram, docs/speed.md): an
+# orthogonal or scaled-identity matrix, as RWKV and ConViT initialise some layers. A tail fitted
+# to it is a fit of rounding noise: WeightWatcher 0.7.7 gives RWKV's orthogonal init alpha ~4e6,
+# and the float32 and float64 Gram routes give two different such alphas.
+FLAT_SPREAD = 1e-5
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,8 @@ def fit_power_law(eigenvalues, *, floor: float = FitSettings.floor,
     Raises
     ------
     ValueError
-        On NaN/Inf, values below -floor, fewer than 2 values above the floor, or when all
-        values above the floor are equal (no candidate has a finite alpha).
+        On NaN/Inf, values below -floor, fewer than 2 values above the floor, or when the
+        values above the floor are flat: equal, or within FLAT_SPREAD of the largest.
     """
     return fit_sorted(sorted_above_floor(eigenvalues, floor), xmin_range)
 
@@ -191,7 +197,8 @@ def _in_range(candidates: np.ndarray, xmin_range: tuple[float, float]) -> np.nda
 
 
 def sorted_above_floor(eigenvalues, floor: float) -> np.ndarray:
-    """Validated, sorted copy of the eigenvalues strictly above ``floor``."""
+    """Validated, sorted copy of the eigenvalues strictly above ``floor``; a ValueError if fewer
+    than 2 or flat (their range at most FLAT_SPREAD of the largest)."""
     floor = float(floor)
     if not np.isfinite(floor) or floor < 0:
         raise ValueError(f"floor must be a finite non-negative number, got {floor!r}")
@@ -210,6 +217,12 @@ def sorted_above_floor(eigenvalues, floor: float) -> np.ndarray:
         raise ValueError(
             f"degenerate spectrum: only {x.size} eigenvalue(s) above the floor {floor:g}; "
             "need at least 2"
+        )
+    if x[-1] - x[0] <= FLAT_SPREAD * x[-1]:
+        raise ValueError(
+            f"flat spectrum: all {x.size} eigenvalues above the floor are within {(x[-1] - x[0]) / x[-1]:.1e} "
+            f"of the largest ({x[-1]:.6g}), below the eigenvalues' accuracy ({FLAT_SPREAD:g}): an orthogonal or "
+            "scaled-identity matrix has no power-law tail"
         )
     return x
 
