@@ -649,6 +649,44 @@ def test_the_experts_of_a_mixture_of_experts_checkpoint_are_layers(caches, no_wh
                                     "weights it has no parameter for by tensor names and ranks")
 
 
+def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whole_model_loads):
+    """A gpt-oss checkpoint keeps each block's experts fused, as 3-D tensors (experts first: its
+    save_pretrained writes them so): each expert's matrix is a layer, read from the checkpoint,
+    and the router too; the model cache holds every byte of the checkpoint once."""
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=3,
+                                       num_experts_per_tok=2, layer_types=["full_attention"] * 2)
+    folder = caches / "gpt-oss"
+    transformers.GptOssForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    files = {}
+    for shard in folder.glob("*.safetensors"):
+        files.update(load_file(shard))
+    fused = sorted(key for key, value in files.items() if value.ndim == 3)
+    assert fused and all(key.endswith(("experts.gate_up_proj", "experts.down_proj")) for key in fused)
+    put_in_hf_cache(caches / "hf", "someone/tiny-gpt-oss", folder)
+    fetch_model(hub_row("file:gpt-oss", model="local"), caches / "local", sheet_dir=caches)
+    fetch_model(hub_row("hf:someone/tiny-gpt-oss"), caches / "hub", sheet_dir=caches)
+    (local, _), (hub, _) = read_outputs(caches / "local"), read_outputs(caches / "hub")
+    assert local["layers"] == hub["layers"]
+    by_name = {layer["name"]: layer for layer in local["layers"]}
+    for key in fused:
+        for e in range(config.num_local_experts):
+            layer = by_name.pop(f"{key}.{e}")
+            widened = files[key][e].float().numpy()
+            assert layer["type"] == "Linear" and layer["shape"] == list(widened.shape)
+            assert layer["sha256"] == hashlib.sha256(widened.tobytes()).hexdigest()
+    matrices = {key.removesuffix(".weight") for key, value in files.items() if value.ndim == 2 and key.endswith("weight")}
+    assert set(by_name) == matrices  # the rest: attention, routers, embedding, head
+    cached = load_file(caches / "local" / "model.safetensors")
+    assert not set(fused) & cached.keys()
+    assert sum(v.numel() * v.element_size() for v in cached.values()) == \
+        sum(v.numel() * v.element_size() for v in files.values())
+    records = {t["tensor"]: t for t in json.loads((caches / "local" / "tensors.json").read_text())["tensors"]}
+    for key in fused:
+        assert records[key]["reason"] == "" and records[key]["layer"] == ",".join(f"{key}.{e}" for e in range(3))
+
+
 @pytest.mark.parametrize("config", ["none", "remote-code", "unknown-type"])
 def test_without_a_usable_config_the_folder_is_typed_by_name(caches, config):
     folder = tiny_llama_folder(caches)

@@ -82,3 +82,43 @@ def test_join_jacobian_adds_jac_columns_only_when_there_are_summaries():
     assert math.isnan(joined.loc[0, "jac_alpha"]) and math.isnan(joined.loc[2, "jac_rank"])
     with pytest.raises(ValueError, match="not in the table"):
         join_jacobian(models, [{"model": "z", "metrics": {}}])
+
+
+def test_fused_parameters_are_stored_once_as_their_matrices_and_joined_again():
+    """transformers 5's fused experts (MixtralExperts: one 3-D parameter per projection, experts
+    first) and a MultiheadAttention's in_proj_weight are analysed as their matrices (one per expert,
+    q/k/v); the cache holds those matrices, not the parameter's bytes a second time, and the module
+    state is joined again from them exactly."""
+    import transformers
+
+    from zooscope.jacobian.rebuild import module_state
+    from zooscope.layers import layers_from_module
+    from zooscope.sources.built import unanalysed_state
+
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=3)
+    network = torch.nn.ModuleDict({"moe": transformers.MixtralModel(config),
+                                   "attention": torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)})
+    layers = layers_from_module(network)
+    by_name = {layer.name: layer for layer in layers.layers}
+    state = network.state_dict()
+    for block in range(2):
+        experts = f"moe.layers.{block}.mlp.experts"
+        for projection in ("gate_up_proj", "down_proj"):
+            fused = state[f"{experts}.{projection}"]
+            for e in range(3):
+                layer = by_name[f"{experts}.{projection}.{e}"]
+                assert layer.type == "Linear" and layer.shape == list(fused[e].shape)
+                assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), fused[e])
+        assert by_name[f"moe.layers.{block}.mlp.gate"].type == "Linear"  # the router's bare weight
+    names = list(by_name)
+    assert names.index("moe.layers.0.self_attn.o_proj") < names.index("moe.layers.0.mlp.gate") \
+        < names.index("moe.layers.0.mlp.experts.gate_up_proj.0") < names.index("moe.layers.1.self_attn.q_proj")
+    other = unanalysed_state(network, layers)
+    assert not [key for key in other if key.endswith(("gate_up_proj", "down_proj", "in_proj_weight"))]
+    stored = {**{layer.tensor: torch.as_tensor(layers.tensors[layer.tensor]) for layer in layers.layers}, **other}
+    joined = module_state(network, stored)
+    assert joined.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(joined[key], value), key

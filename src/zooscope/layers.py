@@ -13,6 +13,9 @@ sources) the module class says what a weight is:
   that order (the rows of ``in_proj_weight`` in order); with separate key/value dimensions the
   ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` give the same three names. Its
   ``out_proj`` is an ordinary Linear child.
+- A mixture-of-experts block of transformers 5 (``...Experts``: each projection one 3-D
+  parameter, experts first) is one Linear per expert, ``{path}.{projection}.{e}``
+  (expert_matrices); a ``...Router`` module's bare ``weight`` is a Linear.
  A bare state dict (``file:`` sources) has
 no classes, so the tensor's name and rank decide. Each layer is one weight tensor; biases, norms
 and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
@@ -89,14 +92,25 @@ class ModuleWeight:
     parameter: str  # the parameter it comes from, by its name in the module tree
     part: int | None = None  # None: the whole parameter; i: the i-th third of its rows (fused q/k/v)
     transpose: bool = False  # transformers' Conv1D keeps (in, out): transposed to the linear map
+    expert: int | None = None  # None: the whole parameter; e: its e-th matrix (fused experts, 3-D)
+    # A mixture-of-experts weight (fused experts, a router) that a checkpoint in the per-expert
+    # layout holds under other names: a tree over it goes without (unclaimed_weights has them).
+    optional: bool = False
 
     def matrix(self, value):
         """The analysed matrix, from the parameter's value, a torch tensor or a numpy array read
         from a checkpoint (a view: nothing is copied)."""
+        if self.expert is not None:
+            value = value[self.expert]
         if self.part is not None:
             rows = value.shape[0] // 3
             value = value[self.part * rows : (self.part + 1) * rows]
         return value.T if self.transpose else value
+
+    @property
+    def derived(self) -> bool:
+        """Whether the matrix is not the parameter itself but a part, an expert or a transpose of it."""
+        return self.part is not None or self.expert is not None or self.transpose
 
 
 def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None,
@@ -183,11 +197,13 @@ def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> lis
     found = []
     for path, module in model.named_modules():  # the weights are torch tensors, or read as such
         for item, parameter in module_weights(path, module):
+            if weights is not None and item.optional and item.parameter not in weights:
+                continue  # a checkpoint in the per-expert layout: its experts are unclaimed weights
             matrix = item.matrix(parameter)  # a view (of a meta tensor, with weights): its shape
             if weights is None:
                 found.append((item, storage_key(matrix), tuple(matrix.shape), lambda m=matrix.detach(): m))
             else:  # tied parameters are one object however they are reached
-                identity = (id(parameter), item.part, item.transpose)
+                identity = (id(parameter), item.part, item.expert, item.transpose)
                 found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(weights[i.parameter])))
     return found
 
@@ -202,8 +218,28 @@ def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Ten
     if is_transposed_conv1d(module):
         return [(ModuleWeight(f"{prefix}weight", "Linear", f"{prefix}weight", transpose=True), module.weight)]
     kind = module_type(module)
+    if kind is None and type(module).__name__.endswith("Experts"):
+        return expert_matrices(prefix, module)
+    router = kind is None and type(module).__name__.endswith("Router")
+    if router:
+        kind = "Linear" if state_dict_type("weight", getattr(module, "weight", None)) == "Linear" else None
     weight = getattr(module, "weight", None) if kind else None
-    return [(ModuleWeight(f"{prefix}weight", kind, f"{prefix}weight"), weight)] if isinstance(weight, Tensor) else []
+    if not isinstance(weight, Tensor):
+        return []
+    return [(ModuleWeight(f"{prefix}weight", kind, f"{prefix}weight", optional=router), weight)]
+
+
+def expert_matrices(prefix: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
+    """The matrices of a mixture-of-experts block whose experts are fused (transformers 5's
+    ``MixtralExperts``, ``GptOssExperts``, ...: each projection one 3-D parameter, experts first):
+    ``{path}.{projection}.{e}``, one Linear per expert, as stored ((out, in) or (in, out): the
+    spectrum is the same). Its router (``...Router``, a bare ``weight``) is a Linear too."""
+    return [
+        (ModuleWeight(f"{prefix}{name}.{e}.weight", "Linear", f"{prefix}{name}", expert=e, optional=True), parameter)
+        for name, parameter in module.named_parameters(recurse=False)
+        if parameter.ndim == 3 and parameter.dtype.is_floating_point and not name.endswith("bias")
+        for e in range(parameter.shape[0])
+    ]
 
 
 def attention_projections(prefix: str, module: nn.MultiheadAttention) -> list[tuple[ModuleWeight, Tensor]]:

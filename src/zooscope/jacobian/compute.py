@@ -98,7 +98,7 @@ def layer_gradients(model: nn.Module, x: Tensor, y: Tensor, layers: Sequence[Mod
     out = {}
     for layer in layers:
         g = grads[layer.weight.parameter]
-        if layer.weight.part is not None or layer.weight.transpose:
+        if layer.weight.derived:
             g = vmap(layer.weight.matrix)(g)
         out[layer.name] = g.reshape(len(x), -1)
     return out

@@ -90,24 +90,32 @@ def runnable(model: str, network: nn.Module) -> nn.Module:
 
 def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The module's state dict from model.safetensors: an analysed weight is stored as its matrix
-    (zooscope.layers.ModuleWeight), so a transposed one (transformers' Conv1D) is transposed back
-    and a MultiheadAttention's q/k/v parts are joined into its in_proj_weight again."""
-    state = dict(stored)
-    parts: dict[str, dict[int, Tensor]] = {}
-    for path, child in network.named_modules():
-        for item, _ in module_weights(path, child):
-            if item.key not in state or item.key == item.parameter and not item.transpose:
-                continue
-            matrix = state.pop(item.key)
-            if item.part is not None:
-                parts.setdefault(item.parameter, {})[item.part] = matrix
-            else:
-                state[item.parameter] = matrix.T.contiguous()
+    (zooscope.layers.ModuleWeight), so a transposed one (transformers' Conv1D) is transposed back,
+    a MultiheadAttention's q/k/v parts are joined into its in_proj_weight again and fused experts'
+    matrices stacked into their 3-D parameter."""
     import torch
 
-    for parameter, pieces in parts.items():
-        if parameter not in state and len(pieces) == 3:
-            state[parameter] = torch.cat([pieces[i] for i in range(3)])
+    state = dict(stored)
+    pieces: dict[str, dict[int, Tensor]] = {}
+    joins: dict[str, tuple] = {}
+    for path, child in network.named_modules():
+        for item, parameter in module_weights(path, child):
+            if item.key not in state or not item.derived:
+                continue
+            matrix = state.pop(item.key)
+            matrix = matrix.T.contiguous() if item.transpose else matrix
+            if item.part is not None:
+                pieces.setdefault(item.parameter, {})[item.part] = matrix
+                joins[item.parameter] = (torch.cat, 3)
+            elif item.expert is not None:
+                pieces.setdefault(item.parameter, {})[item.expert] = matrix
+                joins[item.parameter] = (torch.stack, parameter.shape[0])
+            else:
+                state[item.parameter] = matrix
+    for parameter, found in pieces.items():
+        join, count = joins[parameter]
+        if parameter not in state and len(found) == count:
+            state[parameter] = join([found[i] for i in range(count)])
     return state
 
 

@@ -52,8 +52,24 @@ def checked_training(config: TrainingConfig) -> TrainingConfig:
 def unanalysed_state(network: nn.Module, layers: LayerList) -> dict[str, Tensor]:
     """The entries of the module's state dict that are not analysed weights (biases, norms,
     buffers, weights the selection left out); a weight tied to an analysed one is not stored twice."""
-    stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
+    stored = stored_parameters(network, layers)
     return {key: value for key, value in network.state_dict().items() if key not in stored}
+
+
+def stored_parameters(network: nn.Module, layers: LayerList) -> set[str]:
+    """The state-dict keys whose values model.safetensors holds as layers: the analysed weights,
+    those tied to one, and a parameter all of whose matrices are layers (a MultiheadAttention's
+    in_proj_weight, fused experts), which the Jacobian stage joins again
+    (zooscope.jacobian.rebuild.module_state) instead of the cache holding its bytes twice."""
+    from zooscope.layers import module_weights
+
+    stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
+    matrices: dict[str, list[str]] = {}
+    for path, child in network.named_modules():
+        for item, _ in module_weights(path, child):
+            if item.derived:
+                matrices.setdefault(item.parameter, []).append(item.key)
+    return stored | {parameter for parameter, keys in matrices.items() if stored.issuperset(keys)}
 
 
 def checkpoint_state(network: nn.Module, weights, layers: LayerList):
@@ -61,7 +77,7 @@ def checkpoint_state(network: nn.Module, weights, layers: LayerList):
     (zooscope.tensors.RenamedTensors under the tree's names): still read one at a time."""
     from zooscope.tensors import RenamedTensors
 
-    stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
+    stored = stored_parameters(network, layers)
     keys = [key for key in network.state_dict(keep_vars=True) if key not in stored and key in weights]
     return RenamedTensors(weights.store, {key: weights.names[key] for key in keys})
 

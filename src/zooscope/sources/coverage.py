@@ -84,11 +84,14 @@ def module_inventory(network: nn.Module, layers: LayerList) -> list[dict[str, An
     return inventory({key: describe_tensor(value) for key, value in state.items()}, layers, parameter_of)
 
 
-def checkpoint_inventory(weights: RenamedTensors, layers: LayerList) -> list[dict[str, Any]]:
+def checkpoint_inventory(network: nn.Module, weights: RenamedTensors, layers: LayerList) -> list[dict[str, Any]]:
     """The inventory of a checkpoint read under a module tree's names (zooscope.sources.hf.checkpoint_names):
-    the checkpoint's tensors under the checkpoint's names."""
+    the checkpoint's tensors under the checkpoint's names (a fused parameter's under its own)."""
     store = weights.store
-    return inventory({key: tensor_info(store, key) for key in store}, layers, weights.names)
+    parameter_of = dict(weights.names)
+    parameter_of.update({item.key: weights.names.get(item.parameter, item.parameter)
+                         for path, child in network.named_modules() for item, _ in module_weights(path, child)})
+    return inventory({key: tensor_info(store, key) for key in store}, layers, parameter_of)
 
 
 def summary(records: Iterable[Mapping[str, Any]]) -> str:

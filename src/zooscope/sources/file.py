@@ -47,7 +47,7 @@ def fetch(row: ZooRow, threads: int) -> Fetched:
 
         module, weights = tree
         layers = layers_from_module(module, weights, row.selection)
-        inventory = coverage.checkpoint_inventory(weights, layers)
+        inventory = coverage.checkpoint_inventory(module, weights, layers)
         other_tensors = checkpoint_state(module, weights, layers)
         extra_meta["architecture"] = architecture_meta(module)
     else:

@@ -147,7 +147,7 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
         weights = checkpoint_names(module, store)
         missing = [
             item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
-            if item.parameter not in weights
+            if item.parameter not in weights and not item.optional
         ]
         if not missing:
             if unclaimed := unclaimed_weights(weights):

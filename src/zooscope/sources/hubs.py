@@ -98,7 +98,7 @@ def fetch_hub(row: ZooRow, load: Callable[[str, str], HubModel], threads: int) -
         extra_meta={"weights": loaded.provenance, "architecture": loaded.architecture},
         # a module loaded whole: its state; one read lazily: the checkpoint, under its own names
         inventory=coverage.module_inventory(loaded.module, layers) if loaded.weights is None
-        else coverage.checkpoint_inventory(loaded.weights, layers),
+        else coverage.checkpoint_inventory(loaded.module, loaded.weights, layers),
     )
 
 
