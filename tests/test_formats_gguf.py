@@ -188,21 +188,32 @@ def test_a_quantisation_gguf_cannot_dequantise_is_a_clear_error(tmp_path, rng):
         fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
 
 
-def test_integer_and_stacked_expert_tensors_are_recorded_not_analysed(tmp_path, rng):
-    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "qwen2")
-    writer.add_tensor("blk.0.ffn_gate_exps.weight", rng.standard_normal((4, 8, 32)).astype(np.float32))
-    writer.add_tensor("blk.0.attn_q.weight", rng.standard_normal((32, 32)).astype(np.float32))
-    writer.add_tensor("blk.0.attn_q.bias", rng.standard_normal(32).astype(np.float32))
+def test_integer_tensors_are_recorded_and_stacked_experts_are_one_layer_each(tmp_path, rng):
+    """qwen2moe (llama.cpp's names kept): a Q8_0 tensor of 4 stacked experts is 4 Linear layers,
+    each expert dequantised alone (checked with the decoder above); an integer tensor is recorded."""
+    experts = rng.standard_normal((4, 8, 64)).astype(np.float32)
+    raw = gguf.quants.quantize(experts, Q.Q8_0)
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "qwen2moe")
+    writer.add_tensor("blk.0.ffn_gate_exps.weight", raw, raw_dtype=Q.Q8_0)
+    writer.add_tensor("blk.0.ffn_gate_inp.weight", rng.standard_normal((4, 64)).astype(np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", rng.standard_normal((64, 64)).astype(np.float32))
+    writer.add_tensor("blk.0.attn_q.bias", rng.standard_normal(64).astype(np.float32))
     writer.add_tensor("token_types", np.arange(6, dtype=np.int32).reshape(2, 3))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    layers, _, meta = fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
-    assert [l["name"] for l in layers] == ["model.layers.0.self_attn.q_proj"]
-    reasons = {name: entry.get("reason") for name, entry in meta["stored_tensors"].items()}
-    assert reasons == {"blk.0.ffn_gate_exps.weight": "unsupported rank", "blk.0.attn_q.weight": None,
-                       "blk.0.attn_q.bias": "bias", "token_types": "integer buffer"}
+    layers, matrices, meta = fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
+    expert_names = [f"blk.0.ffn_gate_exps.{e}" for e in range(4)]
+    assert [l["name"] for l in layers] == ["blk.0.attn_q", *expert_names, "blk.0.ffn_gate_inp"]
+    for e, name in enumerate(expert_names):
+        np.testing.assert_array_equal(matrices[name], decode_q8_0(raw[e], (8, 64)))
+    tensors = meta["stored_tensors"]
+    assert tensors["blk.0.ffn_gate_exps.weight"] == {"dtype": "Q8_0", "shape": [4, 8, 64], "layer": ",".join(expert_names)}
+    reasons = {name: entry.get("reason") for name, entry in tensors.items()}
+    assert reasons == {"blk.0.ffn_gate_exps.weight": None, "blk.0.ffn_gate_inp.weight": None,
+                       "blk.0.attn_q.weight": None, "blk.0.attn_q.bias": "bias", "token_types": "integer buffer"}
+    assert meta["num_params"] == 4 * 8 * 64 + 4 * 64 + 64 * 64 + 64
 
 
 def test_a_truncated_gguf_names_model_and_file(tmp_path, rng):
@@ -251,3 +262,54 @@ def test_a_gguf_converted_from_a_hugging_face_llama_gives_its_layers(tmp_path):
     for name, matrix in hf_matrices.items():
         np.testing.assert_array_equal(gguf_matrices[name], matrix, err_msg=name)
     assert {l["name"]: l["sha256"] for l in gguf_layers} == {l["name"]: l["sha256"] for l in hf_layers}
+
+
+def test_a_mixtral_gguf_gives_the_layers_of_its_hugging_face_folder(tmp_path):
+    """A transformers MixtralForCausalLM saved with save_pretrained (each expert's w1, w2, w3 a
+    matrix), converted to GGUF as llama.cpp's convert_hf_to_gguf.py does (each projection's
+    experts stacked, experts first, under gguf's own TensorNameMap names; q and k permuted): both
+    files give the same layers in the same order, with the same matrices."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    config = transformers.MixtralConfig(vocab_size=80, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                        num_attention_heads=N_HEAD, num_key_value_heads=N_HEAD_KV,
+                                        num_local_experts=3, num_experts_per_tok=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "hf")
+    state = load_file(str(tmp_path / "hf" / "model.safetensors"))
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    writer = gguf.GGUFWriter(str(tmp_path / "mixtral.gguf"), "llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    writer.add_expert_count(config.num_local_experts)
+    for key, value in state.items():
+        if ".experts." in key:
+            continue
+        if key.endswith("q_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD)
+        elif key.endswith("k_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD_KV)
+        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
+    for block in range(config.num_hidden_layers):
+        for w in ("w1", "w2", "w3"):
+            stacked = np.stack([state[f"model.layers.{block}.block_sparse_moe.experts.{e}.{w}.weight"]
+                                for e in range(config.num_local_experts)])
+            name = names.get_name(f"model.layers.{block}.block_sparse_moe.experts.{w}.weight", try_suffixes=(".weight",))
+            assert name.endswith("_exps.weight")
+            writer.add_tensor(name, stacked)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    hf_layers, hf_matrices, _ = fetch_file_source(tmp_path / "hf", tmp_path / "out-hf")
+    gguf_layers, gguf_matrices, _ = fetch_file_source(tmp_path / "mixtral.gguf", tmp_path / "out-gguf")
+    assert [(l["name"], l["type"]) for l in gguf_layers] == [(l["name"], l["type"]) for l in hf_layers]
+    assert len(gguf_layers) == 2 + (4 + 3 * 3 + 1) * config.num_hidden_layers
+    for name, matrix in hf_matrices.items():
+        np.testing.assert_array_equal(gguf_matrices[name], matrix, err_msg=name)
+    assert [l["sha256"] for l in gguf_layers] == [l["sha256"] for l in hf_layers]

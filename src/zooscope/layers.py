@@ -289,10 +289,10 @@ def layers_from_state_dict(state: Mapping[str, Tensor], select: Selector | None 
 def layers_from_format(weights, select: Selector | None = None) -> LayerList:
     """The layers a format reader found (zooscope.sources.formats.FormatWeights), in its depth
     order. Each is stored in model.safetensors under ``{layer name}.weight``; the reader already
-    made every stored tensor one layer at most (a reused one is recorded as tied there).
-    ``select``: see _build."""
-    return _build([(f"{layer.name}.weight", layer.type, ("stored", layer.stored.name), layer.shape, layer.read)
-                   for layer in weights.layers], select)
+    made every stored tensor one layer at most (a reused one is recorded as tied there), or
+    one per expert (stacked experts). ``select``: see _build."""
+    return _build([(f"{layer.name}.weight", layer.type, ("stored", layer.stored.name, layer.name), layer.shape,
+                    layer.read) for layer in weights.layers], select)
 
 
 def module_type(module: nn.Module) -> str | None:

@@ -75,9 +75,13 @@ def fetch_format(row: ZooRow, file_format: str) -> Fetched:
     layers = layers_from_format(weights, row.selection)
     inventory = weights.inventory()
     for record in inventory:  # a layer the selection left out: its reason instead of "analysed"
-        dropped = layers.left_out.get(f"{record['layer']}.weight") if record["layer"] else None
-        if dropped:
-            record.update(layer="", reason=dropped[0], detail=dropped[1])
+        names = record["layer"].split(",") if record["layer"] else []
+        kept = [name for name in names if f"{name}.weight" not in layers.left_out]
+        if names and not kept:
+            reason, detail = layers.left_out[f"{names[0]}.weight"]
+            record.update(layer="", reason=reason, detail=detail)
+        else:
+            record["layer"] = ",".join(kept)
     return Fetched(
         layers=layers,
         num_params=weights.num_parameters(),

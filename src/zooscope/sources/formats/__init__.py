@@ -98,15 +98,21 @@ class FormatWeights:
     def num_parameters(self) -> int:
         """Elements of the model's floating-point tensors (quantised ones included; not integer
         buffers, not training state)."""
-        return sum(layer.stored.size for layer in self.layers) + sum(
+        stored = {layer.stored.name: layer.stored.size for layer in self.layers}  # stacked experts: once
+        return sum(stored.values()) + sum(
             item.stored.size for item in self.not_analysed if item.reason not in (INTEGER, TRAINING_STATE))
 
     def inventory(self) -> list[dict[str, Any]]:
         """One record per stored tensor, analysed ones first in depth order: ``tensor`` (its name
         in the file), ``shape`` and ``dtype`` as stored, ``layer`` (the layer it became, or ""),
         ``reason`` ("" when analysed) and ``detail``."""
-        records = [{"tensor": layer.stored.name, "shape": list(layer.stored.shape), "dtype": layer.stored.dtype,
-                    "layer": layer.name, "reason": "", "detail": ""} for layer in self.layers]
+        analysed: dict[str, dict[str, Any]] = {}
+        for layer in self.layers:  # a tensor of stacked experts became several layers: all listed
+            record = analysed.setdefault(layer.stored.name, {
+                "tensor": layer.stored.name, "shape": list(layer.stored.shape), "dtype": layer.stored.dtype,
+                "layer": "", "reason": "", "detail": ""})
+            record["layer"] = f"{record['layer']},{layer.name}" if record["layer"] else layer.name
+        records = list(analysed.values())
         records += [{"tensor": item.stored.name, "shape": list(item.stored.shape), "dtype": item.stored.dtype,
                      "layer": "", "reason": item.reason, "detail": item.detail} for item in self.not_analysed]
         return records

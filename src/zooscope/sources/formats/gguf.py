@@ -11,6 +11,8 @@ llama.cpp's names. Depth is the Hugging Face module order: the embedding, then b
 (attention q, k, v, o, then the MLP's gate, up, down; other tensors of a block after those, in
 file order), the head last. 2-D tensors are Linear (``token_embd``: Embedding); llama.cpp stores
 a (out, in) weight with ``ne = [in, out]``, which gguf's numpy view already shows as (out, in).
+A mixture of experts' 3-D tensors (``blk.N.ffn_gate_exps``: all experts stacked, experts first)
+are one Linear per expert, each dequantised alone (EXPERT_NAMES; Mixtral's Hugging Face names).
 For ``llama`` itself, llama.cpp's converter permutes the rows of q and k for its rotary
 embedding; they are permuted back, so a F32 file gives Hugging Face's exact matrices (a row
 permutation changes no eigenvalue either way). A quantisation gguf cannot dequantise is an error
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zooscope.layers import natural_key
 from zooscope.tensors import as_float32
 from zooscope.sources.formats import (
     BIAS, NORM, ONE_D, RANK, FormatLayer, FormatWeights, NotAnalysed, StoredTensor, why_not,
@@ -39,6 +42,12 @@ BLOCK_NAMES = {
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
 GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+# A mixture-of-experts block (Mixtral: llama.cpp's "llama" with an expert count): each projection
+# of all experts stacked in one 3-D tensor (experts first) -> Hugging Face's per-expert weights,
+# and the router; after the block's attention, in Hugging Face's name order (as the same model's
+# safetensors are: zooscope.layers.with_unclaimed).
+EXPERT_NAMES = {"ffn_gate_exps": "w1", "ffn_down_exps": "w2", "ffn_up_exps": "w3"}
+ROUTER_NAMES = {"ffn_gate_inp": "block_sparse_moe.gate"}
 BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 INTEGER_TYPES = ("I8", "I16", "I32", "I64")
 
@@ -63,17 +72,26 @@ def read_gguf(path: Path, model: str) -> FormatWeights:
         entries.append((order, name, stored, tensor))
     entries.sort(key=lambda entry: entry[0])
 
-    layers, skipped = [], []
-    for _, name, stored, tensor in entries:
+    found, skipped = [], []
+    for order, name, stored, tensor in entries:
         reason = _reason(tensor.name, stored)
         if reason:
             skipped.append(NotAnalysed(stored, reason))
             continue
         _check_dequantisable(stored, path, model)
+        if len(stored.shape) == 3:  # stacked experts: one Linear per expert, dequantised alone
+            for e in range(stored.shape[0]):
+                expert_name = _expert_name(tensor.name, e, hf_names)
+                found.append(((*order[:3], natural_key(expert_name)), FormatLayer(
+                    expert_name, "Linear", stored, stored.shape[1:],
+                    lambda t=tensor, s=stored.shape[1:], e=e: _dequantised(t, s, None, expert=e))))
+            continue
         kind = "Embedding" if tensor.name.startswith("token_embd.") else "Linear"
         heads_of = _rotary_heads(tensor.name, arch, heads)
-        layers.append(FormatLayer(name, kind, stored, stored.shape,
-                                  lambda t=tensor, s=stored.shape, h=heads_of: _dequantised(t, s, h)))
+        found.append((order, FormatLayer(name, kind, stored, stored.shape,
+                                         lambda t=tensor, s=stored.shape, h=heads_of: _dequantised(t, s, h))))
+    found.sort(key=lambda entry: entry[0])
+    layers = [layer for _, layer in found]
     meta = {"architecture": arch or None, "names": "hugging face" if hf_names else "llama.cpp",
             "gguf_version": _field(reader, "GGUF.version")}
     return FormatWeights("gguf", tuple(layers), tuple(skipped), meta)
@@ -85,6 +103,9 @@ def _name_and_order(gguf_name: str, position: int, hf_names: bool) -> tuple[str,
     match = BLOCK.fullmatch(base)
     if match:
         block, part = int(match.group(1)), match.group(2)
+        if part in EXPERT_NAMES or part in ROUTER_NAMES:  # after the block's others, in name order
+            name = f"model.layers.{block}.{ROUTER_NAMES[part]}" if hf_names and part in ROUTER_NAMES else base
+            return name, (1, block, len(BLOCK_NAMES) + 1, natural_key(name))
         known = list(BLOCK_NAMES).index(part) if part in BLOCK_NAMES else len(BLOCK_NAMES)
         name = f"model.layers.{block}.{BLOCK_NAMES[part]}" if hf_names and part in BLOCK_NAMES else base
         return name, (1, block, known, position)
@@ -102,11 +123,29 @@ def _reason(gguf_name: str, stored: StoredTensor) -> str | None:
         return why_not(stored, floating=False)
     if len(stored.shape) <= 1:
         return NORM if "norm" in gguf_name else ONE_D
+    if len(stored.shape) == 3 and _expert_part(gguf_name):
+        return None  # a mixture of experts' stacked (experts, out, in) weights
     if len(stored.shape) != 2:
-        return RANK  # e.g. a mixture of experts' stacked (experts, out, in) weights
+        return RANK
     if not gguf_name.endswith(".weight"):
         return why_not(stored, floating=True)
     return None
+
+
+def _expert_part(gguf_name: str) -> str | None:
+    """``ffn_gate_exps`` of ``blk.N.ffn_gate_exps.weight`` (EXPERT_NAMES), else None."""
+    match = BLOCK.fullmatch(gguf_name.removesuffix(".weight"))
+    return match.group(2) if match and match.group(2) in EXPERT_NAMES else None
+
+
+def _expert_name(gguf_name: str, expert: int, hf_names: bool) -> str:
+    """Expert ``expert``'s layer of a stacked tensor: Hugging Face's
+    ``model.layers.N.block_sparse_moe.experts.E.w1`` (Mixtral), else ``blk.N.ffn_gate_exps.E``."""
+    block = BLOCK.fullmatch(gguf_name.removesuffix(".weight")).group(1)
+    part = _expert_part(gguf_name)
+    if hf_names:
+        return f"model.layers.{block}.block_sparse_moe.experts.{expert}.{EXPERT_NAMES[part]}"
+    return f"blk.{block}.{part}.{expert}"
 
 
 def _check_dequantisable(stored: StoredTensor, path: Path, model: str) -> None:
@@ -127,14 +166,17 @@ def dequantisable() -> tuple[str, ...]:
     return ("F32", "F16", "F64", *(qtype.name for qtype in getattr(quants, "_type_traits", {})))
 
 
-def _dequantised(tensor, shape: tuple[int, ...], heads: int | None) -> np.ndarray:
-    """One tensor as float32 (out, in), rows of a rotary q/k put back in Hugging Face's order."""
+def _dequantised(tensor, shape: tuple[int, ...], heads: int | None, expert: int | None = None) -> np.ndarray:
+    """One tensor as float32 (out, in), rows of a rotary q/k put back in Hugging Face's order;
+    ``expert``: that expert's matrix of stacked experts, alone (gguf's view of a quantised tensor
+    keeps the experts first: (experts, out, bytes per row))."""
     from gguf import GGMLQuantizationType, quants
 
+    data = tensor.data if expert is None else tensor.data[expert]
     if tensor.tensor_type == GGMLQuantizationType.F64:
-        values = np.asarray(tensor.data, dtype=np.float32)
+        values = np.asarray(data, dtype=np.float32)
     else:
-        values = quants.dequantize(tensor.data, tensor.tensor_type)
+        values = quants.dequantize(data, tensor.tensor_type)
     values = values.reshape(shape)
     if heads:
         rows = shape[0]
