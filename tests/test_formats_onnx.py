@@ -68,6 +68,33 @@ def test_a_torch_export_gives_the_modules_weights_in_graph_order(tmp_path):
     assert meta["num_params"] == sum(p.numel() for p in net.parameters())
 
 
+def test_weights_the_exporter_renamed_are_named_after_their_modules(tmp_path):
+    """torch's exporter folds a BatchNorm into its Conv and transposes a bias-free Linear into a
+    MatMul, under made-up initializer names (onnx::Conv_12); those layers take their node's module
+    path, which must be the module's own name in nested containers (blocks.1.proj), as in
+    named_modules."""
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    net = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Sequential(*[torch.nn.ModuleList([Block()])[0] for _ in range(2)]),
+    ).eval()
+    export(net, tmp_path / "nested.onnx", torch.randn(1, 3, 8, 8))
+    layers, _, meta = fetch_file_source(tmp_path / "nested.onnx", tmp_path / "out")
+    assert all("::" in name for name in meta["stored_tensors"] if not name.endswith("bias"))  # all made up
+    assert [l["name"] for l in layers] == ["0.0", "3.0.proj", "3.1.proj"]
+    assert {l["name"] for l in layers} <= dict(net.named_modules()).keys()
+
+
 def gemm_graph(weights: dict, nodes: list, inputs=("x",)):
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in inputs],

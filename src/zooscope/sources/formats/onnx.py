@@ -126,14 +126,25 @@ def _use(node, slot: int, stored: StoredTensor):
 
 
 def _layer_name(initializer: str, node, position: int) -> str:
-    """The initializer's name without ``.weight``, or its node's path for a made-up name."""
+    """The initializer's name without ``.weight``, or its node's path for a made-up name.
+
+    torch's exporter names a node by its module scopes, a child of a container under its path
+    from the container (``/blocks/blocks.0/attn/qkv/MatMul``): such a scope replaces its parent's,
+    so that the name is the module's (``blocks.0.attn.qkv``), as its initializer would be named.
+    """
     if "::" not in initializer:
         return initializer.removesuffix(".weight") or initializer
     if node.name:
         parts = [part for part in node.name.split("/") if part]
         if len(parts) > 1 and parts[-1].split("_")[0] == node.op_type:
             parts = parts[:-1]  # torch's exporter ends a node's path with its op type
-        return ".".join(parts)
+        path: list[str] = []
+        for part in parts:
+            if path and part.startswith(f"{path[-1]}."):
+                path[-1] = part
+            else:
+                path.append(part)
+        return ".".join(path)
     return f"{node.op_type}_{position}"
 
 
