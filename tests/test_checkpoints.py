@@ -221,3 +221,96 @@ def test_checkpoint_key_is_refused_on_other_sources():
 
     with pytest.raises(RowError, match="applies to file: sources only"):
         parse_row({"model": "m", "series": "s", "source": "train:mlp", "accuracy": None, "checkpoint_key": "ema"})
+
+
+# --------------------------------------------------------------------------- float8 checkpoints
+
+def quantise_fp8_blocks(weight: torch.Tensor, block: int = 128):
+    """DeepSeek-V3's block quantisation, from its definition: each block x block tile (the last ones
+    short) scaled by s = max|W_tile| / 448 (float8_e4m3's largest value), q = W / s in float8."""
+    rows, columns = weight.shape
+    grid = torch.zeros((-(-rows // block), -(-columns // block)))
+    quantised = torch.zeros_like(weight, dtype=torch.float8_e4m3fn)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            tile = weight[i * block:(i + 1) * block, j * block:(j + 1) * block]
+            grid[i, j] = tile.abs().max() / 448
+            quantised[i * block:(i + 1) * block, j * block:(j + 1) * block] = (tile / grid[i, j]).to(torch.float8_e4m3fn)
+    return quantised, grid
+
+
+def blockwise(quantised: torch.Tensor, grid: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """q * s with each scale repeated over its tile (the dequantisation, written independently)."""
+    expanded = grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[: quantised.shape[0], : quantised.shape[1]]
+    return quantised.float() * expanded
+
+
+def test_block_scaled_fp8_weights_are_dequantised_with_their_scales(tmp_path):
+    """A DeepSeek-V3 / Qwen3-FP8 style folder (config.json with transformers' fp8 quantization_config,
+    float8 weights, a float32 weight_scale_inv per 128 x 128 tile, shapes not multiples of 128): each
+    layer is q * s over its tiles, not the float8 values; the scales are quantisation scales."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=160, intermediate_size=320, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    folder = tmp_path / "fp8"
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    original = load_file(folder / "model.safetensors")
+    stored, expected = {}, {}
+    for key, value in original.items():
+        if key.endswith("_proj.weight"):
+            quantised, grid = quantise_fp8_blocks(value)
+            stored.update({key: quantised, f"{key}_scale_inv": grid})
+            expected[key.removesuffix(".weight")] = blockwise(quantised, grid)
+        else:
+            stored[key] = value
+    (folder / "model.safetensors").unlink()
+    save_file(stored, folder / "model.safetensors")
+    content = json.loads((folder / "config.json").read_text())
+    content["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                      "weight_block_size": [128, 128]}
+    (folder / "config.json").write_text(json.dumps(content))
+
+    from conftest import fetch_file_source
+
+    layers, matrices, meta = fetch_file_source(folder, tmp_path / "out")
+    assert expected.keys() < matrices.keys()
+    for name, matrix in expected.items():
+        np.testing.assert_array_equal(matrices[name], matrix.numpy(), err_msg=name)
+        # and it is the layer: within float8's rounding of the original weight, unlike the float8 values
+        weight = original[f"{name}.weight"]
+        assert torch.allclose(matrix, weight, rtol=0.07, atol=float(weight.abs().max()) * 1e-2)
+    records = {t["tensor"]: t for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    for key in (k for k in stored if k.endswith("_scale_inv")):
+        assert records[key]["reason"] == "quantisation scale"
+        assert records[key]["detail"] == f"of {key.removesuffix('_scale_inv')}"
+        assert records[key.removesuffix("_scale_inv")]["dtype"] == "F8_E4M3" and not records[key.removesuffix("_scale_inv")]["reason"]
+
+
+@pytest.mark.parametrize("scale_shape", ["channel", "tensor"])
+def test_fp8_weights_with_a_channel_or_tensor_scale_are_dequantised(tmp_path, scale_shape):
+    """compressed-tensors / FBGEMM: weight_scale of shape (out, 1) or a scalar, in a bare file."""
+    torch.manual_seed(1)
+    weight = torch.randn(96, 64)
+    scale = weight.abs().amax(dim=1, keepdim=True) / 448 if scale_shape == "channel" else weight.abs().max() / 448
+    quantised = (weight / scale).to(torch.float8_e4m3fn)
+    save_file({"fc.weight": quantised, "fc.weight_scale": scale.float().contiguous(), "fc.input_scale": torch.ones(()),
+               "raw.weight": quantised.clone()}, tmp_path / "m.safetensors")
+    fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
+                tmp_path / "out", sheet_dir=tmp_path)
+    cached = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(cached["fc.weight"], quantised.float() * scale.float())
+    assert cached["raw.weight"].dtype == torch.float8_e4m3fn  # no scale: as stored
+    assert torch.equal(cached["raw.weight"].float(), quantised.float())
+    reasons = {t["tensor"]: t["reason"] for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    assert reasons["fc.weight_scale"] == reasons["fc.input_scale"] == "quantisation scale"
+
+
+def test_an_fp8_scale_that_does_not_tile_its_weight_names_the_tensor(tmp_path):
+    save_file({"fc.weight": torch.randn(100, 64).to(torch.float8_e4m3fn), "fc.weight_scale_inv": torch.ones(3, 3)},
+              tmp_path / "m.safetensors")
+    with pytest.raises(FetchError, match=r"model 'bad': float8 weight 'fc.weight' \[100, 64\]: its scale \[3, 3\] "
+                                         r"does not tile it"):
+        fetch_model({"model": "bad", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
+                    tmp_path / "out", sheet_dir=tmp_path)

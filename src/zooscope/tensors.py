@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -98,6 +99,90 @@ class RenamedTensors(LazyTensors):
 
     def describe(self, key: str) -> TensorInfo:
         return tensor_info(self.store, self.names[key])
+
+
+# The scale tensors a float8 weight ``{key}`` is stored with, in the order looked for: block-wise
+# ``{key}_scale_inv`` (DeepSeek-V3, Qwen3-FP8: transformers' FineGrainedFP8, 128 x 128 blocks) and
+# ``{key}_scale`` (compressed-tensors / llm-compressor, FBGEMM: per tensor, per output channel or
+# per block). Both are multiplied in: W = W_fp8 * scale, each scale over its block.
+FLOAT8_SCALE_SUFFIXES = ("_scale_inv", "_scale")
+FLOAT8_DTYPES = ("F8_E4M3", "F8_E5M2")
+
+
+class DequantisedFloat8(LazyTensors):
+    """A lazy store whose float8 weights that have a scale tensor beside them (FLOAT8_SCALE_SUFFIXES)
+    read as their float32 dequantisation, one at a time; every other tensor as stored.
+
+    Why: a block-scaled FP8 checkpoint stores each 128 x 128 block of a weight in float8 with its
+    own scale; the float8 values alone are not the layer's matrix (each block is off by its own
+    factor), so their spectrum is not the layer's. ``scales``: weight key -> its scale's key.
+    """
+
+    def __init__(self, store: Mapping[str, Any], scales: Mapping[str, str]):
+        super().__init__({key: partial(self._read, key) for key in store})
+        self.store, self.scales = store, dict(scales)
+
+    def _read(self, key: str):
+        if key not in self.scales:
+            return self.store[key]
+        return dequantised_float8(key, np.asarray(self.store[key]), np.asarray(self.store[self.scales[key]]))
+
+    def describe(self, key: str) -> TensorInfo:  # as stored: F8_E4M3 for a scaled weight too
+        return tensor_info(self.store, key)
+
+
+def float8_scales(store: Mapping[str, Any]) -> dict[str, str]:
+    """weight key -> its scale's key, for the store's float8 ``...weight`` tensors that have one."""
+    scales = {}
+    for key in store:
+        if key.endswith("weight") and tensor_info(store, key).dtype in FLOAT8_DTYPES:
+            found = [key + suffix for suffix in FLOAT8_SCALE_SUFFIXES if key + suffix in store]
+            if found:
+                scales[key] = found[0]
+    return scales
+
+
+def dequantised_float8(key: str, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """float32 ``weight * scale``, the scale broadcast over blocks (float8_blocks); a ValueError
+    names the tensor when the scale does not tile the weight."""
+    blocks = float8_blocks(weight.shape, scale.shape)
+    if blocks is None:
+        raise ValueError(float8_tiling_error(key, weight.shape, scale.shape))
+    block_rows, block_columns = blocks
+    rows, columns = weight.shape[0], int(np.prod(weight.shape[1:], dtype=np.int64))
+    grid = scale.astype(np.float32).reshape(_grid_shape(scale.shape))
+    out = weight.reshape(rows, columns).astype(np.float32)
+    for block, start in enumerate(range(0, rows, block_rows)):  # one row of blocks at a time
+        out[start:start + block_rows] *= np.repeat(grid[block], block_columns)[:columns]
+    return out.reshape(weight.shape)
+
+
+def float8_blocks(weight_shape: tuple, scale_shape: tuple) -> tuple[int, int] | None:
+    """(rows, columns) of the block each scale applies to, or None when the scale does not tile
+    the weight. A scale of shape (a, b) (or fewer axes: (a,) is (a, 1), a scalar (1, 1)) cuts
+    the rows into a blocks and the columns into b, each block side the power of two that gives
+    that count (a block of 128 over 576 rows makes 5 blocks, the last one short)."""
+    if len(weight_shape) < 2 or len(scale_shape) > 2:
+        return None
+    rows, columns = weight_shape[0], math.prod(weight_shape[1:])
+    counts = _grid_shape(scale_shape)
+    sizes = (_block(rows, counts[0]), _block(columns, counts[1]))
+    return None if None in sizes else sizes
+
+
+def float8_tiling_error(key: str, weight_shape: tuple, scale_shape: tuple) -> str:
+    return (f"float8 weight {key!r} {list(weight_shape)}: its scale {list(scale_shape)} does not tile it in blocks "
+            "(expected a scalar, one scale per row, or ceil(rows / block) x ceil(columns / block) scales)")
+
+
+def _grid_shape(scale_shape: tuple) -> tuple[int, int]:
+    return tuple(scale_shape) + (1,) * (2 - len(scale_shape))
+
+
+def _block(n: int, count: int) -> int | None:
+    """The power-of-two block size that cuts n into ``count`` blocks (the last may be short), or None."""
+    size = 1 << max(0, math.ceil(math.log2(math.ceil(n / count)))) if count else 0
+    return size if size and math.ceil(n / size) == count else None
 
 
 def _read_tensor(reader: SafetensorsReader, key: str):

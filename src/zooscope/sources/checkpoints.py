@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import FLOAT_DTYPES, SafetensorsReader, read_json, safetensors_dtype
 from zooscope.tensors import (
-    LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
+    DequantisedFloat8, LazyTensors, RenamedTensors, TensorInfo, TensorStore, float8_blocks, float8_scales,
+    float8_tiling_error, is_torch_tensor, num_parameters, tensor_info,
 )
 from zooscope.sources.base import CONVERT_HINT, FetchError
 
@@ -102,6 +103,12 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
             _no_clash(model, readers, part, file)
             readers.update(part)
         tensors, found_key, lightning = TensorStore(readers), None, False
+        if scales := float8_scales(tensors):  # scaled FP8 weights read dequantised
+            for weight, scale in scales.items():
+                shapes = tensors.describe(weight).shape, tensors.describe(scale).shape
+                if float8_blocks(*shapes) is None:
+                    raise FetchError(f"model {model!r}: {float8_tiling_error(weight, *shapes)} in {path}")
+            tensors = DequantisedFloat8(tensors, scales)
     else:
         tensors, found_key, lightning = {}, None, False
         for file in files:

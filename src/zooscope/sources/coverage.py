@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zooscope.io import FLOAT_DTYPES
 from zooscope.layers import LayerList, module_weights
-from zooscope.tensors import RenamedTensors, TensorInfo, describe_tensor, tensor_info
+from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
     from torch import nn
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 # Why a tensor is not analysed (the ``reason`` column); "" for an analysed one.
 REASONS = (
     "bias", "norm", "1-D", "integer buffer", "tied", "not a layer weight", "unsupported rank",
-    "filtered", "over a cap", "below min_evals", "failed", "training state",
+    "filtered", "over a cap", "below min_evals", "failed", "training state", "quantisation scale",
 )
 COVERAGE_COLUMNS = ("tensor", "shape", "dtype", "analysed", "layer", "reason", "detail")
 # The counts models.tsv gains (coverage_counts), kept in the fit stage's summary.json.
@@ -33,6 +33,11 @@ NORM_NAME = re.compile(r"(norm|(^|[._])(ln|bn|gn)[_0-9]*([._]|$)|running_(mean|v
 def left_out_reason(key: str, info: TensorInfo) -> tuple[str, str]:
     """(reason, detail) of a tensor that no layer was made of, from its name, dtype and rank."""
     rank = len(info.shape)
+    for suffix in FLOAT8_SCALE_SUFFIXES:
+        if key.endswith("weight" + suffix):
+            return "quantisation scale", f"of {key.removesuffix(suffix)}"
+    if key.endswith("input_scale"):
+        return "quantisation scale", "of an activation"
     if info.dtype not in FLOAT_DTYPES:
         return "integer buffer", f"{info.dtype} tensor"
     if key.endswith("bias"):
