@@ -314,3 +314,28 @@ def test_an_fp8_scale_that_does_not_tile_its_weight_names_the_tensor(tmp_path):
                                          r"does not tile it"):
         fetch_model({"model": "bad", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
                     tmp_path / "out", sheet_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("tensors", "words"), [
+    ({"model.layers.0.q_proj.qweight": torch.zeros(8, 64, dtype=torch.int32),
+      "model.layers.0.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+      "model.layers.0.q_proj.scales": torch.ones(1, 64, dtype=torch.float16)}, "GPTQ or AWQ"),
+    ({"model.layers.0.q_proj.weight": torch.zeros(2048, 1, dtype=torch.uint8),
+      "model.layers.0.q_proj.weight.absmax": torch.ones(64), "model.layers.0.q_proj.weight.quant_map": torch.ones(16)},
+     "bitsandbytes 4-bit"),
+    ({"model.layers.0.q_proj.weight": torch.zeros(64, 64, dtype=torch.int8),
+      "model.layers.0.q_proj.SCB": torch.ones(64)}, "bitsandbytes 8-bit"),
+    ({"model.layers.0.q_proj.weight_packed": torch.zeros(64, 8, dtype=torch.int32),
+      "model.layers.0.q_proj.weight_scale": torch.ones(64, 1)}, "compressed-tensors"),
+    ({"model.layers.0.q_proj.weight": torch.zeros(64, 8, dtype=torch.uint32),
+      "model.layers.0.q_proj.scales": torch.ones(64, 1, dtype=torch.float16),
+      "model.layers.0.q_proj.biases": torch.zeros(64, 1, dtype=torch.float16)}, "MLX"),
+])
+def test_weights_packed_as_integers_are_refused_naming_the_format(tmp_path, tensors, words):
+    """The tensors these libraries write for a quantised Linear (its float embedding and head
+    beside them): analysed, the model would be its embedding alone."""
+    save_file({**tensors, "model.embed_tokens.weight": torch.randn(100, 64)}, tmp_path / "m.safetensors")
+    with pytest.raises(FetchError, match=rf"model 'q': .*m\.safetensors holds 1 weights quantised as {words}.*"
+                                         r"does not dequantise.*GGUF"):
+        fetch_model({"model": "q", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
+                    tmp_path / "out", sheet_dir=tmp_path)

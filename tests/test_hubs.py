@@ -649,6 +649,29 @@ def test_the_experts_of_a_mixture_of_experts_checkpoint_are_layers(caches, no_wh
                                     "weights it has no parameter for by tensor names and ranks")
 
 
+def test_a_tied_weight_kept_under_each_of_its_names_is_one_layer(caches):
+    """A T5 PyTorch file (torch.save of its state dict) keeps the shared embedding under all four of
+    its names (shared, encoder and decoder embed_tokens, the tied head): one layer, the others tied
+    to it, not weights the tree has no parameter for."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    network = transformers.T5ForConditionalGeneration(config)
+    folder = caches / "t5"
+    network.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    state = network.state_dict()
+    copies = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    assert all(state[key].data_ptr() == state["shared.weight"].data_ptr() for key in copies)
+    torch.save(state, folder / "pytorch_model.bin")
+    fetch_model(hub_row("file:t5", model="t5"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    names = [layer["name"] for layer in layers["layers"]]
+    assert "shared" in names and not {key.removesuffix(".weight") for key in copies} & set(names)
+    assert meta["layer_typing"] == "module tree of transformers T5ForConditionalGeneration (config.json)"
+    records = {t["tensor"]: t for t in json.loads((caches / "out" / "tensors.json").read_text())["tensors"]}
+    assert [(records[key]["reason"], records[key]["detail"]) for key in copies] == [("tied", "tied to shared.weight")] * 3
+
+
 def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whole_model_loads):
     """A gpt-oss checkpoint keeps each block's experts fused, as 3-D tensors (experts first: its
     save_pretrained writes them so): each expert's matrix is a layer, read from the checkpoint,

@@ -139,11 +139,12 @@ def unclaimed_weights(weights: RenamedTensors) -> list[str]:
     experts of a mixture-of-experts block into 3-D parameters and converts the per-expert
     ``experts.{e}.w1.weight`` tensors of Mixtral, Qwen-MoE, DeepSeek or OLMoE checkpoints on
     load, so its tree claims none of them; a checkpoint saved with a head may be typed by a
-    tree without it. Left out, these would be most of an MoE model's weights.
+    tree without it. Left out, these would be most of an MoE model's weights. A tied weight kept
+    under each of its names (T5's shared, encoder and decoder embeddings in a PyTorch file) is
+    claimed under all of them (RenamedTensors.covered).
     """
-    claimed = set(weights.names.values())
     store = weights.store
-    return sorted((key for key in store if key not in claimed and state_dict_type(key, tensor_info(store, key))),
+    return sorted((key for key in store if key not in weights.covered and state_dict_type(key, tensor_info(store, key))),
                   key=natural_key)
 
 

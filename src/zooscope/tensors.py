@@ -93,9 +93,13 @@ class RenamedTensors(LazyTensors):
     """The tensors of a mapping (a lazy store or a dict) under other names, read when asked:
     ``names`` maps each name to the ``store``'s own (prefixes removed, a module's parameter names)."""
 
-    def __init__(self, store: Mapping[str, Any], names: Mapping[str, str]):
+    def __init__(self, store: Mapping[str, Any], names: Mapping[str, str], aliases: Mapping[str, str] | None = None):
+        """``aliases``: other keys of the store that hold one of the renamed tensors again (a tied
+        weight a PyTorch file keeps under each of its names) -> the key read instead; ``covered``
+        is them and the keys the names read."""
         super().__init__({new: partial(store.__getitem__, old) for new, old in names.items()})
-        self.store, self.names = store, dict(names)
+        self.store, self.names, self.aliases = store, dict(names), dict(aliases or {})
+        self.covered = frozenset(self.names.values()) | frozenset(self.aliases)
 
     def describe(self, key: str) -> TensorInfo:
         return tensor_info(self.store, self.names[key])

@@ -122,10 +122,37 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
                               "file, which has no wrappers; leave the column empty")
     if not tensors:
         raise FetchError(f"model {model!r}: no tensors found in {path}; expected a state dict")
+    refuse_packed_integers(tensors, path, model)
     prefixes = strip_prefixes(tensors, lightning)
     if prefixes:
         tensors = renamed(tensors, prefixes)
     return Checkpoint(tensors, file_format, tuple(files), found_key, prefixes)
+
+
+# Tensors that mark weights quantised to packed integers, by the library that wrote them: the
+# layer's matrix is not in the file as numbers zooscope can read, only its codes.
+PACKED_INTEGER_MARKERS = (
+    (".qweight", "GPTQ or AWQ (qweight, qzeros, scales)"),
+    (".weight_packed", "compressed-tensors' pack-quantized integers (weight_packed)"),
+    (".weight.absmax", "bitsandbytes 4-bit (weight.absmax, weight.quant_map)"),
+    (".SCB", "bitsandbytes 8-bit (weight, SCB)"),
+)
+
+
+def refuse_packed_integers(tensors: Mapping[str, Any], path: Path, model: str) -> None:
+    """A FetchError when the checkpoint's weights are quantised to packed integers (GPTQ, AWQ,
+    bitsandbytes, compressed-tensors int4, MLX: an integer ``...weight`` with ``...scales``): analysing it would leave out every quantised layer
+    and report the few float ones (embeddings, head) as the model."""
+    mlx = [key for key in tensors if key.endswith(".weight") and key.removesuffix("weight") + "scales" in tensors
+           and tensor_info(tensors, key).dtype not in FLOAT_DTYPES]
+    for marker, kind in PACKED_INTEGER_MARKERS + (("", "MLX's packed integers (weight, scales, biases)"),):
+        found = [key for key in tensors if key.endswith(marker)] if marker else mlx
+        if found:
+            raise FetchError(
+                f"model {model!r}: {path} holds {len(found)} weights quantised as {kind}, e.g. {found[0]!r}: packed "
+                "integers that zooscope does not dequantise, so its layers would be missing; analyse the checkpoint "
+                "it was quantised from, a GGUF of the model (llama.cpp's quantisations are read: docs/formats.md), "
+                "or a dequantised copy (transformers: model.dequantize(), then save_pretrained)")
 
 
 def _no_clash(model: str, contents: Mapping, part: Mapping, file: Path) -> None:

@@ -96,7 +96,11 @@ def checkpoint_inventory(network: nn.Module, weights: RenamedTensors, layers: La
     parameter_of = dict(weights.names)
     parameter_of.update({item.key: weights.names.get(item.parameter, item.parameter)
                          for path, child in network.named_modules() for item, _ in module_weights(path, child)})
-    return inventory({key: tensor_info(store, key) for key in store}, layers, parameter_of)
+    records = inventory({key: tensor_info(store, key) for key in store}, layers, parameter_of)
+    for record in records:  # a tied weight the file keeps under another of its names too
+        if record["tensor"] in weights.aliases and record["reason"]:
+            record.update(reason="tied", detail=f"tied to {weights.aliases[record['tensor']]}")
+    return records
 
 
 def summary(records: Iterable[Mapping[str, Any]]) -> str:

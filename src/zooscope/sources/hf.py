@@ -210,13 +210,14 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
     aliases: dict[int, list[str]] = {}
     for name, tensor in module.state_dict(keep_vars=True).items():
         aliases.setdefault(id(tensor), []).append(name)
-    names = {}
+    names, copies = {}, {}
     for group in aliases.values():
         candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
         if candidates:
             names.update(dict.fromkeys(group, candidates[0]))
+            copies.update(dict.fromkeys(candidates[1:], candidates[0]))
     # the store's tensors under the module's parameter names, still read one at a time
-    return RenamedTensors(store, names)
+    return RenamedTensors(store, names, aliases=copies)
 
 
 def architecture_meta(module: nn.Module) -> dict[str, Any]:
