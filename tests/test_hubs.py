@@ -863,6 +863,32 @@ def test_a_transformers_image_classifier_runs_the_jacobian_stage(caches):
     assert result.passes > 0 and len(result.layers) > 0
 
 
+def test_a_checkpoint_under_names_transformers_renames_on_load_is_typed_by_its_tree(caches, no_whole_model_loads):
+    """transformers 5 saves a ViT under the names of its old modules (encoder.layer.0.attention.
+    attention.query; the module is layers.0.attention.q_proj) and renames them on load: the tree
+    types the checkpoint through the same renamings, for file: and hf: alike, without loading it
+    whole, and the fetched model runs again, giving the original's logits."""
+    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    original = transformers.ViTForImageClassification(config).eval()
+    original.save_pretrained(caches / "vit")
+    saved = load_file(caches / "vit" / "model.safetensors")
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in saved, "not the old names"
+    put_in_hf_cache(caches / "hf", "someone/tiny-vit", caches / "vit")
+    fetch_model(hub_row("file:vit", model="local"), caches / "local", sheet_dir=caches)
+    fetch_model(hub_row("hf:someone/tiny-vit"), caches / "hub", sheet_dir=caches)
+    (local, meta), (hub, _) = read_outputs(caches / "local"), read_outputs(caches / "hub")
+    assert meta["layer_typing"] == "module tree of transformers ViTForImageClassification (config.json)"
+    assert local["layers"] == hub["layers"]
+    analysed = {name for name, m in original.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    assert {layer["name"] for layer in local["layers"]} == analysed  # the module's names
+    network, _ = rebuilt(caches / "local")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(network(x), original(pixel_values=x).logits)
+
+
 def test_a_language_model_is_refused_by_the_jacobian_stage(caches):
     from zooscope.jacobian.rebuild import RebuildError
 

@@ -198,26 +198,65 @@ def shard_names(index: Path, model: str) -> list[str]:
 
 def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
     """The checkpoint's tensors under the module tree's state-dict names (parameters and
-    persistent buffers).
+    persistent buffers), found under those names or the old ones transformers renames on load
+    (renamed_checkpoint_keys).
 
     A checkpoint saved from a model with a task head prefixes the base model's names with its
     ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
     parameter is saved under one of its names, which then serves all of them.
     """
+    from zooscope.layers import module_weights
     from zooscope.tensors import RenamedTensors
 
     prefix = getattr(module, "base_model_prefix", "")
     aliases: dict[int, list[str]] = {}
     for name, tensor in module.state_dict(keep_vars=True).items():
         aliases.setdefault(id(tensor), []).append(name)
+    renamed = renamed_checkpoint_keys(module, store)
+    # a mixture of experts' router and experts keep the checkpoint's own names (transformers 4's,
+    # whose modules had them), whatever transformers 5 renames them to: see unclaimed_weights
+    moe = {item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
+           if item.optional}
     names, copies = {}, {}
     for group in aliases.values():
-        candidates = [key for name in group for key in (name, f"{prefix}.{name}") if key in store]
+        known = {} if moe.intersection(group) else renamed
+        candidates = [known.get(key, key) for name in group for key in (name, f"{prefix}.{name}")
+                      if key in store or key in known]
         if candidates:
             names.update(dict.fromkeys(group, candidates[0]))
             copies.update(dict.fromkeys(candidates[1:], candidates[0]))
     # the store's tensors under the module's parameter names, still read one at a time
     return RenamedTensors(store, names, aliases=copies)
+
+
+def renamed_checkpoint_keys(module: nn.Module, store: Mapping[str, Any]) -> dict[str, str]:
+    """Module name -> checkpoint key, for the checkpoint keys transformers renames on load.
+
+    transformers 5 renamed modules of some models (ViT's ``encoder.layer.0.attention.attention.query``
+    is ``layers.0.attention.q_proj``) and saves their checkpoints under the old names; loading
+    applies the model's renamings (its WeightRenaming transforms). Applying the same ones here lets
+    the tree type such a checkpoint, so that it is not loaded whole and can be run again. Only
+    renamings, never the converters that merge tensors (fused experts: those weights stay
+    unclaimed, zooscope.layers.unclaimed_weights). Empty with a transformers without them.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+    except ImportError:
+        return {}
+    try:
+        renamings = [t for t in get_model_conversion_mapping(module) if isinstance(t, WeightRenaming)]
+    except Exception as error:  # an internal API of transformers: never let it stop a fetch
+        log.debug("no checkpoint renamings for %s: %s", type(module).__name__, error)
+        return {}
+    if not renamings:
+        return {}
+    found: dict[str, str] = {}
+    for key in store:
+        new = apply_renamings(key, renamings)
+        if new != key and new not in store:
+            found.setdefault(new, key)
+    return found
 
 
 def architecture_meta(module: nn.Module) -> dict[str, Any]:
