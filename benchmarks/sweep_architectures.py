@@ -17,9 +17,7 @@ What differs by design (docs/method.md, docs/intake.md): zooscope analyses the p
 weights and routers of mixture-of-experts models (WeightWatcher only nn.Linear modules), fails
 all-zero and flat spectra (timm's zero-initialised heads, RWKV's orthogonal and ConViT's identity
 initialisations) instead of fitting them, and has no max_evals cap by default (WeightWatcher
-skips layers with more than 15000 eigenvalues). transformers 5 renames some modules on load (ViT's
-``encoder.layer.0.attention.attention.query`` is its module's ``layers.0.attention.q_proj``):
-zooscope names the layers as the files do, so those are listed on both sides.
+skips layers with more than 15000 eigenvalues).
 """
 from __future__ import annotations
 
