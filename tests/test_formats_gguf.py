@@ -64,6 +64,43 @@ def llama_permute(weights, n_head, n_head_kv):
             .swapaxes(1, 2).reshape(weights.shape))
 
 
+def write_out(writer) -> None:
+    """Header, metadata and tensors to the file, then close it."""
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def convert_llama(state: dict, path, blocks: int, experts: int = 0) -> None:
+    """A Hugging Face Llama or Mixtral state dict to an F32 GGUF, the way llama.cpp's
+    convert_hf_to_gguf.py does: names from gguf's own TensorNameMap, q and k rows permuted for its
+    rotary embedding, and for Mixtral each projection's experts stacked (experts first)."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, blocks)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(blocks)
+    writer.add_head_count(N_HEAD)
+    writer.add_head_count_kv(N_HEAD_KV)
+    if experts:
+        writer.add_expert_count(experts)
+    for key, value in state.items():
+        if ".experts." in key:
+            continue
+        if key.endswith("q_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD)
+        elif key.endswith("k_proj.weight"):
+            value = llama_permute(value, N_HEAD, N_HEAD_KV)
+        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
+    for block in range(blocks if experts else 0):
+        for w in ("w1", "w2", "w3"):
+            stacked = np.stack([state[f"model.layers.{block}.block_sparse_moe.experts.{e}.{w}.weight"]
+                                for e in range(experts)])
+            name = names.get_name(f"model.layers.{block}.block_sparse_moe.experts.{w}.weight", try_suffixes=(".weight",))
+            assert name.endswith("_exps.weight")
+            writer.add_tensor(name, stacked)
+    write_out(writer)
+
+
 def random_q4_k(rng, rows, cols):
     raw = rng.integers(0, 256, size=(rows, cols // 256 * 144), dtype=np.uint8)
     blocks = raw.reshape(-1, 144)
@@ -117,10 +154,7 @@ def write_llama(path, rng, arch="llama"):
     add("token_embd.weight", Q.BF16, floats(N_VOCAB, N_EMBD),
         decode=lambda d: (d.reshape(N_VOCAB, -1).copy().view(np.uint16).astype(np.uint32) << 16).view(np.float32))
     add("output_norm.weight", Q.F32, np.ones(N_EMBD, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     return expected
 
 
@@ -179,10 +213,7 @@ def test_a_quantisation_gguf_cannot_dequantise_is_a_clear_error(tmp_path, rng):
     writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     writer.add_tensor("blk.0.attn_q.weight", rng.integers(0, 255, (8, 256 // block * size), dtype=np.uint8),
                       raw_dtype=unsupported)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     with pytest.raises(FetchError, match=rf"model 'm'.*m\.gguf.*'blk\.0\.attn_q\.weight'.*{unsupported.name}"
                                          r".*cannot dequantise.*llama-quantize"):
         fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
@@ -199,10 +230,7 @@ def test_integer_tensors_are_recorded_and_stacked_experts_are_one_layer_each(tmp
     writer.add_tensor("blk.0.attn_q.weight", rng.standard_normal((64, 64)).astype(np.float32))
     writer.add_tensor("blk.0.attn_q.bias", rng.standard_normal(64).astype(np.float32))
     writer.add_tensor("token_types", np.arange(6, dtype=np.int32).reshape(2, 3))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_out(writer)
     layers, matrices, meta = fetch_file_source(tmp_path / "m.gguf", tmp_path / "out")
     expert_names = [f"blk.0.ffn_gate_exps.{e}" for e in range(4)]
     assert [l["name"] for l in layers] == ["blk.0.attn_q", *expert_names, "blk.0.ffn_gate_inp"]
@@ -239,21 +267,7 @@ def test_a_gguf_converted_from_a_hugging_face_llama_gives_its_layers(tmp_path):
     transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "hf")
     state = load_file(str(tmp_path / "hf" / "model.safetensors"))
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    writer = gguf.GGUFWriter(str(tmp_path / "llama.gguf"), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD_KV)
-    for key, value in state.items():
-        if key.endswith("q_proj.weight"):
-            value = llama_permute(value, N_HEAD, N_HEAD)
-        elif key.endswith("k_proj.weight"):
-            value = llama_permute(value, N_HEAD, N_HEAD_KV)
-        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    convert_llama(state, tmp_path / "llama.gguf", config.num_hidden_layers)
 
     hf_layers, hf_matrices, _ = fetch_file_source(tmp_path / "hf", tmp_path / "out-hf")
     gguf_layers, gguf_matrices, _ = fetch_file_source(tmp_path / "llama.gguf", tmp_path / "out-gguf")
@@ -280,31 +294,7 @@ def test_a_mixtral_gguf_gives_the_layers_of_its_hugging_face_folder(tmp_path):
     transformers.MixtralForCausalLM(config).save_pretrained(tmp_path / "hf")
     state = load_file(str(tmp_path / "hf" / "model.safetensors"))
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    writer = gguf.GGUFWriter(str(tmp_path / "mixtral.gguf"), "llama")
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(N_HEAD)
-    writer.add_head_count_kv(N_HEAD_KV)
-    writer.add_expert_count(config.num_local_experts)
-    for key, value in state.items():
-        if ".experts." in key:
-            continue
-        if key.endswith("q_proj.weight"):
-            value = llama_permute(value, N_HEAD, N_HEAD)
-        elif key.endswith("k_proj.weight"):
-            value = llama_permute(value, N_HEAD, N_HEAD_KV)
-        writer.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), np.ascontiguousarray(value))
-    for block in range(config.num_hidden_layers):
-        for w in ("w1", "w2", "w3"):
-            stacked = np.stack([state[f"model.layers.{block}.block_sparse_moe.experts.{e}.{w}.weight"]
-                                for e in range(config.num_local_experts)])
-            name = names.get_name(f"model.layers.{block}.block_sparse_moe.experts.{w}.weight", try_suffixes=(".weight",))
-            assert name.endswith("_exps.weight")
-            writer.add_tensor(name, stacked)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    convert_llama(state, tmp_path / "mixtral.gguf", config.num_hidden_layers, experts=config.num_local_experts)
 
     hf_layers, hf_matrices, _ = fetch_file_source(tmp_path / "hf", tmp_path / "out-hf")
     gguf_layers, gguf_matrices, _ = fetch_file_source(tmp_path / "mixtral.gguf", tmp_path / "out-gguf")

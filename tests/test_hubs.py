@@ -57,6 +57,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def folder_tensors(folder: Path) -> dict:
+    """Every tensor of a folder's safetensors shards, by name."""
+    tensors = {}
+    for shard in folder.glob("*.safetensors"):
+        tensors.update(load_file(shard))
+    return tensors
+
+
 def put_in_hf_cache(hf_home: Path, repo: str, folder: Path, commit: str = COMMIT) -> Path:
     """Lay out ``folder``'s files as huggingface_hub caches a download: blobs named by their
     sha256, a snapshot of relative links to them, and refs/main naming the snapshot."""
@@ -266,9 +274,7 @@ def test_a_safetensors_checkpoint_with_a_task_head_is_converted_tensor_by_tensor
     torch.manual_seed(0)
     transformers.BertForPreTraining(tiny_bert_config()).save_pretrained(caches / "download", max_shard_size="20KB")
     put_in_hf_cache(caches / "hf", "google-bert/bert-base-uncased", caches / "download")
-    original = {}
-    for shard in (caches / "download").glob("*.safetensors"):
-        original.update(load_file(shard))
+    original = folder_tensors(caches / "download")
     assert "bert.pooler.dense.weight" in original and "cls.predictions.transform.dense.weight" in original
 
     fetch_model(hub_row("hf:google-bert/bert-base-uncased"), caches / "out", sheet_dir=caches)
@@ -327,7 +333,7 @@ def test_no_two_checkpoint_tensors_are_in_memory_at_once(caches, monkeypatch, no
 
     monkeypatch.setattr(io.SafetensorsReader, "mapped", mapped)
     fetch_model(hub_row("hf:openai-community/gpt2"), caches / "out", sheet_dir=caches)
-    stored = sum(len(load_file(shard)) for shard in folder.glob("*.safetensors"))
+    stored = len(folder_tensors(folder))
     # each analysed tensor: once to hash, once to write; the rest of the state (kept so that the
     # Jacobian stage can run the model): once, to write
     assert len(reads) == 2 * len(GPT2_LAYERS) + (stored - len(GPT2_LAYERS))
@@ -588,9 +594,7 @@ def test_a_local_hugging_face_folder_is_typed_like_the_hub(caches, no_whole_mode
     assert {t.dtype for t in load_file(caches / "local" / "model.safetensors").values()} == {torch.bfloat16}
     tensors = json.loads((caches / "local" / "tensors.json").read_text())["tensors"]
     reasons = {t["tensor"]: t["reason"] for t in tensors}
-    original = {}
-    for shard in folder.glob("*.safetensors"):
-        original.update(load_file(shard))
+    original = folder_tensors(folder)
     assert reasons.keys() == original.keys()
     assert {key for key, reason in reasons.items() if reason == "norm"} == {
         key for key in original if key.endswith("norm.weight")}
@@ -602,7 +606,7 @@ def test_a_tied_head_is_one_layer(caches):
     fetch_model(hub_row("file:llama", model="tied"), caches / "out", sheet_dir=caches)
     layers, _ = read_outputs(caches / "out")
     assert [l["name"] for l in layers["layers"]] == LLAMA_LAYERS[:-1]  # lm_head is embed_tokens
-    assert "lm_head.weight" not in {key for shard in folder.glob("*.safetensors") for key in load_file(shard)}
+    assert "lm_head.weight" not in folder_tensors(folder)
 
 
 def test_the_experts_of_a_mixture_of_experts_checkpoint_are_layers(caches, no_whole_model_loads):
@@ -616,9 +620,7 @@ def test_the_experts_of_a_mixture_of_experts_checkpoint_are_layers(caches, no_wh
                                         num_experts_per_tok=2, max_position_embeddings=64)
     folder = caches / "mixtral"
     transformers.MixtralForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
-    files = {}
-    for shard in folder.glob("*.safetensors"):
-        files.update(load_file(shard))
+    files = folder_tensors(folder)
     matrices = sorted(key for key, value in files.items() if value.ndim == 2)
     assert "model.layers.1.block_sparse_moe.experts.2.w3.weight" in matrices, "not the per-expert layout of the hub"
     put_in_hf_cache(caches / "hf", "someone/tiny-mixtral", folder)
@@ -682,9 +684,7 @@ def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whol
                                        num_experts_per_tok=2, layer_types=["full_attention"] * 2)
     folder = caches / "gpt-oss"
     transformers.GptOssForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
-    files = {}
-    for shard in folder.glob("*.safetensors"):
-        files.update(load_file(shard))
+    files = folder_tensors(folder)
     fused = sorted(key for key, value in files.items() if value.ndim == 3)
     assert fused and all(key.endswith(("experts.gate_up_proj", "experts.down_proj")) for key in fused)
     put_in_hf_cache(caches / "hf", "someone/tiny-gpt-oss", folder)
@@ -782,9 +782,7 @@ def test_hub_models_are_rebuilt_from_their_fetched_files_without_a_second_downlo
     config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16)
     torch.manual_seed(2)
     transformers.GPT2LMHeadModel(config).save_pretrained(caches / "gpt2", max_shard_size="20KB")
-    gpt2_state = {}
-    for shard in (caches / "gpt2").glob("*.safetensors"):
-        gpt2_state.update(load_file(shard))
+    gpt2_state = folder_tensors(caches / "gpt2")
     put_in_hf_cache(caches / "hf", "openai-community/gpt2", caches / "gpt2")
     fetch_model(hub_row("hf:openai-community/gpt2", model="lm"), caches / "lm", sheet_dir=caches)
     shutil.rmtree(caches / "torch")
@@ -816,9 +814,7 @@ def test_hub_models_are_rebuilt_from_their_fetched_files_without_a_second_downlo
 
 def test_a_local_folder_is_rebuilt_like_the_hub(caches):
     folder = tiny_llama_folder(caches)
-    original = {}
-    for shard in folder.glob("*.safetensors"):
-        original.update(load_file(shard))
+    original = folder_tensors(folder)
     fetch_model(hub_row("file:llama", model="local"), caches / "local", sheet_dir=caches)
     network, meta = built_again(caches / "local", "file")
     assert type(network).__name__ == "LlamaForCausalLM" and meta["architecture"]["library"] == "transformers"

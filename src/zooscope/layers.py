@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -196,17 +196,22 @@ def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> lis
     """(ModuleWeight, identity, shape, maker) of every analysed weight of the tree, in depth order; a
     tied weight appears once per module that holds it, with the same identity (``_build``)."""
     found = []
-    for path, module in model.named_modules():  # the weights are torch tensors, or read as such
-        for item, parameter in module_weights(path, module):
-            if weights is not None and item.optional and item.parameter not in weights:
-                continue  # a checkpoint in the per-expert layout: its experts are unclaimed weights
-            matrix = item.matrix(parameter)  # a view (of a meta tensor, with weights): its shape
-            if weights is None:
-                found.append((item, storage_key(matrix), tuple(matrix.shape), lambda m=matrix.detach(): m))
-            else:  # tied parameters are one object however they are reached
-                identity = (id(parameter), item.part, item.expert, item.transpose)
-                found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(weights[i.parameter])))
+    for item, parameter in tree_weights(model):  # the weights are torch tensors, or read as such
+        if weights is not None and item.optional and item.parameter not in weights:
+            continue  # a checkpoint in the per-expert layout: its experts are unclaimed weights
+        matrix = item.matrix(parameter)  # a view (of a meta tensor, with weights): its shape
+        if weights is None:
+            found.append((item, storage_key(matrix), tuple(matrix.shape), lambda m=matrix.detach(): m))
+        else:  # tied parameters are one object however they are reached
+            identity = (id(parameter), item.part, item.expert, item.transpose)
+            found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(weights[i.parameter])))
     return found
+
+
+def tree_weights(model: nn.Module) -> Iterator[tuple[ModuleWeight, Tensor]]:
+    """module_weights of every module of the tree, in module (depth) order."""
+    for path, module in model.named_modules():
+        yield from module_weights(path, module)
 
 
 def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:

@@ -119,41 +119,49 @@ class DequantisedFloat8(LazyTensors):
 
     Why: a block-scaled FP8 checkpoint stores each 128 x 128 block of a weight in float8 with its
     own scale; the float8 values alone are not the layer's matrix (each block is off by its own
-    factor), so their spectrum is not the layer's. ``scales``: weight key -> its scale's key.
+    factor), so their spectrum is not the layer's. ``scales``: weight key -> its scale's key;
+    a scale that does not tile its weight (float8_blocks) is a ValueError naming both.
     """
 
     def __init__(self, store: Mapping[str, Any], scales: Mapping[str, str]):
         super().__init__({key: partial(self._read, key) for key in store})
         self.store, self.scales = store, dict(scales)
+        self.blocks = {}
+        for weight, scale in self.scales.items():
+            shapes = tensor_info(store, weight).shape, tensor_info(store, scale).shape
+            self.blocks[weight] = float8_blocks(*shapes)
+            if self.blocks[weight] is None:
+                raise ValueError(
+                    f"float8 weight {weight!r} {list(shapes[0])}: its scale {list(shapes[1])} does not tile it in "
+                    "blocks (expected a scalar, one scale per row, or ceil(rows / block) x ceil(columns / block) scales)")
 
     def _read(self, key: str):
         if key not in self.scales:
             return self.store[key]
-        return dequantised_float8(key, np.asarray(self.store[key]), np.asarray(self.store[self.scales[key]]))
+        return dequantised_float8(np.asarray(self.store[key]), np.asarray(self.store[self.scales[key]]),
+                                  self.blocks[key])
 
     def describe(self, key: str) -> TensorInfo:  # as stored: F8_E4M3 for a scaled weight too
         return tensor_info(self.store, key)
 
 
-def float8_scales(store: Mapping[str, Any]) -> dict[str, str]:
-    """weight key -> its scale's key, for the store's float8 ``...weight`` tensors that have one."""
+def with_float8_scales(store: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The store, its float8 ``...weight`` tensors that have a scale beside them read dequantised
+    (DequantisedFloat8); the store itself when it has none."""
     scales = {}
     for key in store:
         if key.endswith("weight") and tensor_info(store, key).dtype in FLOAT8_DTYPES:
             found = [key + suffix for suffix in FLOAT8_SCALE_SUFFIXES if key + suffix in store]
             if found:
                 scales[key] = found[0]
-    return scales
+    return DequantisedFloat8(store, scales) if scales else store
 
 
-def dequantised_float8(key: str, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """float32 ``weight * scale``, the scale broadcast over blocks (float8_blocks); a ValueError
-    names the tensor when the scale does not tile the weight."""
-    blocks = float8_blocks(weight.shape, scale.shape)
-    if blocks is None:
-        raise ValueError(float8_tiling_error(key, weight.shape, scale.shape))
+def dequantised_float8(weight: np.ndarray, scale: np.ndarray, blocks: tuple[int, int]) -> np.ndarray:
+    """float32 ``weight * scale``, each scale over its block of (rows, columns) ``blocks``
+    (float8_blocks)."""
     block_rows, block_columns = blocks
-    rows, columns = weight.shape[0], int(np.prod(weight.shape[1:], dtype=np.int64))
+    rows, columns = weight.shape[0], math.prod(weight.shape[1:])
     grid = scale.astype(np.float32).reshape(_grid_shape(scale.shape))
     out = weight.reshape(rows, columns).astype(np.float32)
     for block, start in enumerate(range(0, rows, block_rows)):  # one row of blocks at a time
@@ -172,11 +180,6 @@ def float8_blocks(weight_shape: tuple, scale_shape: tuple) -> tuple[int, int] | 
     counts = _grid_shape(scale_shape)
     sizes = (_block(rows, counts[0]), _block(columns, counts[1]))
     return None if None in sizes else sizes
-
-
-def float8_tiling_error(key: str, weight_shape: tuple, scale_shape: tuple) -> str:
-    return (f"float8 weight {key!r} {list(weight_shape)}: its scale {list(scale_shape)} does not tile it in blocks "
-            "(expected a scalar, one scale per row, or ceil(rows / block) x ceil(columns / block) scales)")
 
 
 def _grid_shape(scale_shape: tuple) -> tuple[int, int]:

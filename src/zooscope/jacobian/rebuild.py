@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from zooscope.layers import layers_from_module, module_weights
+from zooscope.layers import layers_from_module, tree_weights
 from zooscope.sources.hf import runnable_class
 from zooscope.sources.registry import KINDS, rebuildable
 from zooscope.sources.selection import parse_selection
@@ -98,20 +98,19 @@ def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, 
     state = dict(stored)
     pieces: dict[str, dict[int, Tensor]] = {}
     joins: dict[str, tuple] = {}
-    for path, child in network.named_modules():
-        for item, parameter in module_weights(path, child):
-            if item.key not in state or not item.derived:
-                continue
-            matrix = state.pop(item.key)
-            matrix = matrix.T.contiguous() if item.transpose else matrix
-            if item.part is not None:
-                pieces.setdefault(item.parameter, {})[item.part] = matrix
-                joins[item.parameter] = (torch.cat, 3)
-            elif item.expert is not None:
-                pieces.setdefault(item.parameter, {})[item.expert] = matrix
-                joins[item.parameter] = (torch.stack, parameter.shape[0])
-            else:
-                state[item.parameter] = matrix
+    for item, parameter in tree_weights(network):
+        if item.key not in state or not item.derived:
+            continue
+        matrix = state.pop(item.key)
+        matrix = matrix.T.contiguous() if item.transpose else matrix
+        if item.part is not None:
+            pieces.setdefault(item.parameter, {})[item.part] = matrix
+            joins[item.parameter] = (torch.cat, 3)
+        elif item.expert is not None:
+            pieces.setdefault(item.parameter, {})[item.expert] = matrix
+            joins[item.parameter] = (torch.stack, parameter.shape[0])
+        else:
+            state[item.parameter] = matrix
     for parameter, found in pieces.items():
         join, count = joins[parameter]
         if parameter not in state and len(found) == count:

@@ -61,14 +61,13 @@ def stored_parameters(network: nn.Module, layers: LayerList) -> set[str]:
     those tied to one, and a parameter all of whose matrices are layers (a MultiheadAttention's
     in_proj_weight, fused experts), which the Jacobian stage joins again
     (zooscope.jacobian.rebuild.module_state) instead of the cache holding its bytes twice."""
-    from zooscope.layers import module_weights
+    from zooscope.layers import tree_weights
 
     stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
     matrices: dict[str, list[str]] = {}
-    for path, child in network.named_modules():
-        for item, _ in module_weights(path, child):
-            if item.derived:
-                matrices.setdefault(item.parameter, []).append(item.key)
+    for item, _ in tree_weights(network):
+        if item.derived:
+            matrices.setdefault(item.parameter, []).append(item.key)
     return stored | {parameter for parameter, keys in matrices.items() if stored.issuperset(keys)}
 
 

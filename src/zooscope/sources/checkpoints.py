@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from zooscope.io import FLOAT_DTYPES, SafetensorsReader, read_json, safetensors_dtype
 from zooscope.tensors import (
-    DequantisedFloat8, LazyTensors, RenamedTensors, TensorInfo, TensorStore, float8_blocks, float8_scales,
-    float8_tiling_error, is_torch_tensor, num_parameters, tensor_info,
+    LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
+    with_float8_scales,
 )
 from zooscope.sources.base import CONVERT_HINT, FetchError
 
@@ -102,13 +102,10 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
             part = safetensors_tensors(file, model)
             _no_clash(model, readers, part, file)
             readers.update(part)
-        tensors, found_key, lightning = TensorStore(readers), None, False
-        if scales := float8_scales(tensors):  # scaled FP8 weights read dequantised
-            for weight, scale in scales.items():
-                shapes = tensors.describe(weight).shape, tensors.describe(scale).shape
-                if float8_blocks(*shapes) is None:
-                    raise FetchError(f"model {model!r}: {float8_tiling_error(weight, *shapes)} in {path}")
-            tensors = DequantisedFloat8(tensors, scales)
+        try:  # scaled FP8 weights read dequantised
+            tensors, found_key, lightning = with_float8_scales(TensorStore(readers)), None, False
+        except ValueError as error:
+            raise FetchError(f"model {model!r}: {error} in {path}") from None
     else:
         tensors, found_key, lightning = {}, None, False
         for file in files:
@@ -139,20 +136,31 @@ PACKED_INTEGER_MARKERS = (
 )
 
 
+MLX_PACKED = "MLX's packed integers (weight, scales, biases)"
+
+
 def refuse_packed_integers(tensors: Mapping[str, Any], path: Path, model: str) -> None:
-    """A FetchError when the checkpoint's weights are quantised to packed integers (GPTQ, AWQ,
-    bitsandbytes, compressed-tensors int4, MLX: an integer ``...weight`` with ``...scales``): analysing it would leave out every quantised layer
-    and report the few float ones (embeddings, head) as the model."""
+    """A FetchError when the checkpoint's weights are quantised to packed integers
+    (PACKED_INTEGER_MARKERS; MLX: an integer ``...weight`` with ``...scales``): analysing it would
+    leave out every quantised layer and report the few float ones (embeddings, head) as the model."""
+    found = packed_integer_weights(tensors)
+    if found:
+        kind, keys = found
+        raise FetchError(
+            f"model {model!r}: {path} holds {len(keys)} weights quantised as {kind}, e.g. {keys[0]!r}: packed "
+            "integers that zooscope does not dequantise, so its layers would be missing; analyse the checkpoint "
+            "it was quantised from, a GGUF of the model (llama.cpp's quantisations are read: docs/formats.md), "
+            "or a dequantised copy (transformers: model.dequantize(), then save_pretrained)")
+
+
+def packed_integer_weights(tensors: Mapping[str, Any]) -> tuple[str, list[str]] | None:
+    """(the quantisation, its weights' keys) of the first packed-integer format found, or None."""
+    for marker, kind in PACKED_INTEGER_MARKERS:
+        if keys := [key for key in tensors if key.endswith(marker)]:
+            return kind, keys
     mlx = [key for key in tensors if key.endswith(".weight") and key.removesuffix("weight") + "scales" in tensors
            and tensor_info(tensors, key).dtype not in FLOAT_DTYPES]
-    for marker, kind in PACKED_INTEGER_MARKERS + (("", "MLX's packed integers (weight, scales, biases)"),):
-        found = [key for key in tensors if key.endswith(marker)] if marker else mlx
-        if found:
-            raise FetchError(
-                f"model {model!r}: {path} holds {len(found)} weights quantised as {kind}, e.g. {found[0]!r}: packed "
-                "integers that zooscope does not dequantise, so its layers would be missing; analyse the checkpoint "
-                "it was quantised from, a GGUF of the model (llama.cpp's quantisations are read: docs/formats.md), "
-                "or a dequantised copy (transformers: model.dequantize(), then save_pretrained)")
+    return (MLX_PACKED, mlx) if mlx else None
 
 
 def _no_clash(model: str, contents: Mapping, part: Mapping, file: Path) -> None:

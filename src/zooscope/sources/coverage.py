@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zooscope.io import FLOAT_DTYPES
-from zooscope.layers import LayerList, module_weights
+from zooscope.layers import LayerList, tree_weights
 from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
@@ -83,8 +83,7 @@ def inventory(tensors: Mapping[str, TensorInfo], layers: LayerList,
 
 def module_inventory(network: nn.Module, layers: LayerList) -> list[dict[str, Any]]:
     """The inventory of a module's whole state (parameters and buffers, under their state-dict names)."""
-    parameter_of = {item.key: item.parameter for path, child in network.named_modules()
-                    for item, _ in module_weights(path, child)}
+    parameter_of = {item.key: item.parameter for item, _ in tree_weights(network)}
     state = network.state_dict(keep_vars=True)
     return inventory({key: describe_tensor(value) for key, value in state.items()}, layers, parameter_of)
 
@@ -94,8 +93,7 @@ def checkpoint_inventory(network: nn.Module, weights: RenamedTensors, layers: La
     the checkpoint's tensors under the checkpoint's names (a fused parameter's under its own)."""
     store = weights.store
     parameter_of = dict(weights.names)
-    parameter_of.update({item.key: weights.names.get(item.parameter, item.parameter)
-                         for path, child in network.named_modules() for item, _ in module_weights(path, child)})
+    parameter_of.update({item.key: weights.names.get(item.parameter, item.parameter) for item, _ in tree_weights(network)})
     records = inventory({key: tensor_info(store, key) for key in store}, layers, parameter_of)
     for record in records:  # a tied weight the file keeps under another of its names too
         if record["tensor"] in weights.aliases and record["reason"]:

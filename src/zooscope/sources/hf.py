@@ -138,7 +138,7 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
     """
     import torch
 
-    from zooscope.layers import module_weights, unclaimed_weights
+    from zooscope.layers import tree_weights, unclaimed_weights
 
     for cls in hf_classes(config):
         with torch.device("meta"):
@@ -146,8 +146,7 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
                 else cls._from_config(config)
         weights = checkpoint_names(module, store)
         missing = [
-            item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
-            if item.parameter not in weights and not item.optional
+            item.parameter for item, _ in tree_weights(module) if item.parameter not in weights and not item.optional
         ]
         if not missing:
             if unclaimed := unclaimed_weights(weights):
@@ -205,7 +204,7 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
     ``base_model_prefix`` ("bert.", "transformer."), which AutoModel's loading strips; a tied
     parameter is saved under one of its names, which then serves all of them.
     """
-    from zooscope.layers import module_weights
+    from zooscope.layers import tree_weights
     from zooscope.tensors import RenamedTensors
 
     prefix = getattr(module, "base_model_prefix", "")
@@ -215,8 +214,7 @@ def checkpoint_names(module: nn.Module, store: TensorStore) -> RenamedTensors:
     renamed = renamed_checkpoint_keys(module, store)
     # a mixture of experts' router and experts keep the checkpoint's own names (transformers 4's,
     # whose modules had them), whatever transformers 5 renames them to: see unclaimed_weights
-    moe = {item.parameter for path, child in module.named_modules() for item, _ in module_weights(path, child)
-           if item.optional}
+    moe = {item.parameter for item, _ in tree_weights(module) if item.optional}
     names, copies = {}, {}
     for group in aliases.values():
         known = {} if moe.intersection(group) else renamed
