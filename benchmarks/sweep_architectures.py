@@ -40,7 +40,9 @@ TIMM = ("resnet18,convnext_atto,vit_tiny_patch16_224,efficientnet_b0,mobilenetv3
         "levit_128s,coat_lite_tiny,mobilevit_xxs,poolformer_s12,cait_xxs24_224,beit_base_patch16_224,nfnet_l0,"
         "dla34,res2net50_14w_8s,eva02_tiny_patch14_224,fastvit_t8,maxvit_nano_rw_256,convit_tiny,repvit_m1")
 HF = ("bert,roberta,distilbert,albert,deberta-v2,gpt2,gpt_neox,llama,mistral,qwen2,qwen3,phi,gemma2,opt,bloom,t5,bart,"
-      "convnext,resnet,clip,vit,wav2vec2,olmo,starcoder2,rwkv,mixtral,qwen2_moe,qwen3_moe,olmoe,gpt_oss")
+      "convnext,resnet,clip,vit,wav2vec2,olmo,starcoder2,rwkv,mixtral,qwen2_moe,qwen3_moe,olmoe,gpt_oss,granitemoe,"
+      "jamba,deepseek_v2,ibert,whisper,siglip,falcon,gemma3_text,phi3,mamba,swin,efficientnet,sam")
+HF_HEADS = "llama,gpt2,t5,bert,vit,qwen2,gemma2,mixtral,gpt_oss,granitemoe,roberta,whisper,bart"
 ONNX = "resnet18,vit_tiny_patch16_224,efficientnet_b0,swin_tiny_patch4_window7_224,mixer_s16_224,inception_v3"
 # Small transformers configs: the options each model type has are set, the rest keep their defaults.
 HF_SMALL = dict(
@@ -125,20 +127,36 @@ def save_onnx(model, work: Path) -> Path:
     return work / "model.onnx"
 
 
-def hf_model(model_type: str):
+HEAD_CLASSES = ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForMaskedLM", "AutoModelForImageClassification")
+
+
+def hf_model(model_type: str, head: bool = False):
+    """A small model of ``model_type`` at random initialisation: its base model, or with ``head``
+    the first of HEAD_CLASSES that has one (a language model's lm_head, a classifier)."""
     import transformers
 
     defaults = transformers.AutoConfig.for_model(model_type)
-    options = {key: value for key, value in HF_SMALL.items() if hasattr(defaults, key)}
-    if getattr(defaults, "layer_types", None) is not None:
+    # Only the options a config stores as plain values of the same kind (not properties, not
+    # per-stage lists such as Swin's num_heads).
+    options = {key: value for key, value in HF_SMALL.items()
+               if isinstance(getattr(defaults, key, None), int) and not isinstance(getattr(type(defaults), key, None), property)}
+    if isinstance(getattr(defaults, "layer_types", None), list) and not isinstance(getattr(type(defaults), "layer_types", None), property):
         options["layer_types"] = list(defaults.layer_types[: HF_SMALL["num_hidden_layers"]])
-    return transformers.AutoModel.from_config(transformers.AutoConfig.for_model(model_type, **options)).eval()
+    if isinstance(getattr(defaults, "pad_token_id", None), int) and defaults.pad_token_id >= HF_SMALL["vocab_size"]:
+        options["pad_token_id"] = 1  # a default pad token beyond the small vocabulary
+    config = transformers.AutoConfig.for_model(model_type, **options)
+    for name in HEAD_CLASSES if head else ():
+        with contextlib.suppress(ValueError):  # "Unrecognized configuration class" for this head
+            return getattr(transformers, name).from_config(config).eval()
+    return transformers.AutoModel.from_config(config).eval()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timm", default=TIMM, help="timm model names, comma-separated (state dicts)")
     parser.add_argument("--hf", default=HF, help="transformers model types, comma-separated (save_pretrained folders)")
+    parser.add_argument("--hf-heads", default=HF_HEADS,
+                        help="transformers model types to build with their head (HEAD_CLASSES), comma-separated")
     parser.add_argument("--onnx", default=ONNX, help="timm model names to export to ONNX, comma-separated")
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
@@ -155,6 +173,8 @@ def main() -> None:
     start, totals = time.perf_counter(), []
     jobs = ([(f"timm {name}", partial(timm.create_model, name), save_state_dict) for name in filter(None, args.timm.split(","))]
             + [(f"transformers {name}", partial(hf_model, name), save_pretrained) for name in filter(None, args.hf.split(","))]
+            + [(f"transformers+head {name}", partial(hf_model, name, head=True), save_pretrained)
+               for name in filter(None, args.hf_heads.split(","))]
             + [(f"onnx {name}", partial(timm.create_model, name), save_onnx) for name in filter(None, args.onnx.split(","))])
     for label, build, save in jobs:
         torch.manual_seed(0)

@@ -316,6 +316,85 @@ def test_an_fp8_scale_that_does_not_tile_its_weight_names_the_tensor(tmp_path):
                     tmp_path / "out", sheet_dir=tmp_path)
 
 
+# --------------------------------------------------------------------------- MXFP4 checkpoints
+
+E2M1 = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def quantise_mxfp4(matrix: torch.Tensor):
+    """OCP MXFP4 from its definition: each run of 32 values along a row shares the power of two
+    2^e with e = floor(log2 max|x|) - 2 (E2M1's largest binade starts at 4), each value the nearest
+    E2M1 code of x / 2^e; two codes a byte, the first in the low nibble. (..., rows, columns) ->
+    blocks (..., rows, columns / 32, 16) uint8 and scales (..., rows, columns / 32) uint8 (e + 127)."""
+    groups = matrix.float().reshape(*matrix.shape[:-1], -1, 32)
+    exponent = torch.floor(torch.log2(groups.abs().amax(-1).clamp_min(2.0 ** -120))) - 2
+    scaled = groups / torch.exp2(exponent)[..., None]
+    codes = (scaled[..., None] - E2M1).abs().argmin(-1).to(torch.uint8)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)), (exponent + 127).to(torch.uint8)
+
+
+def test_mxfp4_experts_are_decoded_as_transformers_decodes_them(tmp_path):
+    """gpt-oss's release layout (config.json with an mxfp4 quantization_config, each block's experts
+    as ``{proj}_blocks`` and ``{proj}_scales``): the layers are those of the same model saved in
+    bfloat16 (names, types, shapes), each expert's matrix equal to transformers' own dequantisation
+    (integrations.mxfp4.convert_moe_packed_tensors) and within MXFP4's rounding of the original."""
+    import transformers
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    from conftest import fetch_file_source
+
+    torch.manual_seed(0)
+    config = transformers.GptOssConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=3,
+                                       num_experts_per_tok=2, layer_types=["full_attention"] * 2)
+    plain, packed = tmp_path / "bf16", tmp_path / "mxfp4"
+    transformers.GptOssForCausalLM(config).to(torch.bfloat16).save_pretrained(plain)
+    original = load_file(plain / "model.safetensors")
+    stored, reference = {}, {}
+    for key, value in original.items():
+        if key.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            # the checkpoint keeps each expert's (out, in) rows; transformers' module holds (in, out)
+            blocks, scales = quantise_mxfp4(value.transpose(1, 2))
+            stored.update({f"{key}_blocks": blocks.contiguous(), f"{key}_scales": scales.contiguous()})
+            reference[key] = convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
+            assert reference[key].shape == value.shape
+        else:
+            stored[key] = value
+    packed.mkdir()
+    save_file(stored, packed / "model.safetensors")
+    content = json.loads((plain / "config.json").read_text())
+    content["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn",
+                                      "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (packed / "config.json").write_text(json.dumps(content))
+
+    layers, matrices, meta = fetch_file_source(packed, tmp_path / "out")
+    plain_layers, _, _ = fetch_file_source(plain, tmp_path / "plain")
+    assert meta["layer_typing"] == "module tree of transformers GptOssForCausalLM (config.json)"
+    assert [(l["name"], l["type"], l["shape"]) for l in layers] == [(l["name"], l["type"], l["shape"]) for l in plain_layers]
+    for key, decoded in reference.items():
+        for e in range(config.num_local_experts):
+            np.testing.assert_array_equal(matrices[f"{key}.{e}"], decoded[e].float().numpy(), err_msg=f"{key}.{e}")
+        error = (decoded.float() - original[key].float()).norm() / original[key].float().norm()
+        assert error < 0.2, f"{key}: relative error {error:.3f}, not MXFP4's rounding of the original"
+    cached = load_file(tmp_path / "out" / "model.safetensors")
+    assert cached[f"{next(iter(reference))}.0.weight"].dtype == torch.bfloat16
+    records = {t["tensor"]: t for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    for key in reference:
+        assert records[key]["dtype"] == "BF16" and not records[key]["reason"]
+        assert records[key]["layer"] == ",".join(f"{key}.{e}" for e in range(config.num_local_experts))
+        assert (records[f"{key}_scales"]["reason"], records[f"{key}_scales"]["detail"]) == (
+            "quantisation scale", f"of {key} (MXFP4)")
+
+
+def test_mxfp4_blocks_that_do_not_match_their_scales_name_both(tmp_path):
+    save_file({"mlp.experts.up_blocks": torch.zeros(2, 8, 2, 16, dtype=torch.uint8),
+               "mlp.experts.up_scales": torch.zeros(2, 8, 3, dtype=torch.uint8)}, tmp_path / "m.safetensors")
+    with pytest.raises(FetchError, match=r"model 'bad': MXFP4 blocks 'mlp.experts.up_blocks' \[2, 8, 2, 16\] and "
+                                         r"scales \[2, 8, 3\]"):
+        fetch_model({"model": "bad", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
+                    tmp_path / "out", sheet_dir=tmp_path)
+
+
 @pytest.mark.parametrize(("tensors", "words"), [
     ({"model.layers.0.q_proj.qweight": torch.zeros(8, 64, dtype=torch.int32),
       "model.layers.0.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),

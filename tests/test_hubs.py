@@ -674,28 +674,48 @@ def test_a_tied_weight_kept_under_each_of_its_names_is_one_layer(caches):
     assert [(records[key]["reason"], records[key]["detail"]) for key in copies] == [("tied", "tied to shared.weight")] * 3
 
 
-def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whole_model_loads):
-    """A gpt-oss checkpoint keeps each block's experts fused, as 3-D tensors (experts first: its
-    save_pretrained writes them so): each expert's matrix is a layer, read from the checkpoint,
-    and the router too; the model cache holds every byte of the checkpoint once."""
+def fused_moe(architecture: str):
+    """A mixture-of-experts model whose checkpoint keeps each block's experts fused as 3-D tensors,
+    experts first, as its save_pretrained writes them: gpt-oss (``mlp.experts.gate_up_proj``, no
+    ``.weight``) or Granite-MoE (``block_sparse_moe.input_linear.weight``)."""
+    common = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, num_local_experts=3, num_experts_per_tok=2)
+    if architecture == "gpt-oss":
+        config = transformers.GptOssConfig(**common, head_dim=8, layer_types=["full_attention"] * 2)
+        return transformers.GptOssForCausalLM(config), ("experts.gate_up_proj", "experts.down_proj")
+    config = transformers.GraniteMoeConfig(**common)
+    return transformers.GraniteMoeForCausalLM(config), ("input_linear.weight", "output_linear.weight")
+
+
+@pytest.mark.parametrize("architecture", ["gpt-oss", "granite-moe"])
+@pytest.mark.parametrize("with_config", [True, False], ids=["config", "bare"])
+def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whole_model_loads, architecture,
+                                                                  with_config):
+    """Experts kept fused in the checkpoint (3-D tensors, experts first): each expert's matrix is a
+    Linear layer read from the checkpoint (not a Conv1d: Granite-MoE's end in ``weight``), the
+    router too, typed by the module tree with a config.json (file: and hf: alike) and by their
+    names without one; the model cache holds every byte of the checkpoint once."""
     torch.manual_seed(0)
-    config = transformers.GptOssConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=3,
-                                       num_experts_per_tok=2, layer_types=["full_attention"] * 2)
-    folder = caches / "gpt-oss"
-    transformers.GptOssForCausalLM(config).to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+    network, suffixes = fused_moe(architecture)
+    folder = caches / architecture
+    network.to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
     files = folder_tensors(folder)
     fused = sorted(key for key, value in files.items() if value.ndim == 3)
-    assert fused and all(key.endswith(("experts.gate_up_proj", "experts.down_proj")) for key in fused)
-    put_in_hf_cache(caches / "hf", "someone/tiny-gpt-oss", folder)
-    fetch_model(hub_row("file:gpt-oss", model="local"), caches / "local", sheet_dir=caches)
-    fetch_model(hub_row("hf:someone/tiny-gpt-oss"), caches / "hub", sheet_dir=caches)
-    (local, _), (hub, _) = read_outputs(caches / "local"), read_outputs(caches / "hub")
-    assert local["layers"] == hub["layers"]
+    assert fused and all(key.endswith(suffixes) for key in fused)
+    if with_config:
+        put_in_hf_cache(caches / "hf", "someone/tiny-moe", folder)
+        fetch_model(hub_row("hf:someone/tiny-moe"), caches / "hub", sheet_dir=caches)
+    else:
+        (folder / "config.json").unlink()
+    fetch_model(hub_row(f"file:{architecture}", model="local"), caches / "local", sheet_dir=caches)
+    local, meta = read_outputs(caches / "local")
+    assert meta["layer_typing"].startswith("module tree" if with_config else "tensor names and ranks")
+    if with_config:
+        assert local["layers"] == read_outputs(caches / "hub")[0]["layers"]
     by_name = {layer["name"]: layer for layer in local["layers"]}
     for key in fused:
-        for e in range(config.num_local_experts):
-            layer = by_name.pop(f"{key}.{e}")
+        for e in range(3):
+            layer = by_name.pop(f"{key.removesuffix('.weight')}.{e}")
             widened = files[key][e].float().numpy()
             assert layer["type"] == "Linear" and layer["shape"] == list(widened.shape)
             assert layer["sha256"] == hashlib.sha256(widened.tobytes()).hexdigest()
@@ -703,11 +723,45 @@ def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whol
     assert set(by_name) == matrices  # the rest: attention, routers, embedding, head
     cached = load_file(caches / "local" / "model.safetensors")
     assert not set(fused) & cached.keys()
-    assert sum(v.numel() * v.element_size() for v in cached.values()) == \
-        sum(v.numel() * v.element_size() for v in files.values())
+    if with_config:  # the rest of the state is kept for the Jacobian stage, once
+        assert sum(v.numel() * v.element_size() for v in cached.values()) == \
+            sum(v.numel() * v.element_size() for v in files.values())
     records = {t["tensor"]: t for t in json.loads((caches / "local" / "tensors.json").read_text())["tensors"]}
     for key in fused:
-        assert records[key]["reason"] == "" and records[key]["layer"] == ",".join(f"{key}.{e}" for e in range(3))
+        path = key.removesuffix(".weight")
+        assert records[key]["reason"] == "" and records[key]["layer"] == ",".join(f"{path}.{e}" for e in range(3))
+
+
+def test_layers_of_classes_outside_torch_nn_are_typed_by_their_class_names(caches):
+    """I-BERT keeps its float weights in QuantLinear and QuantEmbedding modules of its own (not
+    subclasses of torch.nn's): they are Linear and Embedding layers, as WeightWatcher has them."""
+    torch.manual_seed(0)
+    config = transformers.IBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      intermediate_size=64)
+    network = transformers.IBertModel(config)
+    network.save_pretrained(caches / "ibert")
+    expected = {name: {"QuantLinear": "Linear", "QuantEmbedding": "Embedding", "Linear": "Linear"}[type(module).__name__]
+                for name, module in network.named_modules()
+                if type(module).__name__ in ("QuantLinear", "QuantEmbedding", "Linear")}
+    assert sum(kind == "Linear" for kind in expected.values()) == 7  # q, k, v, output, MLP in and out; the pooler
+    fetch_model(hub_row("file:ibert", model="ibert"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert meta["layer_typing"] == "module tree of transformers IBertModel (config.json)"
+    assert {layer["name"]: layer["type"] for layer in layers["layers"]} == expected
+    files = folder_tensors(caches / "ibert")
+    for layer in layers["layers"]:
+        assert layer["sha256"] == hashlib.sha256(files[layer["tensor"]].float().numpy().tobytes()).hexdigest()
+
+
+def test_a_3d_weight_outside_a_mixture_of_experts_is_a_conv1d(tmp_path):
+    """Only a name naming experts makes a bare 3-D weight stacked experts: a Conv1d's stays one layer."""
+    network = torch.nn.ModuleDict({"conv": torch.nn.Conv1d(4, 6, 3), "experts": torch.nn.ParameterDict(
+        {"up": torch.nn.Parameter(torch.randn(2, 5, 4))})})
+    save_file({key: value.detach().contiguous() for key, value in network.state_dict().items()}, tmp_path / "m.safetensors")
+    fetch_model(hub_row(f"file:{tmp_path / 'm.safetensors'}", model="m"), tmp_path / "out", sheet_dir=tmp_path)
+    layers, _ = read_outputs(tmp_path / "out")
+    assert [(l["name"], l["type"], l["shape"]) for l in layers["layers"]] == [
+        ("conv", "Conv1d", [6, 4, 3]), ("experts.up.0", "Linear", [5, 4]), ("experts.up.1", "Linear", [5, 4])]
 
 
 @pytest.mark.parametrize("config", ["none", "remote-code", "unknown-type"])

@@ -3,7 +3,8 @@
 Two routes lead to the same layer list. With a module tree (``train:``/``random:`` and the hub
 sources) the module class says what a weight is:
 
-- Linear, Conv1d, Conv2d, Embedding: their ``.weight``, as is (subclasses included).
+- Linear, Conv1d, Conv2d, Embedding: their ``.weight``, as is (subclasses included); a class
+  outside torch.nn whose name says one of them, by its own ``weight`` of that rank (module_type).
 - transformers' ``Conv1D`` (GPT-2 style models) is a linear layer that stores its weight
   transposed, (in, out): it is recorded as ``Linear`` with the weight transposed to (out, in),
   so that the matrix is the linear map like every other Linear's. Its tensor keeps its name.
@@ -17,7 +18,8 @@ sources) the module class says what a weight is:
   parameter, experts first) is one Linear per expert, ``{path}.{projection}.{e}``
   (expert_matrices); a ``...Router`` module's bare ``weight`` is a Linear.
  A bare state dict (``file:`` sources) has
-no classes, so the tensor's name and rank decide. Each layer is one weight tensor; biases, norms
+no classes, so the tensor's name and rank decide (name_typed; 3-D tensors under an experts path
+are stacked experts, stacked_experts). Each layer is one weight tensor; biases, norms
 and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
 
 Layer names become file names in later stages (``results/esd/{model}/{layer}.npy``), so they
@@ -48,6 +50,13 @@ MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Embedding")
 
 # Rank of a bare tensor -> layer type (2-D is an Embedding when its name says so).
 RANK_TYPES: dict[int, str] = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}
+
+# A path component naming a mixture of experts' block: its 3-D tensors stack one matrix per expert.
+EXPERTS_NAME = re.compile(r"expert|moe", re.IGNORECASE)
+
+# (word in a class name, layer type, rank of its weight) for classes outside torch.nn (module_type).
+NAMED_TYPES: tuple[tuple[str, str, int], ...] = (
+    ("conv1d", "Conv1d", 3), ("conv2d", "Conv2d", 4), ("embedding", "Embedding", 2), ("linear", "Linear", 2))
 
 
 @dataclass(frozen=True)
@@ -144,7 +153,7 @@ def unclaimed_weights(weights: RenamedTensors) -> list[str]:
     claimed under all of them (RenamedTensors.covered).
     """
     store = weights.store
-    return sorted((key for key in store if key not in weights.covered and state_dict_type(key, tensor_info(store, key))),
+    return sorted((key for key in store if key not in weights.covered and is_layer_weight(key, tensor_info(store, key))),
                   key=natural_key)
 
 
@@ -165,9 +174,7 @@ def with_unclaimed(found: list, checkpoint_keys: list[str], weights: RenamedTens
         parts = tuple(key.split("."))
         anchor = next(last_with_prefix[parts[:length]] for length in range(len(parts), -1, -1)
                       if parts[:length] in last_with_prefix) if found else -1
-        info = tensor_info(store, key)
-        after.setdefault(anchor, []).append(
-            (key, state_dict_type(key, info), ("key", key), info.shape, lambda k=key: store[k]))
+        after.setdefault(anchor, []).extend(name_typed(key, tensor_info(store, key), lambda k=key: store[k]))
     merged = list(after.get(-1, []))
     for index, entry in enumerate(found):
         merged += [entry, *after.get(index, [])]
@@ -284,12 +291,56 @@ def layers_from_state_dict(state: Mapping[str, Tensor], select: Selector | None 
     found = []
     for key in sorted(state, key=natural_key):
         value = state.describe(key) if lazy else state[key]
-        kind = state_dict_type(key, value)
-        if kind:
-            identity = ("key", key) if lazy or not is_torch_tensor(value) else storage_key(value)
-            maker = (lambda k=key: state[k]) if lazy else (lambda v=value: v.detach() if is_torch_tensor(v) else v)
-            found.append((key, kind, identity, describe_tensor(value).shape, maker))
+        maker = (lambda k=key: state[k]) if lazy else (lambda v=value: v.detach() if is_torch_tensor(v) else v)
+        identity = None if lazy or not is_torch_tensor(value) else storage_key(value)
+        found += name_typed(key, value, maker, identity)
     return _build(found, select)
+
+
+def name_typed(key: str, value: object, read: Callable[[], Any], identity: object = None) -> list[tuple]:
+    """The (tensor key, type, identity, shape, maker) entries of one checkpoint tensor typed by
+    its name and rank (``value``: the tensor or its TensorInfo; ``read`` makes it): none if it is
+    no layer, one per expert for stacked experts (stacked_experts: ``{path}.{e}.weight``, each a
+    Linear, a view of the stored tensor), else one of type state_dict_type. ``identity`` (what
+    makes two entries one tied weight) defaults to the key."""
+    identity = ("key", key) if identity is None else identity
+    if count := stacked_experts(key, value):
+        shape = tuple(describe_tensor(value).shape[1:])
+        return [(expert_key(key, e), "Linear", (identity, e), shape, lambda e=e: read()[e]) for e in range(count)]
+    kind = state_dict_type(key, value)
+    return [(key, kind, identity, tuple(describe_tensor(value).shape), read)] if kind else []
+
+
+def expert_key(key: str, expert: int) -> str:
+    """The tensor key of expert ``expert``'s matrix of stacked experts stored as ``key``."""
+    return f"{layer_name(key)}.{expert}.weight"
+
+
+def expert_parts(tensors: Mapping[str, Any]) -> dict[str, str]:
+    """Tensor key of each layer name_typed splits a stacked-experts tensor into -> that tensor's key
+    (``tensors``: key -> tensor or TensorInfo)."""
+    return {expert_key(key, e): key for key, value in tensors.items() for e in range(stacked_experts(key, value))}
+
+
+def is_layer_weight(key: str, value: object) -> bool:
+    """Whether name_typed makes a layer of the tensor."""
+    return bool(stacked_experts(key, value) or state_dict_type(key, value))
+
+
+def stacked_experts(key: str, value: object) -> int:
+    """How many experts' matrices a checkpoint tensor stacks along its first axis, by its name and
+    rank; 0 if it is not such a stack.
+
+    A floating-point 3-D tensor (not a bias) with a path component naming a mixture of experts
+    (EXPERTS_NAME: ``experts``, ``block_sparse_moe``) holds one matrix per expert, as gpt-oss's
+    ``mlp.experts.gate_up_proj`` and Granite-MoE's ``block_sparse_moe.input_linear.weight`` do;
+    without that name a 3-D weight is a Conv1d's."""
+    if not isinstance(value, (TensorInfo, np.ndarray)) and not is_torch_tensor(value):
+        return 0
+    info = describe_tensor(value)
+    if len(info.shape) != 3 or info.dtype not in FLOAT_DTYPES or key.endswith("bias"):
+        return 0
+    return info.shape[0] if any(EXPERTS_NAME.search(part) for part in key.split(".")[:-1]) else 0
 
 
 def layers_from_format(weights, select: Selector | None = None) -> LayerList:
@@ -302,13 +353,22 @@ def layers_from_format(weights, select: Selector | None = None) -> LayerList:
 
 
 def module_type(module: nn.Module) -> str | None:
-    """The layer type name of ``module``, or None when its weights are not analysed."""
+    """The layer type name of ``module``, or None when its weights are not analysed.
+
+    A class of torch.nn (or a subclass) is its type. A class outside torch.nn that holds its own
+    ``weight`` is one of these layers when its name says so and the weight has the type's rank
+    (NAMED_TYPES): I-BERT's ``QuantLinear`` and ``QuantEmbedding`` keep float weights in classes
+    of their own, which WeightWatcher analyses too (it matches class names)."""
     from torch import nn
 
     for name in MODULE_TYPES:
         if isinstance(module, getattr(nn, name)):
             return name
-    return None
+    weight = module._parameters.get("weight")  # its own: not a wrapped module's (PEFT's lora.Linear)
+    if weight is None or not weight.dtype.is_floating_point:
+        return None
+    class_name = type(module).__name__.lower()
+    return next((kind for word, kind, rank in NAMED_TYPES if word in class_name and weight.ndim == rank), None)
 
 
 def state_dict_type(key: str, value: object) -> str | None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from zooscope.io import FLOAT_DTYPES, SafetensorsReader, read_json, safetensors_dtype
 from zooscope.tensors import (
     LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
-    with_float8_scales,
+    dequantised,
 )
 from zooscope.sources.base import CONVERT_HINT, FetchError
 
@@ -102,8 +102,8 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
             part = safetensors_tensors(file, model)
             _no_clash(model, readers, part, file)
             readers.update(part)
-        try:  # scaled FP8 weights read dequantised
-            tensors, found_key, lightning = with_float8_scales(TensorStore(readers)), None, False
+        try:  # scaled FP8 and MXFP4 weights read dequantised
+            tensors, found_key, lightning = dequantised(TensorStore(readers)), None, False
         except ValueError as error:
             raise FetchError(f"model {model!r}: {error} in {path}") from None
     else:

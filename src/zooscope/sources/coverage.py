@@ -12,8 +12,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zooscope.io import FLOAT_DTYPES
-from zooscope.layers import LayerList, tree_weights
-from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
+from zooscope.layers import LayerList, expert_parts, tree_weights
+from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, MXFP4_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,6 +36,8 @@ def left_out_reason(key: str, info: TensorInfo) -> tuple[str, str]:
     for suffix in FLOAT8_SCALE_SUFFIXES:
         if key.endswith("weight" + suffix):
             return "quantisation scale", f"of {key.removesuffix(suffix)}"
+    if key.endswith(MXFP4_SUFFIXES[1]) and info.dtype == "U8":
+        return "quantisation scale", f"of {key.removesuffix(MXFP4_SUFFIXES[1])} (MXFP4)"
     if key.endswith("input_scale"):
         return "quantisation scale", "of an activation"
     if info.dtype not in FLOAT_DTYPES:
@@ -55,14 +57,16 @@ def inventory(tensors: Mapping[str, TensorInfo], layers: LayerList,
 
     ``parameter_of`` maps a layer's tensor key to the checkpoint tensor it was made of where the
     two differ (a MultiheadAttention's q/k/v parts of ``in_proj_weight``, a module tree that
-    names the checkpoint's tensors otherwise); a tensor several layers came from lists them all.
+    names the checkpoint's tensors otherwise; stacked experts split by name come from their
+    tensor, zooscope.layers.expert_parts); a tensor several layers came from lists them all.
     """
+    parameter_of = {**expert_parts(tensors), **(parameter_of or {})}
     made: dict[str, list[str]] = {}
     for layer in layers.layers:
-        made.setdefault((parameter_of or {}).get(layer.tensor, layer.tensor), []).append(layer.name)
+        made.setdefault(parameter_of.get(layer.tensor, layer.tensor), []).append(layer.name)
 
     def checkpoint_key(key: str) -> str:
-        return (parameter_of or {}).get(key, key)
+        return parameter_of.get(key, key)
 
     tied = {checkpoint_key(key): checkpoint_key(target) for key, target in layers.tied.items()}
     dropped = {checkpoint_key(key): value for key, value in layers.left_out.items()}
