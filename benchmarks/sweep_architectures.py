@@ -10,14 +10,16 @@ model: zooscope's fitted layers, WeightWatcher's, how many alphas agree within 1
 every layer one tool has and the other does not. Layers with fewer than 20 eigenvalues are not
 compared (WeightWatcher switches to another fit below 20: docs/fit.md) but counted.
 
-    python benchmarks/sweep_architectures.py                  # the default lists, about 6 minutes
+    python benchmarks/sweep_architectures.py                  # the default lists, about 2-3 minutes
     python benchmarks/sweep_architectures.py --timm resnet18 --hf mixtral --onnx ""
 
 What differs by design (docs/method.md, docs/intake.md): zooscope analyses the per-expert
 weights and routers of mixture-of-experts models (WeightWatcher only nn.Linear modules), fails
 all-zero and flat spectra (timm's zero-initialised heads, RWKV's orthogonal and ConViT's identity
 initialisations) instead of fitting them, and has no max_evals cap by default (WeightWatcher
-skips layers with more than 15000 eigenvalues).
+skips layers with more than 15000 eigenvalues), analyses a head tied to the embedding once
+(WeightWatcher lists ``lm_head`` again), and has the Conv1d layers and MultiheadAttention
+projections WeightWatcher leaves out (Whisper, CANINE, SigLIP's pooling head).
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ TIMM = ("resnet18,convnext_atto,vit_tiny_patch16_224,efficientnet_b0,mobilenetv3
         "dla34,res2net50_14w_8s,eva02_tiny_patch14_224,fastvit_t8,maxvit_nano_rw_256,convit_tiny,repvit_m1")
 HF = ("bert,roberta,distilbert,albert,deberta-v2,gpt2,gpt_neox,llama,mistral,qwen2,qwen3,phi,gemma2,opt,bloom,t5,bart,"
       "convnext,resnet,clip,vit,wav2vec2,olmo,starcoder2,rwkv,mixtral,qwen2_moe,qwen3_moe,olmoe,gpt_oss,granitemoe,"
-      "jamba,deepseek_v2,ibert,whisper,siglip,falcon,gemma3_text,phi3,mamba,swin,efficientnet,sam")
+      "jamba,deepseek_v2,dbrx,ibert,whisper,siglip,falcon,gemma3_text,phi3,mamba,swin,efficientnet,sam")
 HF_HEADS = "llama,gpt2,t5,bert,vit,qwen2,gemma2,mixtral,gpt_oss,granitemoe,roberta,whisper,bart"
 ONNX = "resnet18,vit_tiny_patch16_224,efficientnet_b0,swin_tiny_patch4_window7_224,mixer_s16_224,inception_v3"
 # Small transformers configs: the options each model type has are set, the rest keep their defaults.
@@ -51,6 +53,9 @@ HF_SMALL = dict(
     decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
     num_key_value_heads=4, head_dim=32, d_kv=32, moe_intermediate_size=64, num_experts=4, num_local_experts=4,
     attention_hidden_size=128)
+# Options of model types whose configs name them otherwise.
+HF_EXTRA = {"dbrx": dict(d_model=128, n_heads=4, n_layers=2, attn_config={"kv_n_heads": 4, "rope_theta": 10000.0},
+                         ffn_config={"ffn_hidden_size": 256, "moe_num_experts": 4, "moe_top_k": 2})}
 SMALL_N = 20  # WeightWatcher 0.7.7's WWFit uses another fit below this many eigenvalues
 
 
@@ -144,7 +149,7 @@ def hf_model(model_type: str, head: bool = False):
         options["layer_types"] = list(defaults.layer_types[: HF_SMALL["num_hidden_layers"]])
     if isinstance(getattr(defaults, "pad_token_id", None), int) and defaults.pad_token_id >= HF_SMALL["vocab_size"]:
         options["pad_token_id"] = 1  # a default pad token beyond the small vocabulary
-    config = transformers.AutoConfig.for_model(model_type, **options)
+    config = transformers.AutoConfig.for_model(model_type, **{**options, **HF_EXTRA.get(model_type, {})})
     for name in HEAD_CLASSES if head else ():
         with contextlib.suppress(ValueError):  # "Unrecognized configuration class" for this head
             return getattr(transformers, name).from_config(config).eval()

@@ -418,3 +418,98 @@ def test_weights_packed_as_integers_are_refused_naming_the_format(tmp_path, tens
                                          r"does not dequantise.*GGUF"):
         fetch_model({"model": "q", "series": "s", "source": f"file:{tmp_path / 'm.safetensors'}", "accuracy": None},
                     tmp_path / "out", sheet_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- torch.distributed.checkpoint folders
+
+# Two ranks save one model sharded by rows (DTensor, as FSDP2 and tensor parallelism hold it),
+# its optimizer state beside it and a plain number, with dcp.save; rank 0 also saves the whole
+# state dict with torch.save, the reference.
+SAVE_SHARDED = """
+import sys, torch, torch.distributed as dist, torch.distributed.checkpoint as dcp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import distribute_tensor, Shard
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+state = {k: distribute_tensor(v, mesh, [Shard(0)]) for k, v in model.state_dict().items()}
+moments = {k: distribute_tensor(torch.randn_like(v), mesh, [Shard(0)]) for k, v in model.state_dict().items()}
+dcp.save({"model": state, "optim": {"exp_avg": moments}, "epoch": 3}, checkpoint_id=sys.argv[1])
+if dist.get_rank() == 0:
+    torch.save(model.state_dict(), sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+def test_a_checkpoint_saved_sharded_by_two_ranks_is_read_from_its_chunks(tmp_path, monkeypatch):
+    """A torch.distributed.checkpoint folder written by two processes (each tensor in two chunks, one
+    file per rank): the model's matrices equal the whole state dict's; the optimizer state beside it
+    is not a candidate and is never read."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import fetch_file_source
+    from zooscope.sources import dcp
+
+    (tmp_path / "save.py").write_text(SAVE_SHARDED)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    folder, reference = tmp_path / "checkpoint", tmp_path / "reference.pt"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                    str(tmp_path / "save.py"), str(folder), str(reference)], check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in folder.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    read: list[str] = []
+    original_chunk = dcp.DcpStore._chunk
+    monkeypatch.setattr(dcp.DcpStore, "_chunk", lambda self, tensor, chunk: read.append(tensor.fqn)
+                        or original_chunk(self, tensor, chunk))
+    layers, matrices, meta = fetch_file_source(folder, tmp_path / "out")
+    whole = torch.load(reference, weights_only=True)
+    assert [(layer["name"], layer["type"]) for layer in layers] == [("0", "Linear"), ("2", "Linear")]
+    for layer in layers:
+        np.testing.assert_array_equal(matrices[layer["name"]], whole[layer["tensor"]].numpy())
+    assert meta["checkpoint"] == {"format": "dcp", "files": [".metadata", "__0_0.distcp", "__1_0.distcp"],
+                                  "key": "model", "prefixes_removed": []}
+    assert read and not [fqn for fqn in read if not fqn.startswith("model.")]
+    records = json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]
+    assert sorted(record["tensor"] for record in records) == sorted(whole)
+
+
+def test_a_checkpoint_key_chooses_among_the_state_dicts_of_a_dcp_folder(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    torch.manual_seed(0)
+    model, ema = nn.Linear(8, 6), nn.Linear(8, 6)
+    with pytest.warns(UserWarning):  # "assuming the intent is to save in a single process"
+        dcp.save({"model": model.state_dict(), "ema": ema.state_dict()}, checkpoint_id=tmp_path / "ck")
+    row = {"model": "m", "series": "s", "source": f"file:{tmp_path / 'ck'}", "accuracy": None}
+    with pytest.raises(FetchError, match=r"holds several sets of tensors: model \(2 tensors\), ema \(2 tensors\)"):
+        fetch_model(row, tmp_path / "out", sheet_dir=tmp_path)
+    fetch_model({**row, "checkpoint_key": "ema"}, tmp_path / "out", sheet_dir=tmp_path)
+    stored = load_file(tmp_path / "out" / "model.safetensors")
+    assert torch.equal(stored["weight"], ema.weight.detach())
+
+
+def test_dcp_metadata_that_would_run_code_is_refused_and_never_runs(tmp_path):
+    """torch reads .metadata with pickle.load; a crafted one naming any global but DCP's metadata
+    classes is refused before anything is made."""
+    import os
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    with pytest.warns(UserWarning):
+        dcp.save({"model": nn.Linear(4, 4).state_dict()}, checkpoint_id=tmp_path / "ck")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(FetchError, match=r"refusing to load .*\.metadata: the metadata names \w+\.system"):
+        fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'ck'}", "accuracy": None},
+                    tmp_path / "out", sheet_dir=tmp_path)
+    assert not marker.exists()

@@ -732,6 +732,31 @@ def test_experts_stored_fused_are_one_layer_each_and_stored_once(caches, no_whol
         assert records[key]["reason"] == "" and records[key]["layer"] == ",".join(f"{path}.{e}" for e in range(3))
 
 
+def test_experts_stored_as_row_blocks_of_one_matrix_are_one_layer_each(caches, no_whole_model_loads):
+    """DBRX keeps each projection of a block's experts as one (experts x intermediate, hidden)
+    matrix: each expert's rows are a Linear layer, split by the expert count of its module."""
+    torch.manual_seed(0)
+    config = transformers.DbrxConfig(d_model=32, n_heads=4, n_layers=1, max_seq_len=16, vocab_size=96,
+                                     attn_config={"kv_n_heads": 2, "rope_theta": 10000.0},
+                                     ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 3})
+    transformers.DbrxForCausalLM(config).save_pretrained(caches / "dbrx")
+    files = folder_tensors(caches / "dbrx")
+    fetch_model(hub_row("file:dbrx", model="dbrx"), caches / "out", sheet_dir=caches)
+    layers, _ = read_outputs(caches / "out")
+    by_name = {layer["name"]: layer for layer in layers["layers"]}
+    for projection in ("w1", "v1", "w2"):
+        key = f"transformer.blocks.0.ffn.experts.mlp.{projection}"
+        assert files[key].shape == (3 * 24, 32)
+        for e in range(3):
+            layer = by_name.pop(f"{key}.{e}")
+            rows = files[key][24 * e:24 * (e + 1)].float().numpy()
+            assert layer["type"] == "Linear" and layer["sha256"] == hashlib.sha256(rows.tobytes()).hexdigest()
+    assert set(by_name) == {key.removesuffix(".weight") for key, value in files.items()
+                            if value.ndim == 2 and key.endswith("weight")}  # attention, router, embedding, head
+    reasons = {t["tensor"]: t["reason"] for t in json.loads((caches / "out" / "tensors.json").read_text())["tensors"]}
+    assert "not a layer weight" not in reasons.values()
+
+
 def test_layers_of_classes_outside_torch_nn_are_typed_by_their_class_names(caches):
     """I-BERT keeps its float weights in QuantLinear and QuantEmbedding modules of its own (not
     subclasses of torch.nn's): they are Linear and Embedding layers, as WeightWatcher has them."""

@@ -86,7 +86,7 @@ def test_join_jacobian_adds_jac_columns_only_when_there_are_summaries():
 
 def test_fused_parameters_are_stored_once_as_their_matrices_and_joined_again():
     """transformers 5's fused experts (MixtralExperts: one 3-D parameter per projection, experts
-    first) and a MultiheadAttention's in_proj_weight are analysed as their matrices (one per expert,
+    first; DBRX: one matrix of the experts' row blocks) and a MultiheadAttention's in_proj_weight are analysed as their matrices (one per expert,
     q/k/v); the cache holds those matrices, not the parameter's bytes a second time, and the module
     state is joined again from them exactly."""
     import transformers
@@ -98,7 +98,10 @@ def test_fused_parameters_are_stored_once_as_their_matrices_and_joined_again():
     torch.manual_seed(0)
     config = transformers.MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=3)
-    network = torch.nn.ModuleDict({"moe": transformers.MixtralModel(config),
+    dbrx = transformers.DbrxConfig(d_model=32, n_heads=4, n_layers=1, max_seq_len=16, vocab_size=96,
+                                   attn_config={"kv_n_heads": 2, "rope_theta": 10000.0},
+                                   ffn_config={"ffn_hidden_size": 24, "moe_num_experts": 3})
+    network = torch.nn.ModuleDict({"moe": transformers.MixtralModel(config), "dbrx": transformers.DbrxModel(dbrx),
                                    "attention": torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)})
     layers = layers_from_module(network)
     by_name = {layer.name: layer for layer in layers.layers}
@@ -112,11 +115,17 @@ def test_fused_parameters_are_stored_once_as_their_matrices_and_joined_again():
                 assert layer.type == "Linear" and layer.shape == list(fused[e].shape)
                 assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), fused[e])
         assert by_name[f"moe.layers.{block}.mlp.gate"].type == "Linear"  # the router's bare weight
+    for projection in ("w1", "v1", "w2"):  # DBRX: the experts' (intermediate, hidden) row blocks of one matrix
+        fused = state[f"dbrx.blocks.0.ffn.experts.mlp.{projection}"]
+        for e in range(3):
+            layer = by_name[f"dbrx.blocks.0.ffn.experts.mlp.{projection}.{e}"]
+            assert layer.type == "Linear" and layer.shape == [24, 32]
+            assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), fused[24 * e:24 * (e + 1)])
     names = list(by_name)
     assert names.index("moe.layers.0.self_attn.o_proj") < names.index("moe.layers.0.mlp.gate") \
         < names.index("moe.layers.0.mlp.experts.gate_up_proj.0") < names.index("moe.layers.1.self_attn.q_proj")
     other = unanalysed_state(network, layers)
-    assert not [key for key in other if key.endswith(("gate_up_proj", "down_proj", "in_proj_weight"))]
+    assert not [key for key in other if key.endswith(("gate_up_proj", "down_proj", "in_proj_weight", "w1", "v1", "w2"))]
     stored = {**{layer.tensor: torch.as_tensor(layers.tensors[layer.tensor]) for layer in layers.layers}, **other}
     joined = module_state(network, stored)
     assert joined.keys() == state.keys()

@@ -51,6 +51,9 @@ MODULE_TYPES: tuple[str, ...] = ("Linear", "Conv1d", "Conv2d", "Embedding")
 # Rank of a bare tensor -> layer type (2-D is an Embedding when its name says so).
 RANK_TYPES: dict[int, str] = {2: "Linear", 3: "Conv1d", 4: "Conv2d"}
 
+# Attributes that give how many experts a fused module holds in blocks of rows of a matrix (DBRX).
+EXPERT_COUNTS = ("num_experts", "moe_num_experts", "num_local_experts")
+
 # A path component naming a mixture of experts' block: its 3-D tensors stack one matrix per expert.
 EXPERTS_NAME = re.compile(r"expert|moe", re.IGNORECASE)
 
@@ -101,7 +104,8 @@ class ModuleWeight:
     parameter: str  # the parameter it comes from, by its name in the module tree
     part: int | None = None  # None: the whole parameter; i: the i-th third of its rows (fused q/k/v)
     transpose: bool = False  # transformers' Conv1D keeps (in, out): transposed to the linear map
-    expert: int | None = None  # None: the whole parameter; e: its e-th matrix (fused experts, 3-D)
+    expert: int | None = None  # None: the whole parameter; e: its e-th matrix (fused experts)
+    experts: int = 0  # how many the parameter holds: its first axis (3-D) or blocks of its rows (DBRX's 2-D)
     # A mixture-of-experts weight (fused experts, a router) that a checkpoint in the per-expert
     # layout holds under other names: a tree over it goes without (unclaimed_weights has them).
     optional: bool = False
@@ -109,8 +113,8 @@ class ModuleWeight:
     def matrix(self, value):
         """The analysed matrix, from the parameter's value, a torch tensor or a numpy array read
         from a checkpoint (a view: nothing is copied)."""
-        if self.expert is not None:
-            value = value[self.expert]
+        if self.expert is not None:  # (E, rows, columns), or E blocks of rows of a matrix: the same reshape
+            value = value[self.expert] if value.ndim == 3 else value.reshape(self.experts, -1, value.shape[-1])[self.expert]
         if self.part is not None:
             rows = value.shape[0] // 3
             value = value[self.part * rows : (self.part + 1) * rows]
@@ -231,7 +235,7 @@ def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Ten
     if is_transposed_conv1d(module):
         return [(ModuleWeight(f"{prefix}weight", "Linear", f"{prefix}weight", transpose=True), module.weight)]
     kind = module_type(module)
-    if kind is None and type(module).__name__.endswith("Experts"):
+    if kind is None and "Expert" in type(module).__name__ and not type(module).__name__.endswith("Router"):
         return expert_matrices(prefix, module)
     router = kind is None and type(module).__name__.endswith("Router")
     if router:
@@ -243,16 +247,22 @@ def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Ten
 
 
 def expert_matrices(prefix: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
-    """The matrices of a mixture-of-experts block whose experts are fused (transformers 5's
-    ``MixtralExperts``, ``GptOssExperts``, ...: each projection one 3-D parameter, experts first):
+    """The matrices of a mixture-of-experts block whose experts are fused (a module class named for
+    experts: transformers 5's ``MixtralExperts``, ``GptOssExperts``, ...: each projection one 3-D
+    parameter, experts first; DBRX's ``DbrxExpertGLU``: each a matrix of the experts' row blocks,
+    (experts x intermediate, hidden), its count an attribute, EXPERT_COUNTS):
     ``{path}.{projection}.{e}``, one Linear per expert, as stored ((out, in) or (in, out): the
     spectrum is the same). Its router (``...Router``, a bare ``weight``) is a Linear too."""
-    return [
-        (ModuleWeight(f"{prefix}{name}.{e}.weight", "Linear", f"{prefix}{name}", expert=e, optional=True), parameter)
-        for name, parameter in module.named_parameters(recurse=False)
-        if parameter.ndim == 3 and parameter.dtype.is_floating_point and not name.endswith("bias")
-        for e in range(parameter.shape[0])
-    ]
+    count = next((value for name in EXPERT_COUNTS if isinstance(value := getattr(module, name, None), int)), 0)
+    found = []
+    for name, parameter in module.named_parameters(recurse=False):
+        if not parameter.dtype.is_floating_point or name.endswith("bias"):
+            continue
+        experts = parameter.shape[0] if parameter.ndim == 3 else count if parameter.ndim == 2 and count > 1 and \
+            parameter.shape[0] % count == 0 else 0
+        found += [(ModuleWeight(f"{prefix}{name}.{e}.weight", "Linear", f"{prefix}{name}", expert=e, experts=experts,
+                                optional=True), parameter) for e in range(experts)]
+    return found
 
 
 def attention_projections(prefix: str, module: nn.MultiheadAttention) -> list[tuple[ModuleWeight, Tensor]]:

@@ -92,7 +92,7 @@ def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, 
     """The module's state dict from model.safetensors: an analysed weight is stored as its matrix
     (zooscope.layers.ModuleWeight), so a transposed one (transformers' Conv1D) is transposed back,
     a MultiheadAttention's q/k/v parts are joined into its in_proj_weight again and fused experts'
-    matrices stacked into their 3-D parameter."""
+    matrices stacked into their parameter (3-D, or the row blocks of a matrix)."""
     import torch
 
     state = dict(stored)
@@ -108,7 +108,8 @@ def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, 
             joins[item.parameter] = (torch.cat, 3)
         elif item.expert is not None:
             pieces.setdefault(item.parameter, {})[item.expert] = matrix
-            joins[item.parameter] = (torch.stack, parameter.shape[0])
+            joins[item.parameter] = (lambda matrices, shape=parameter.shape: torch.stack(matrices).reshape(shape),
+                                     item.experts)
         else:
             state[item.parameter] = matrix
     for parameter, found in pieces.items():

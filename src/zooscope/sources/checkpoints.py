@@ -31,7 +31,9 @@ from zooscope.tensors import (
     LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
     dequantised,
 )
+from zooscope.sources import dcp
 from zooscope.sources.base import CONVERT_HINT, FetchError
+from zooscope.sources.dcp import CHUNKS_GLOB as DCP_CHUNKS, METADATA as DCP_METADATA, is_dcp_folder
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -56,7 +58,7 @@ DIRECTORY_LAYOUTS = (
     ("safetensors", "model.safetensors.index.json", "model.safetensors"),
     ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-FORMATS = ("safetensors", "torch", "npz")
+FORMATS = ("safetensors", "torch", "npz", "dcp")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,11 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
             tensors, found_key, lightning = dequantised(TensorStore(readers)), None, False
         except ValueError as error:
             raise FetchError(f"model {model!r}: {error} in {path}") from None
+    elif file_format == "dcp":  # the candidates from the metadata alone; only the one taken is read
+        entries, lightning = dcp.read_metadata(path, model), False
+        nested, by_placeholder = dcp.nested_placeholders(entries)
+        found_key, part = choose(candidates(nested), model, path, key)
+        tensors = dcp.DcpStore(path, {name: by_placeholder[id(value)] for name, value in part.items()}, model)
     else:
         tensors, found_key, lightning = {}, None, False
         for file in files:
@@ -114,7 +121,7 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
             lightning = isinstance(loaded, Mapping) and any(marker in loaded for marker in LIGHTNING_MARKERS)
             _no_clash(model, tensors, part, file)
             tensors.update(part)
-    if key is not None and file_format != "torch":
+    if key is not None and file_format not in ("torch", "dcp"):
         raise FetchError(f"model {model!r}: checkpoint_key {key!r} is set but {path} is a {file_format} "
                               "file, which has no wrappers; leave the column empty")
     if not tensors:
@@ -219,12 +226,15 @@ def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
                 return file_format, shard_files(path / index, model)
             if (path / single).is_file():
                 return file_format, [path / single]
+        if is_dcp_folder(path):
+            return "dcp", [path / DCP_METADATA, *sorted(path.glob(DCP_CHUNKS))]
         shards = sorted(path.glob("*.safetensors"))
         if shards:
             return "safetensors", shards
         looked_for = ", ".join(name for _, index, single in DIRECTORY_LAYOUTS for name in (index, single))
         raise FetchError(
-            f"model {model!r}: no weights in directory {path}; looked for {looked_for}, *.safetensors"
+            f"model {model!r}: no weights in directory {path}; looked for {looked_for}, *.safetensors, "
+            f"{DCP_METADATA} with {DCP_CHUNKS} (a torch.distributed.checkpoint folder)"
         )
     found = sniff(path)
     if found == "index":
