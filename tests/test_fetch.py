@@ -285,6 +285,41 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, writer, name):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_training_checkpoint_with_its_args_and_numpy_values_is_read(tmp_path):
+    """torchvision's reference scripts save {"model", "optimizer", "lr_scheduler", "epoch", "args"}
+    with ``args`` an argparse.Namespace (paths in it), and many scripts keep numpy scalars and
+    arrays beside the state dict: data only, so the file is read, and the model's weights are the
+    layers (the optimizer state is not a candidate)."""
+    import argparse
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1, momentum=0.9)
+    network(torch.randn(3, 16)).sum().backward()
+    optimizer.step()
+    torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 30).state_dict(), "epoch": 5,
+                "args": argparse.Namespace(arch="mlp", lr=0.1, output_dir=Path("/runs/a")),
+                "best_acc": np.float64(0.75), "history": np.array([0.5, 0.7]), "classes": np.array(["a", "b"])},
+               tmp_path / "checkpoint.pth")
+    fetch_model(file_row("checkpoint.pth"), tmp_path / "out", sheet_dir=tmp_path)
+    layers, meta = read_outputs(tmp_path / "out")
+    assert meta["checkpoint"]["key"] == "model"
+    stored = load_file(tmp_path / "out" / "model.safetensors")
+    assert [layer["name"] for layer in layers["layers"]] == ["0", "2"]
+    assert all(torch.equal(stored[f"{i}.weight"], network[i].weight.detach()) for i in (0, 2))
+
+
+@pytest.mark.parametrize("wrap", [lambda payload: __import__("argparse").Namespace(x=payload),
+                                  lambda payload: np.array([payload], dtype=object)], ids=["namespace", "object-array"])
+def test_a_payload_inside_the_allowed_data_classes_is_refused_and_never_runs(tmp_path, wrap):
+    marker = tmp_path / "pwned"
+    torch.save({"fc.weight": torch.zeros(2, 2), "args": wrap(WritesFile(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(FetchError, match="refusing"):
+        fetch_model(file_row("evil.pt", model="evil"), tmp_path / "out", sheet_dir=tmp_path)
+    assert not marker.exists()
+
+
 def test_pickled_module_is_refused(tmp_path):
     torch.save(nn.Sequential(nn.Linear(4, 3)), tmp_path / "whole_model.pt")
     with pytest.raises(FetchError) as error:

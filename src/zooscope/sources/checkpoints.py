@@ -336,7 +336,7 @@ def load_torch(path: Path, model: str) -> Any:
     try:
         # An open file, not the path: torch.load chooses a reader by the name's suffix
         # (".safetensors"), and here the content has decided already.
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle, torch.serialization.safe_globals(data_only_globals()):
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise FetchError(
@@ -348,6 +348,29 @@ def load_torch(path: Path, model: str) -> Any:
             f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from None
+
+
+def data_only_globals() -> list:
+    """Classes a training checkpoint pickles beside its state dict that make data and nothing else,
+    allowed to the weights-only unpickler (torch.serialization.safe_globals): the ``args`` of
+    torchvision's reference scripts and of most argparse scripts (argparse.Namespace, its paths),
+    numpy scalars and arrays (a best accuracy from numpy, a loss history) and their dtypes. Each is
+    built from plain values (a Namespace's attributes, an array's bytes); what they hold goes
+    through the same unpickler, so a crafted file still cannot name a function to call."""
+    import argparse
+    import pathlib
+
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core  # numpy 2, numpy 1
+    found: list = [argparse.Namespace, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+                   pathlib.PureWindowsPath, np.ndarray, np.dtype]
+    for name in ("_reconstruct", "scalar"):
+        function = getattr(multiarray.multiarray, name)
+        # pickles name numpy 1's module or numpy 2's, whichever wrote them
+        found += [(function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
+    found += sorted({type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSUOMm"}, key=lambda cls: cls.__name__)
+    return found
 
 
 def refusal_reason(error: pickle.UnpicklingError) -> str:
