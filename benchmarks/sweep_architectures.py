@@ -2,7 +2,8 @@
 
 Each model is built at random initialisation by its own library (timm, transformers), saved the
 way users save it (timm: ``torch.save(model.state_dict())``; transformers: ``save_pretrained``, a
-folder with its config.json; ``--onnx``: timm models exported by ``torch.onnx.export``), fetched
+folder with its config.json; ``--onnx``: timm models exported by ``torch.onnx.export``'s TorchScript
+exporter, ``--onnx-dynamo`` by its dynamo exporter), fetched
 as a ``file:`` source (zooscope.sources.fetch.fetch_model) and analysed in process
 (compute_model_esd with ``conv2d: pooled`` and fit_layers with ``min_evals: 8``: WeightWatcher
 0.7.7's defaults), while WeightWatcher's ``analyze()`` runs on the nn.Module itself. One line per
@@ -46,6 +47,7 @@ HF = ("bert,roberta,distilbert,albert,deberta-v2,gpt2,gpt_neox,llama,mistral,qwe
       "jamba,deepseek_v2,dbrx,ibert,whisper,siglip,falcon,gemma3_text,phi3,mamba,swin,efficientnet,sam")
 HF_HEADS = "llama,gpt2,t5,bert,vit,qwen2,gemma2,mixtral,gpt_oss,granitemoe,roberta,whisper,bart"
 ONNX = "resnet18,vit_tiny_patch16_224,efficientnet_b0,swin_tiny_patch4_window7_224,mixer_s16_224,inception_v3"
+ONNX_DYNAMO = "resnet18,vit_tiny_patch16_224,mixer_s16_224,convnext_atto"
 # Small transformers configs: the options each model type has are set, the rest keep their defaults.
 HF_SMALL = dict(
     hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=1000,
@@ -126,9 +128,11 @@ def save_pretrained(model, work: Path) -> Path:
     return work / "folder"
 
 
-def save_onnx(model, work: Path) -> Path:
+def save_onnx(model, work: Path, dynamo: bool = False) -> Path:
+    """torch's TorchScript exporter, or its dynamo exporter (torch's default from 2.9; needs onnxscript)."""
     size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
-    torch.onnx.export(model, (torch.randn(1, *size),), str(work / "model.onnx"), dynamo=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter's progress lines
+        torch.onnx.export(model, (torch.randn(1, *size),), str(work / "model.onnx"), dynamo=dynamo)
     return work / "model.onnx"
 
 
@@ -163,6 +167,8 @@ def main() -> None:
     parser.add_argument("--hf-heads", default=HF_HEADS,
                         help="transformers model types to build with their head (HEAD_CLASSES), comma-separated")
     parser.add_argument("--onnx", default=ONNX, help="timm model names to export to ONNX, comma-separated")
+    parser.add_argument("--onnx-dynamo", default=ONNX_DYNAMO,
+                        help="timm model names to export with torch's dynamo exporter, comma-separated")
     parser.add_argument("--cores", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.cores)
@@ -180,7 +186,9 @@ def main() -> None:
             + [(f"transformers {name}", partial(hf_model, name), save_pretrained) for name in filter(None, args.hf.split(","))]
             + [(f"transformers+head {name}", partial(hf_model, name, head=True), save_pretrained)
                for name in filter(None, args.hf_heads.split(","))]
-            + [(f"onnx {name}", partial(timm.create_model, name), save_onnx) for name in filter(None, args.onnx.split(","))])
+            + [(f"onnx {name}", partial(timm.create_model, name), save_onnx) for name in filter(None, args.onnx.split(","))]
+            + [(f"onnx-dynamo {name}", partial(timm.create_model, name), partial(save_onnx, dynamo=True))
+               for name in filter(None, args.onnx_dynamo.split(","))])
     for label, build, save in jobs:
         torch.manual_seed(0)
         try:

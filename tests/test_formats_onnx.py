@@ -95,6 +95,35 @@ def test_weights_the_exporter_renamed_are_named_after_their_modules(tmp_path):
     assert {l["name"] for l in layers} <= dict(net.named_modules()).keys()
 
 
+def test_torchs_dynamo_export_gives_the_modules_names_and_matrices(tmp_path):
+    """torch's dynamo exporter (its default from torch 2.9) folds each Linear's transposed weight into
+    a new initializer (``val_12``) for a MatMul; such layers take the module scope the exporter
+    records on the node (``blocks.1.proj``, as in named_modules), and their matrices are the
+    Linears' weights."""
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.proj = torch.nn.LayerNorm(8), torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.proj(self.norm(x))
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Sequential(Block(), Block()),
+                              torch.nn.Linear(8, 4, bias=False)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tokens (batch, 5, 6): each Linear a MatMul
+        torch.onnx.export(net, (torch.randn(2, 5, 6),), str(tmp_path / "dynamo.onnx"), dynamo=True, verbose=False)
+    stored = {t.name for t in onnx.load(str(tmp_path / "dynamo.onnx"), load_external_data=False).graph.initializer}
+    assert "1.0.proj.weight" not in stored and any(name.startswith("val_") for name in stored)  # folded, renamed
+    layers, matrices, _ = fetch_file_source(tmp_path / "dynamo.onnx", tmp_path / "out")
+    modules = dict(net.named_modules())
+    assert [l["name"] for l in layers] == ["0", "1.0.proj", "1.1.proj", "2"]
+    for layer in layers:
+        np.testing.assert_array_equal(matrices[layer["name"]], modules[layer["name"]].weight.detach().numpy())
+
+
 def gemm_graph(weights: dict, nodes: list, inputs=("x",)):
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in inputs],

@@ -13,13 +13,15 @@ Typed by the consuming op and oriented by its attributes into PyTorch's layout:
 Layers come in graph order (ONNX keeps nodes topologically sorted), each initializer once: a
 second node consuming the same initializer is recorded as tied. A layer is named after its
 initializer ("fc1.weight" -> "fc1"), or, for a name the exporter made up (torch's
-"onnx::MatMul_12"), after its node ("/fc2/MatMul" -> "fc2"). Weights inside subgraphs (If, Loop)
+"onnx::MatMul_12", its dynamo exporter's folded "val_12"), after its node's module (the dynamo
+exporter's name scopes; "/fc2/MatMul" -> "fc2"). Weights inside subgraphs (If, Loop)
 are not looked for. Initializers kept in external data files are read one at a time from those
 files, which must lie in the model's folder; a missing one is an error naming it.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,9 @@ NORM_OPS = ("BatchNormalization", "LayerNormalization", "InstanceNormalization",
             "RMSNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization")
 FLOAT_TYPES = ("FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE")
 CONV_TYPES = {3: "Conv1d", 4: "Conv2d"}
+# Initializer names an exporter made up: torch's TorchScript exporter's ("onnx::MatMul_12") and the
+# constants its dynamo exporter folds (a Linear's weight transposed for MatMul: "val_12").
+MADE_UP = re.compile(r".*::.*|val_\d+")
 
 
 def read_onnx(path: Path, model: str) -> FormatWeights:
@@ -126,14 +131,19 @@ def _use(node, slot: int, stored: StoredTensor):
 
 
 def _layer_name(initializer: str, node, position: int) -> str:
-    """The initializer's name without ``.weight``, or its node's path for a made-up name.
+    """The initializer's name without ``.weight``, or, for a made-up name (MADE_UP), its node's
+    module: the module scope torch's dynamo exporter records on the node (module_scope), else
+    the node's path.
 
-    torch's exporter names a node by its module scopes, a child of a container under its path
-    from the container (``/blocks/blocks.0/attn/qkv/MatMul``): such a scope replaces its parent's,
-    so that the name is the module's (``blocks.0.attn.qkv``), as its initializer would be named.
+    torch's TorchScript exporter names a node by its module scopes, a child of a container under
+    its path from the container (``/blocks/blocks.0/attn/qkv/MatMul``): such a scope replaces its
+    parent's, so that the name is the module's (``blocks.0.attn.qkv``), as its initializer would be
+    named.
     """
-    if "::" not in initializer:
+    if not MADE_UP.fullmatch(initializer):
         return initializer.removesuffix(".weight") or initializer
+    if scope := module_scope(node):
+        return scope
     if node.name:
         parts = [part for part in node.name.split("/") if part]
         if len(parts) > 1 and parts[-1].split("_")[0] == node.op_type:
@@ -146,6 +156,26 @@ def _layer_name(initializer: str, node, position: int) -> str:
                 path.append(part)
         return ".".join(path)
     return f"{node.op_type}_{position}"
+
+
+def module_scope(node) -> str | None:
+    """The path of the module a node belongs to, from the metadata torch's dynamo exporter (the
+    default from torch 2.9) writes on each node: ``pkg.torch.onnx.name_scopes`` (the module paths
+    from the root, then the op's own name) beside ``pkg.torch.onnx.class_hierarchy`` (their
+    classes, then the op, ``aten.linear.default``); None without it or at the root."""
+    import ast
+
+    metadata = {entry.key: entry.value for entry in node.metadata_props}
+    try:
+        scopes = ast.literal_eval(metadata.get("pkg.torch.onnx.name_scopes", "None"))
+        classes = ast.literal_eval(metadata.get("pkg.torch.onnx.class_hierarchy", "None"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):  # not the exporter's lists
+        return None
+    if not (isinstance(scopes, list) and isinstance(classes, list) and len(scopes) == len(classes)):
+        return None
+    modules = [scope for scope, cls in zip(scopes, classes)
+               if isinstance(scope, str) and isinstance(cls, str) and not cls.startswith(("aten.", "prims."))]
+    return modules[-1] if modules and modules[-1] else None
 
 
 def _stored(tensor) -> StoredTensor:
