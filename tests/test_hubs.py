@@ -757,6 +757,46 @@ def test_experts_stored_as_row_blocks_of_one_matrix_are_one_layer_each(caches, n
     assert "not a layer weight" not in reasons.values()
 
 
+@pytest.mark.parametrize("names", ["parametrizations", "weight_g"])
+def test_a_weight_norm_convolution_is_its_computed_weight(caches, names):
+    """HuBERT's (and wav2vec2's, WavLM's) positional convolution is weight-normed: the checkpoint
+    holds its direction v and magnitude g (``parametrizations.weight.original1``/``original0``, as
+    transformers 5 saves them, or ``weight_v``/``weight_g`` in older files, which transformers
+    renames on load). The folder is typed by its module tree and the layer is the weight the
+    module computes, g v / ||v||, not v."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    config = transformers.HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    network = transformers.HubertModel(config).eval()
+    conv = network.encoder.pos_conv_embed.conv
+    with torch.no_grad():  # a magnitude of its own, as after training (at initialisation g = ||v||)
+        conv.parametrizations.weight.original0.mul_(torch.rand_like(conv.parametrizations.weight.original0) + 0.5)
+    folder = caches / "hubert"
+    network.save_pretrained(folder)
+    if names == "weight_g":
+        stored = load_file(folder / "model.safetensors")
+        old = {key.replace("parametrizations.weight.original0", "weight_g")
+               .replace("parametrizations.weight.original1", "weight_v"): value for key, value in stored.items()}
+        assert len(old) == len(stored) and any(key.endswith("weight_g") for key in old)
+        save_file(old, folder / "model.safetensors", metadata={"format": "pt"})
+    fetch_model(hub_row("file:hubert", model="hubert"), caches / "out", sheet_dir=caches)
+    layers, meta = read_outputs(caches / "out")
+    assert meta["layer_typing"] == "module tree of transformers HubertModel (config.json)"
+    layer = next(l for l in layers["layers"] if l["name"] == "encoder.pos_conv_embed.conv")
+    computed = conv.weight.detach()
+    assert not torch.allclose(computed, conv.parametrizations.weight.original1)
+    assert layer["type"] == "Conv1d" and layer["shape"] == list(computed.shape)
+    assert layer["sha256"] == hashlib.sha256(computed.numpy().tobytes()).hexdigest()
+    modules = {name for name, module in network.named_modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d))}
+    assert {l["name"] for l in layers["layers"]} == modules
+    reasons = {t["tensor"]: t["reason"] for t in json.loads((caches / "out" / "tensors.json").read_text())["tensors"]}
+    magnitude = next(key for key in reasons if key.endswith(("weight_g", "original0")))
+    assert reasons[magnitude] == "norm" and "not a layer weight" not in reasons.values()
+
+
 def test_layers_of_classes_outside_torch_nn_are_typed_by_their_class_names(caches):
     """I-BERT keeps its float weights in QuantLinear and QuantEmbedding modules of its own (not
     subclasses of torch.nn's): they are Linear and Embedding layers, as WeightWatcher has them."""

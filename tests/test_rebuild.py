@@ -131,3 +131,30 @@ def test_fused_parameters_are_stored_once_as_their_matrices_and_joined_again():
     assert joined.keys() == state.keys()
     for key, value in state.items():
         assert torch.equal(joined[key], value), key
+
+
+def test_a_weight_norm_parametrisation_is_analysed_as_its_weight_and_stored_as_its_tensors():
+    """A weight-normed module's layer is the weight it computes; the model cache keeps its two
+    tensors (magnitude and direction) as the rest of the state, from which it is rebuilt exactly."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from zooscope.jacobian.rebuild import module_state
+    from zooscope.layers import layers_from_module
+    from zooscope.sources.built import unanalysed_state
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(weight_norm(torch.nn.Conv1d(4, 6, 3), dim=2), weight_norm(torch.nn.Linear(6, 5)))
+    with torch.no_grad():
+        for module in network:
+            module.parametrizations.weight.original0.mul_(2.5)
+    layers = layers_from_module(network)
+    assert [(layer.name, layer.type) for layer in layers.layers] == [("0", "Conv1d"), ("1", "Linear")]
+    for layer, module in zip(layers.layers, network):
+        assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), module.weight.detach())
+    other = unanalysed_state(network, layers)
+    assert {key for key in other if "original" in key} == {f"{i}.parametrizations.weight.original{j}"
+                                                             for i in (0, 1) for j in (0, 1)}
+    stored = {**{layer.tensor: torch.as_tensor(layers.tensors[layer.tensor]) for layer in layers.layers}, **other}
+    joined = module_state(network, stored)
+    assert joined.keys() == network.state_dict().keys()
+    assert all(torch.equal(joined[key], value) for key, value in network.state_dict().items())

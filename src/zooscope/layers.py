@@ -109,6 +109,11 @@ class ModuleWeight:
     # A mixture-of-experts weight (fused experts, a router) that a checkpoint in the per-expert
     # layout holds under other names: a tree over it goes without (unclaimed_weights has them).
     optional: bool = False
+    # A weight-norm parametrisation's magnitude g (``parametrizations.weight.original0``; then
+    # ``parameter`` is its direction v, ``original1``) and the axis it keeps: the matrix is
+    # torch._weight_norm(v, g, dim), the weight the module computes (weight_normed).
+    norm: str | None = None
+    norm_dim: int = 0
 
     def matrix(self, value):
         """The analysed matrix, from the parameter's value, a torch tensor or a numpy array read
@@ -122,8 +127,24 @@ class ModuleWeight:
 
     @property
     def derived(self) -> bool:
-        """Whether the matrix is not the parameter itself but a part, an expert or a transpose of it."""
-        return self.part is not None or self.expert is not None or self.transpose
+        """Whether the matrix is not the parameter itself but a part, an expert or a transpose of
+        it, or computed from it (weight norm)."""
+        return self.part is not None or self.expert is not None or self.transpose or self.norm is not None
+
+    def value(self, weights: Mapping[str, Any]):
+        """The parameter's value from ``weights`` (a checkpoint under the tree's names); for a
+        weight-norm parametrisation, the weight it computes from its two tensors."""
+        if self.norm is None:
+            return weights[self.parameter]
+        return weight_normed(weights[self.parameter], weights[self.norm], self.norm_dim)
+
+
+def weight_normed(direction, magnitude, dim: int):
+    """torch.nn.utils.parametrizations.weight_norm's weight, g v / ||v|| with the norm over every
+    axis but ``dim`` (torch._weight_norm itself, so that the bits are the module's)."""
+    import torch
+
+    return torch._weight_norm(torch.as_tensor(direction), torch.as_tensor(magnitude), dim)
 
 
 def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None,
@@ -215,7 +236,7 @@ def _module_found(model: nn.Module, weights: Mapping[str, Tensor] | None) -> lis
             found.append((item, storage_key(matrix), tuple(matrix.shape), lambda m=matrix.detach(): m))
         else:  # tied parameters are one object however they are reached
             identity = (id(parameter), item.part, item.expert, item.transpose)
-            found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(weights[i.parameter])))
+            found.append((item, identity, tuple(matrix.shape), lambda i=item: i.matrix(i.value(weights))))
     return found
 
 
@@ -243,7 +264,22 @@ def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Ten
     weight = getattr(module, "weight", None) if kind else None
     if not isinstance(weight, Tensor):
         return []
+    if norm_dim := weight_norm_dim(module):  # (dim + 1: 0 means none)
+        original = f"{prefix}parametrizations.weight.original"
+        return [(ModuleWeight(f"{prefix}weight", kind, f"{original}1", norm=f"{original}0", norm_dim=norm_dim - 1),
+                 weight)]
     return [(ModuleWeight(f"{prefix}weight", kind, f"{prefix}weight", optional=router), weight)]
+
+
+def weight_norm_dim(module: nn.Module) -> int:
+    """1 + the axis torch's weight-norm parametrisation of ``module.weight`` keeps (its weight is
+    then computed from ``parametrizations.weight.original0`` and ``original1``: wav2vec2's,
+    HuBERT's and WavLM's positional convolution); 0 when the weight is not so parametrised."""
+    parametrizations = getattr(module, "parametrizations", None)
+    chain = getattr(parametrizations, "weight", None) if parametrizations is not None else None
+    if chain is None or len(chain) != 1 or type(chain[0]).__name__ != "_WeightNorm":
+        return 0
+    return chain[0].dim % module.weight.ndim + 1 if chain[0].dim is not None else 0
 
 
 def expert_matrices(prefix: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:

@@ -103,6 +103,8 @@ def module_state(network: nn.Module, stored: Mapping[str, Tensor]) -> dict[str, 
             continue
         matrix = state.pop(item.key)
         matrix = matrix.T.contiguous() if item.transpose else matrix
+        if item.norm is not None:
+            continue  # computed from its weight norm's two tensors, which the state holds
         if item.part is not None:
             pieces.setdefault(item.parameter, {})[item.part] = matrix
             joins[item.parameter] = (torch.cat, 3)

@@ -66,7 +66,7 @@ def stored_parameters(network: nn.Module, layers: LayerList) -> set[str]:
     stored = {layer.tensor for layer in layers.layers} | set(layers.tied)
     matrices: dict[str, list[str]] = {}
     for item, _ in tree_weights(network):
-        if item.derived:
+        if item.derived and item.norm is None:  # a weight norm's tensors are kept as they are
             matrices.setdefault(item.parameter, []).append(item.key)
     return stored | {parameter for parameter, keys in matrices.items() if stored.issuperset(keys)}
 

@@ -23,6 +23,8 @@ REASONS = (
     "bias", "norm", "1-D", "integer buffer", "tied", "not a layer weight", "unsupported rank",
     "filtered", "over a cap", "below min_evals", "failed", "training state", "quantisation scale",
 )
+# The magnitude g of a weight-norm parametrisation, under transformers 5's and older names.
+WEIGHT_NORM_MAGNITUDES = (".parametrizations.weight.original0", ".weight_g")
 COVERAGE_COLUMNS = ("tensor", "shape", "dtype", "analysed", "layer", "reason", "detail")
 # The counts models.tsv gains (coverage_counts), kept in the fit stage's summary.json.
 COVERAGE_COUNTS = ("num_tensors", "num_tensors_analysed", "tensors_left_out")
@@ -36,6 +38,8 @@ def left_out_reason(key: str, info: TensorInfo) -> tuple[str, str]:
     for suffix in FLOAT8_SCALE_SUFFIXES:
         if key.endswith("weight" + suffix):
             return "quantisation scale", f"of {key.removesuffix(suffix)}"
+    if key.endswith(WEIGHT_NORM_MAGNITUDES):
+        return "norm", "weight-norm magnitude (applied to its direction, the analysed weight)"
     if key.endswith(MXFP4_SUFFIXES[1]) and info.dtype == "U8":
         return "quantisation scale", f"of {key.removesuffix(MXFP4_SUFFIXES[1])} (MXFP4)"
     if key.endswith("input_scale"):

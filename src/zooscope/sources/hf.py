@@ -145,9 +145,8 @@ def tree_over_checkpoint(config, store: Mapping[str, Any], model: str) -> tuple[
             module = cls.from_config(config, trust_remote_code=False) if cls.__name__ == "AutoModel" \
                 else cls._from_config(config)
         weights = checkpoint_names(module, store)
-        missing = [
-            item.parameter for item, _ in tree_weights(module) if item.parameter not in weights and not item.optional
-        ]
+        missing = [name for item, _ in tree_weights(module) if not item.optional
+                   for name in (item.parameter, item.norm) if name is not None and name not in weights]
         if not missing:
             if unclaimed := unclaimed_weights(weights):
                 log.info("model %s: %d weights of the checkpoint are no parameter of %s (first: %s); they are "
