@@ -386,6 +386,23 @@ def test_mxfp4_experts_are_decoded_as_transformers_decodes_them(tmp_path):
             "quantisation scale", f"of {key} (MXFP4)")
 
 
+def test_an_mxfp4_matrix_in_a_bare_file_is_its_decoded_values(tmp_path):
+    """A single MXFP4 weight ({key}_blocks (rows, groups, 16), {key}_scales (rows, groups)) is one
+    layer under {key}: each byte's low nibble first, each group's values times 2^(scale - 127)."""
+    torch.manual_seed(2)
+    weight = torch.randn(24, 64)
+    blocks, scales = quantise_mxfp4(weight)
+    save_file({"fc.weight_blocks": blocks.contiguous(), "fc.weight_scales": scales.contiguous()},
+              tmp_path / "m.safetensors")
+    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).reshape(24, 2, 32).long()
+    expected = (E2M1[codes] * torch.exp2(scales.float() - 127)[..., None]).reshape(24, 64)
+    from conftest import fetch_file_source
+
+    layers, matrices, _ = fetch_file_source(tmp_path / "m.safetensors", tmp_path / "out")
+    assert [(l["name"], l["type"], l["shape"]) for l in layers] == [("fc", "Linear", [24, 64])]
+    np.testing.assert_array_equal(matrices["fc"], expected.numpy())
+
+
 def test_mxfp4_blocks_that_do_not_match_their_scales_name_both(tmp_path):
     save_file({"mlp.experts.up_blocks": torch.zeros(2, 8, 2, 16, dtype=torch.uint8),
                "mlp.experts.up_scales": torch.zeros(2, 8, 3, dtype=torch.uint8)}, tmp_path / "m.safetensors")

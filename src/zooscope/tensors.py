@@ -223,7 +223,8 @@ class DequantisedMxfp4(LazyTensors):
     def _read(self, key: str):
         if key not in self.pairs:
             return self.store[key]
-        return Mxfp4Tensor(np.asarray(self.store[self.pairs[key]]), np.asarray(self.store[key + "_scales"]))
+        tensor = Mxfp4Tensor(np.asarray(self.store[self.pairs[key]]), np.asarray(self.store[key + "_scales"]))
+        return tensor if tensor.ndim == 3 else np.asarray(tensor)  # a matrix is one layer: decoded whole
 
     def describe(self, key: str) -> TensorInfo:
         if key not in self.pairs:
