@@ -530,3 +530,75 @@ def test_dcp_metadata_that_would_run_code_is_refused_and_never_runs(tmp_path):
         fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'ck'}", "accuracy": None},
                     tmp_path / "out", sheet_dir=tmp_path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- TorchScript archives
+
+class Mode(__import__("enum").Enum):
+    FAST = "fast"
+
+
+class Scripted(nn.Module):
+    """A module as deployed: convolutions, a block in a container, an enum attribute (TorchScript
+    pickles it unlike Python) and a head tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(12, 8)
+        self.features = nn.Sequential(nn.Conv1d(8, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU())
+        self.head = nn.Linear(8, 12, bias=False)
+        self.head.weight = self.embed.weight
+        self.mode = Mode.FAST
+
+    def forward(self, tokens):
+        x = self.features(self.embed(tokens).transpose(1, 2)).transpose(1, 2)
+        return self.head(x) if self.mode == Mode.FAST else x
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script's deprecation notice
+@pytest.mark.parametrize("compile_with", ["script", "trace"])
+def test_a_torchscript_archive_is_read_for_its_tensors_without_running_it(tmp_path, compile_with):
+    """torch.jit.save's archive (code, constants, data.pkl of module objects): refused by
+    torch.load(weights_only=True) and runnable only by compiling its code, it is read as the state
+    dict of its modules, the tied head once."""
+    from conftest import fetch_file_source
+
+    torch.manual_seed(0)
+    network = Scripted().eval()
+    compiled = torch.jit.script(network) if compile_with == "script" else \
+        torch.jit.trace(network, torch.randint(0, 12, (2, 5)))
+    compiled.save(str(tmp_path / "deployed.pt"))
+    with pytest.raises(RuntimeError, match="TorchScript"):
+        torch.load(tmp_path / "deployed.pt", weights_only=True)
+    layers, matrices, meta = fetch_file_source(tmp_path / "deployed.pt", tmp_path / "out")
+    state = network.state_dict()
+    assert meta["checkpoint"]["format"] == "torchscript"
+    assert [(layer["name"], layer["type"]) for layer in layers] == [("embed", "Embedding"), ("features.0", "Conv1d")]
+    for layer in layers:
+        np.testing.assert_array_equal(matrices[layer["name"]], state[layer["tensor"]].numpy())
+    records = {t["tensor"]: t for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    assert records.keys() == state.keys()
+    assert records["head.weight"]["reason"] == "tied"
+
+
+def test_a_torchscript_archive_whose_pickle_would_run_code_is_refused(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    with pytest.warns(FutureWarning):
+        torch.jit.script(nn.Linear(4, 4)).save(str(tmp_path / "m.pt"))
+    with zipfile.ZipFile(tmp_path / "m.pt") as source, zipfile.ZipFile(tmp_path / "evil.pt", "w") as target:
+        for item in source.infolist():
+            data = pickle.dumps(Payload()) if item.filename.endswith("/data.pkl") else source.read(item)
+            target.writestr(item, data)
+    with pytest.raises(FetchError, match=r"refusing to load TorchScript archive .*names \w+\.system"):
+        fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'evil.pt'}", "accuracy": None},
+                    tmp_path / "out", sheet_dir=tmp_path)
+    assert not marker.exists()

@@ -34,6 +34,7 @@ from zooscope.tensors import (
 from zooscope.sources import dcp
 from zooscope.sources.base import CONVERT_HINT, FetchError
 from zooscope.sources.dcp import CHUNKS_GLOB as DCP_CHUNKS, METADATA as DCP_METADATA, is_dcp_folder
+from zooscope.sources.torchscript import archive_root, read_torchscript
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -58,7 +59,7 @@ DIRECTORY_LAYOUTS = (
     ("safetensors", "model.safetensors.index.json", "model.safetensors"),
     ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-FORMATS = ("safetensors", "torch", "npz", "dcp")
+FORMATS = ("safetensors", "torch", "torchscript", "npz", "dcp")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
         nested, by_placeholder = dcp.nested_placeholders(entries)
         found_key, part = choose(candidates(nested), model, path, key)
         tensors = dcp.DcpStore(path, {name: by_placeholder[id(value)] for name, value in part.items()}, model)
+    elif file_format == "torchscript":  # its modules' tensors, a state dict (no wrappers)
+        tensors, found_key, lightning = read_torchscript(path, model), None, False
     else:
         tensors, found_key, lightning = {}, None, False
         for file in files:
@@ -201,12 +204,15 @@ def sniff(path: Path) -> str | None:
 
 
 def zip_format(path: Path) -> str | None:
-    """A zip holding ``data.pkl`` is a PyTorch file, one of ``.npy`` members an .npz."""
+    """A zip holding ``data.pkl`` is a PyTorch file (a TorchScript archive when its code is beside it:
+    zooscope.sources.torchscript), one of ``.npy`` members an .npz."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return "torch"  # torch.load reports what is wrong with it
+    if archive_root(names) is not None:
+        return "torchscript"
     if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
         return "torch"
     if names and all(name.endswith(".npy") for name in names):
