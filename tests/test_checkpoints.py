@@ -602,3 +602,26 @@ def test_a_torchscript_archive_whose_pickle_would_run_code_is_refused(tmp_path):
         fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'evil.pt'}", "accuracy": None},
                     tmp_path / "out", sheet_dir=tmp_path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- torch.export archives
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_torch_export_archive_is_read_for_its_weights(tmp_path, dtype):
+    """torch.export.save's .pt2 (each weight's raw bytes and a JSON config of dtypes, sizes and
+    strides): the state dict of the exported module, buffers included, in its stored dtype."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    network = network.to(dtype).eval()
+    torch.export.save(torch.export.export(network, (torch.randn(1, 3, 8, 8, dtype=dtype),)), str(tmp_path / "m.pt2"))
+    fetch_model({"model": "m", "series": "s", "source": f"file:{tmp_path / 'm.pt2'}", "accuracy": None},
+                tmp_path / "out", sheet_dir=tmp_path)
+    layers, meta = json.loads((tmp_path / "out" / "layers.json").read_text())["layers"], checked_meta(tmp_path / "out")
+    state = network.state_dict()
+    assert meta["checkpoint"]["format"] == "pt2"
+    assert [(layer["name"], layer["type"]) for layer in layers] == [("0", "Conv2d"), ("4", "Linear")]
+    cached = load_file(tmp_path / "out" / "model.safetensors")
+    for layer in layers:
+        assert cached[layer["tensor"]].dtype == dtype and torch.equal(cached[layer["tensor"]], state[layer["tensor"]])
+    records = {t["tensor"] for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    assert records == state.keys()

@@ -31,7 +31,7 @@ from zooscope.tensors import (
     LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
     dequantised,
 )
-from zooscope.sources import dcp
+from zooscope.sources import dcp, pt2
 from zooscope.sources.base import CONVERT_HINT, FetchError
 from zooscope.sources.dcp import CHUNKS_GLOB as DCP_CHUNKS, METADATA as DCP_METADATA, is_dcp_folder
 from zooscope.sources.torchscript import archive_root, read_torchscript
@@ -59,7 +59,7 @@ DIRECTORY_LAYOUTS = (
     ("safetensors", "model.safetensors.index.json", "model.safetensors"),
     ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-FORMATS = ("safetensors", "torch", "torchscript", "npz", "dcp")
+FORMATS = ("safetensors", "torch", "torchscript", "pt2", "npz", "dcp")
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
         tensors = dcp.DcpStore(path, {name: by_placeholder[id(value)] for name, value in part.items()}, model)
     elif file_format == "torchscript":  # its modules' tensors, a state dict (no wrappers)
         tensors, found_key, lightning = read_torchscript(path, model), None, False
+    elif file_format == "pt2":
+        tensors, found_key, lightning = pt2.read_pt2(path, model), None, False
     else:
         tensors, found_key, lightning = {}, None, False
         for file in files:
@@ -205,7 +207,8 @@ def sniff(path: Path) -> str | None:
 
 def zip_format(path: Path) -> str | None:
     """A zip holding ``data.pkl`` is a PyTorch file (a TorchScript archive when its code is beside it:
-    zooscope.sources.torchscript), one of ``.npy`` members an .npz."""
+    zooscope.sources.torchscript), one with ``archive_format`` and weights a torch.export archive
+    (zooscope.sources.pt2), one of ``.npy`` members an .npz."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -213,6 +216,8 @@ def zip_format(path: Path) -> str | None:
         return "torch"  # torch.load reports what is wrong with it
     if archive_root(names) is not None:
         return "torchscript"
+    if pt2.archive_root(names) is not None:
+        return "pt2"
     if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
         return "torch"
     if names and all(name.endswith(".npy") for name in names):
