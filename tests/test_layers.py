@@ -98,11 +98,14 @@ def test_state_dict_typing_by_name_and_rank():
     }
     assert summary(layers_from_state_dict(state)) == [
         ("Word_Embeddings", "Word_Embeddings.weight", "Embedding", [11, 4], 0),
-        ("attn.in_proj_weight", "attn.in_proj_weight", "Linear", [12, 4], 1),
-        ("blocks.2.fc", "blocks.2.fc.weight", "Linear", [5, 4], 2),
-        ("blocks.10.fc", "blocks.10.fc.weight", "Linear", [3, 5], 3),
-        ("conv", "conv.weight", "Conv1d", [4, 2, 3], 4),
-        ("stem", "stem.weight", "Conv2d", [4, 3, 3, 3], 5),
+        # a MultiheadAttention's fused in_proj_weight: its q, k and v projections, as from its module
+        ("attn.q_proj", "attn.q_proj.weight", "Linear", [4, 4], 1),
+        ("attn.k_proj", "attn.k_proj.weight", "Linear", [4, 4], 2),
+        ("attn.v_proj", "attn.v_proj.weight", "Linear", [4, 4], 3),
+        ("blocks.2.fc", "blocks.2.fc.weight", "Linear", [5, 4], 4),
+        ("blocks.10.fc", "blocks.10.fc.weight", "Linear", [3, 5], 5),
+        ("conv", "conv.weight", "Conv1d", [4, 2, 3], 6),
+        ("stem", "stem.weight", "Conv2d", [4, 3, 3, 3], 7),
     ]
 
 
@@ -271,6 +274,21 @@ def test_multihead_attention_with_separate_key_and_value_sizes():
         ("q_proj", "Linear", [8, 8]), ("k_proj", "Linear", [8, 5]), ("v_proj", "Linear", [8, 3]),
         ("out_proj", "Linear", [8, 8]),
     ]
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16),
+    lambda: nn.MultiheadAttention(8, 2, kdim=5, vdim=3),
+], ids=["fused-qkv", "separate-qkv"])
+def test_a_state_dict_names_attention_projections_as_its_module_tree_does(build):
+    """A bare state dict (torchvision's ViT saved with torch.save, say) has no classes, but a
+    MultiheadAttention's in_proj_weight (or q/k/v_proj_weight) is split and named as the module
+    tree's layers are: the same layers, shapes and bytes from either route."""
+    torch.manual_seed(0)
+    network = build()
+    from_tree, from_names = layers_from_module(network), layers_from_state_dict(network.state_dict())
+    assert {(l.name, l.tensor, l.type, tuple(l.shape), l.sha256) for l in from_names.layers} == {
+        (l.name, l.tensor, l.type, tuple(l.shape), l.sha256) for l in from_tree.layers}
 
 
 # --------------------------------------------------------------------------- a module tree on the meta device

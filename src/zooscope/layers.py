@@ -18,8 +18,8 @@ sources) the module class says what a weight is:
   parameter, experts first) is one Linear per expert, ``{path}.{projection}.{e}``
   (expert_matrices); a ``...Router`` module's bare ``weight`` is a Linear.
  A bare state dict (``file:`` sources) has
-no classes, so the tensor's name and rank decide (name_typed; 3-D tensors under an experts path
-are stacked experts, stacked_experts). Each layer is one weight tensor; biases, norms
+no classes, so the tensor's name and rank decide (name_typed; a tensor holding several matrices,
+stacked experts or a MultiheadAttention's in_proj_weight, is split as a tree would be: split_layers). Each layer is one weight tensor; biases, norms
 and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
 
 Layer names become file names in later stages (``results/esd/{model}/{layer}.npy``), so they
@@ -346,31 +346,54 @@ def layers_from_state_dict(state: Mapping[str, Tensor], select: Selector | None 
 def name_typed(key: str, value: object, read: Callable[[], Any], identity: object = None) -> list[tuple]:
     """The (tensor key, type, identity, shape, maker) entries of one checkpoint tensor typed by
     its name and rank (``value``: the tensor or its TensorInfo; ``read`` makes it): none if it is
-    no layer, one per expert for stacked experts (stacked_experts: ``{path}.{e}.weight``, each a
-    Linear, a view of the stored tensor), else one of type state_dict_type. ``identity`` (what
-    makes two entries one tied weight) defaults to the key."""
+    no layer, one Linear per matrix of a tensor that holds several (split_layers: a view of the
+    stored tensor each), else one of type state_dict_type. ``identity`` (what makes two entries
+    one tied weight) defaults to the key."""
     identity = ("key", key) if identity is None else identity
-    if count := stacked_experts(key, value):
-        shape = tuple(describe_tensor(value).shape[1:])
-        return [(expert_key(key, e), "Linear", (identity, e), shape, lambda e=e: read()[e]) for e in range(count)]
+    if parts := split_layers(key, value):
+        return [(part, "Linear", (identity, position), shape, lambda index=index: read()[index])
+                for position, (part, index, shape) in enumerate(parts)]
     kind = state_dict_type(key, value)
     return [(key, kind, identity, tuple(describe_tensor(value).shape), read)] if kind else []
 
 
-def expert_key(key: str, expert: int) -> str:
-    """The tensor key of expert ``expert``'s matrix of stacked experts stored as ``key``."""
-    return f"{layer_name(key)}.{expert}.weight"
+def split_layers(key: str, value: object) -> list[tuple[str, Any, tuple]]:
+    """(tensor key, index into the stored tensor, shape) of each layer name typing makes of a
+    stored tensor that holds several matrices, named as a module tree names them; [] for any other.
+
+    - stacked experts (stacked_experts): one per expert, ``{path}.{e}.weight``;
+    - an nn.MultiheadAttention's fused ``in_proj_weight`` (3E, E): its query, key and value
+      projections, ``{path}.q_proj.weight``, ``k_proj``, ``v_proj`` (its rows in thirds, as
+      attention_projections does with the module); its separate ``q_proj_weight`` (other key and
+      value sizes) is ``{path}.q_proj.weight`` whole."""
+    if count := stacked_experts(key, value):
+        shape = tuple(describe_tensor(value).shape[1:])
+        return [(f"{layer_name(key)}.{e}.weight", e, shape) for e in range(count)]
+    if not isinstance(value, (TensorInfo, np.ndarray)) and not is_torch_tensor(value):
+        return []
+    info = describe_tensor(value)
+    if len(info.shape) != 2 or info.dtype not in FLOAT_DTYPES:
+        return []
+    path, _, name = key.rpartition(".")
+    prefix = f"{path}." if path else ""
+    if name == "in_proj_weight" and info.shape[0] % 3 == 0:
+        rows = info.shape[0] // 3
+        return [(f"{prefix}{n}_proj.weight", slice(i * rows, (i + 1) * rows), (rows, info.shape[1]))
+                for i, n in enumerate("qkv")]
+    if name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+        return [(f"{prefix}{name.removesuffix('_weight')}.weight", slice(None), tuple(info.shape))]
+    return []
 
 
-def expert_parts(tensors: Mapping[str, Any]) -> dict[str, str]:
-    """Tensor key of each layer name_typed splits a stacked-experts tensor into -> that tensor's key
+def split_parts(tensors: Mapping[str, Any]) -> dict[str, str]:
+    """Tensor key of each layer split_layers makes of a stored tensor -> that tensor's key
     (``tensors``: key -> tensor or TensorInfo)."""
-    return {expert_key(key, e): key for key, value in tensors.items() for e in range(stacked_experts(key, value))}
+    return {part: key for key, value in tensors.items() for part, _, _ in split_layers(key, value)}
 
 
 def is_layer_weight(key: str, value: object) -> bool:
     """Whether name_typed makes a layer of the tensor."""
-    return bool(stacked_experts(key, value) or state_dict_type(key, value))
+    return bool(split_layers(key, value) or state_dict_type(key, value))
 
 
 def stacked_experts(key: str, value: object) -> int:

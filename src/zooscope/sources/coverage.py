@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zooscope.io import FLOAT_DTYPES
-from zooscope.layers import LayerList, expert_parts, tree_weights
+from zooscope.layers import LayerList, split_parts, tree_weights
 from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, MXFP4_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
@@ -61,10 +61,10 @@ def inventory(tensors: Mapping[str, TensorInfo], layers: LayerList,
 
     ``parameter_of`` maps a layer's tensor key to the checkpoint tensor it was made of where the
     two differ (a MultiheadAttention's q/k/v parts of ``in_proj_weight``, a module tree that
-    names the checkpoint's tensors otherwise; stacked experts split by name come from their
-    tensor, zooscope.layers.expert_parts); a tensor several layers came from lists them all.
+    names the checkpoint's tensors otherwise; a tensor split by name, stacked experts or fused q/k/v,
+    zooscope.layers.split_parts); a tensor several layers came from lists them all.
     """
-    parameter_of = {**expert_parts(tensors), **(parameter_of or {})}
+    parameter_of = {**split_parts(tensors), **(parameter_of or {})}
     made: dict[str, list[str]] = {}
     for layer in layers.layers:
         made.setdefault(parameter_of.get(layer.tensor, layer.tensor), []).append(layer.name)
