@@ -1,7 +1,7 @@
 """Third-party architectures through zooscope's intake, eigenvalues and fit, against WeightWatcher.
 
 Each model is built at random initialisation by its own library (timm, transformers), saved the
-way users save it (timm: ``torch.save(model.state_dict())``; transformers: ``save_pretrained``, a
+way users save it (timm, torchvision: ``torch.save(model.state_dict())``; transformers: ``save_pretrained``, a
 folder with its config.json; ``--onnx``: timm models exported by ``torch.onnx.export``'s TorchScript
 exporter, ``--onnx-dynamo`` by its dynamo exporter), fetched
 as a ``file:`` source (zooscope.sources.fetch.fetch_model) and analysed in process
@@ -12,7 +12,7 @@ every layer one tool has and the other does not. Layers with fewer than 20 eigen
 compared (WeightWatcher switches to another fit below 20: docs/fit.md) but counted.
 
     python benchmarks/sweep_architectures.py                  # the default lists, about 2-3 minutes
-    python benchmarks/sweep_architectures.py --timm resnet18 --hf mixtral --onnx ""
+    python benchmarks/sweep_architectures.py --timm resnet18 --torchvision "" --hf mixtral --hf-heads "" --onnx "" --onnx-dynamo ""
 
 What differs by design (docs/method.md, docs/intake.md): zooscope analyses the per-expert
 weights and routers of mixture-of-experts models (WeightWatcher only nn.Linear modules), fails
@@ -46,6 +46,8 @@ HF = ("bert,roberta,distilbert,albert,deberta-v2,gpt2,gpt_neox,llama,mistral,qwe
       "convnext,resnet,clip,vit,wav2vec2,olmo,starcoder2,rwkv,mixtral,qwen2_moe,qwen3_moe,olmoe,gpt_oss,granitemoe,"
       "jamba,deepseek_v2,dbrx,ibert,whisper,siglip,falcon,gemma3_text,phi3,mamba,swin,efficientnet,sam")
 HF_HEADS = "llama,gpt2,t5,bert,vit,qwen2,gemma2,mixtral,gpt_oss,granitemoe,roberta,whisper,bart"
+TORCHVISION = ("alexnet,vgg11,resnet18,squeezenet1_0,densenet121,inception_v3,googlenet,mobilenet_v3_small,"
+               "efficientnet_b0,regnet_x_400mf,vit_b_16,swin_t,convnext_tiny,maxvit_t")
 ONNX = "resnet18,vit_tiny_patch16_224,efficientnet_b0,swin_tiny_patch4_window7_224,mixer_s16_224,inception_v3"
 ONNX_DYNAMO = "resnet18,vit_tiny_patch16_224,mixer_s16_224,convnext_atto"
 # Small transformers configs: the options each model type has are set, the rest keep their defaults.
@@ -163,6 +165,8 @@ def hf_model(model_type: str, head: bool = False):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timm", default=TIMM, help="timm model names, comma-separated (state dicts)")
+    parser.add_argument("--torchvision", default=TORCHVISION,
+                        help="torchvision model names, comma-separated (state dicts)")
     parser.add_argument("--hf", default=HF, help="transformers model types, comma-separated (save_pretrained folders)")
     parser.add_argument("--hf-heads", default=HF_HEADS,
                         help="transformers model types to build with their head (HEAD_CLASSES), comma-separated")
@@ -182,7 +186,11 @@ def main() -> None:
 
     print(f"timm {timm.__version__}, transformers {transformers.__version__}, torch {torch.__version__}", flush=True)
     start, totals = time.perf_counter(), []
+    import torchvision
+
     jobs = ([(f"timm {name}", partial(timm.create_model, name), save_state_dict) for name in filter(None, args.timm.split(","))]
+            + [(f"torchvision {name}", partial(torchvision.models.get_model, name, weights=None), save_state_dict)
+               for name in filter(None, args.torchvision.split(","))]
             + [(f"transformers {name}", partial(hf_model, name), save_pretrained) for name in filter(None, args.hf.split(","))]
             + [(f"transformers+head {name}", partial(hf_model, name, head=True), save_pretrained)
                for name in filter(None, args.hf_heads.split(","))]

@@ -149,11 +149,16 @@ PACKED_INTEGER_MARKERS = (
 
 
 MLX_PACKED = "MLX's packed integers (weight, scales, biases)"
+# Any other weight matrix stored as integers is a quantisation too (NVIDIA ModelOpt's NVFP4: a
+# uint8 weight with weight_scale and weight_scale_2; int8 exports): no layer's matrix is a matrix
+# of integers.
+INTEGER_WEIGHTS = "integers (a weight matrix of an integer dtype: NVFP4, int8 or another packed format)"
 
 
 def refuse_packed_integers(tensors: Mapping[str, Any], path: Path, model: str) -> None:
     """A FetchError when the checkpoint's weights are quantised to packed integers
-    (PACKED_INTEGER_MARKERS; MLX: an integer ``...weight`` with ``...scales``): analysing it would
+    (PACKED_INTEGER_MARKERS; MLX: an integer ``...weight`` with ``...scales``; any other integer
+    weight matrix, INTEGER_WEIGHTS): analysing it would
     leave out every quantised layer and report the few float ones (embeddings, head) as the model."""
     found = packed_integer_weights(tensors)
     if found:
@@ -170,9 +175,11 @@ def packed_integer_weights(tensors: Mapping[str, Any]) -> tuple[str, list[str]] 
     for marker, kind in PACKED_INTEGER_MARKERS:
         if keys := [key for key in tensors if key.endswith(marker)]:
             return kind, keys
-    mlx = [key for key in tensors if key.endswith(".weight") and key.removesuffix("weight") + "scales" in tensors
-           and tensor_info(tensors, key).dtype not in FLOAT_DTYPES]
-    return (MLX_PACKED, mlx) if mlx else None
+    integers = [key for key in tensors if key.endswith("weight") and len(tensor_info(tensors, key).shape) >= 2
+                and tensor_info(tensors, key).dtype not in FLOAT_DTYPES]
+    if mlx := [key for key in integers if key.removesuffix("weight") + "scales" in tensors]:
+        return MLX_PACKED, mlx
+    return (INTEGER_WEIGHTS, integers) if integers else None
 
 
 def _no_clash(model: str, contents: Mapping, part: Mapping, file: Path) -> None:
