@@ -429,7 +429,7 @@ def test_mxfp4_blocks_that_do_not_match_their_scales_name_both(tmp_path):
     # NVIDIA ModelOpt's NVFP4: two 4-bit values a byte, a float8 scale per 16, a float32 one per tensor
     ({"model.layers.0.q_proj.weight": torch.zeros(64, 32, dtype=torch.uint8),
       "model.layers.0.q_proj.weight_scale": torch.ones(64, 4).to(torch.float8_e4m3fn),
-      "model.layers.0.q_proj.weight_scale_2": torch.ones(())}, r"integers \(a weight matrix of an integer dtype"),
+      "model.layers.0.q_proj.weight_scale_2": torch.ones(())}, r"integers \(a weight matrix of an integer dtype with a scale"),
 ])
 def test_weights_packed_as_integers_are_refused_naming_the_format(tmp_path, tensors, words):
     """The tensors these libraries write for a quantised Linear (its float embedding and head

@@ -149,16 +149,16 @@ PACKED_INTEGER_MARKERS = (
 
 
 MLX_PACKED = "MLX's packed integers (weight, scales, biases)"
-# Any other weight matrix stored as integers is a quantisation too (NVIDIA ModelOpt's NVFP4: a
-# uint8 weight with weight_scale and weight_scale_2; int8 exports): no layer's matrix is a matrix
-# of integers.
-INTEGER_WEIGHTS = "integers (a weight matrix of an integer dtype: NVFP4, int8 or another packed format)"
+# Any other weight matrix stored as integers with a scale beside it (``{weight}_scale``) is a
+# quantisation too: NVIDIA ModelOpt's NVFP4 (a uint8 weight, weight_scale, weight_scale_2), int8
+# exports. (An integer "weight" without one stays an integer buffer.)
+INTEGER_WEIGHTS = "integers (a weight matrix of an integer dtype with a scale: NVFP4, int8 or another packed format)"
 
 
 def refuse_packed_integers(tensors: Mapping[str, Any], path: Path, model: str) -> None:
     """A FetchError when the checkpoint's weights are quantised to packed integers
     (PACKED_INTEGER_MARKERS; MLX: an integer ``...weight`` with ``...scales``; any other integer
-    weight matrix, INTEGER_WEIGHTS): analysing it would
+    weight matrix with a scale, INTEGER_WEIGHTS): analysing it would
     leave out every quantised layer and report the few float ones (embeddings, head) as the model."""
     found = packed_integer_weights(tensors)
     if found:
@@ -179,7 +179,8 @@ def packed_integer_weights(tensors: Mapping[str, Any]) -> tuple[str, list[str]] 
                 and tensor_info(tensors, key).dtype not in FLOAT_DTYPES]
     if mlx := [key for key in integers if key.removesuffix("weight") + "scales" in tensors]:
         return MLX_PACKED, mlx
-    return (INTEGER_WEIGHTS, integers) if integers else None
+    scaled = [key for key in integers if f"{key}_scale" in tensors]
+    return (INTEGER_WEIGHTS, scaled) if scaled else None
 
 
 def _no_clash(model: str, contents: Mapping, part: Mapping, file: Path) -> None:
