@@ -320,14 +320,45 @@ def test_a_payload_inside_the_allowed_data_classes_is_refused_and_never_runs(tmp
     assert not marker.exists()
 
 
-def test_pickled_module_is_refused(tmp_path):
+def test_a_pickled_module_is_read_as_data_without_importing_its_classes(tmp_path, monkeypatch):
+    """torch.save(model) and YOLO-style checkpoints ({"model": <the nn.Module>, "ema": None,
+    "optimizer": None, "train_args": {...}}) pickle the module itself, which the weights-only
+    unpickler refuses: the file is read again as data (each object an inert record), the module
+    becomes its state dict, and the module that defines its class is never imported."""
+    import sys
+
+    marker = tmp_path / "imported"
+    (tmp_path / "userlib.py").write_text(
+        f"open({str(marker)!r}, 'a').write('x')\n"
+        "import torch\n"
+        "class Detector(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))\n"
+        "        self.head = torch.nn.Linear(8, 4)\n"
+        "        self.register_buffer('anchors', torch.ones(3, 2), persistent=False)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userlib
+
+    torch.manual_seed(0)
+    detector = userlib.Detector().half()
+    torch.save({"model": detector, "ema": None, "optimizer": None, "train_args": {"lr": 0.01}, "epoch": -1},
+               tmp_path / "best.pt")
     torch.save(nn.Sequential(nn.Linear(4, 3)), tmp_path / "whole_model.pt")
-    with pytest.raises(FetchError) as error:
-        fetch_model(file_row("whole_model.pt", model="whole"), tmp_path / "out", sheet_dir=tmp_path)
-    message = str(error.value)
-    assert "'whole'" in message and str(tmp_path / "whole_model.pt") in message
-    assert "pickled code" in message and "torch.nn.modules" in message
-    assert "safetensors.torch.save_file" in message
+    del sys.modules["userlib"]
+    assert marker.read_text() == "x"
+    fetch_model(file_row("best.pt", model="detector"), tmp_path / "out", sheet_dir=tmp_path)
+    assert marker.read_text() == "x" and "userlib" not in sys.modules  # never imported again
+    layers, meta = read_outputs(tmp_path / "out")
+    assert meta["checkpoint"]["key"] == "model"
+    assert [(l["name"], l["type"]) for l in layers["layers"]] == [("backbone.0", "Conv2d"), ("head", "Linear")]
+    stored = load_file(tmp_path / "out" / "model.safetensors")
+    state = detector.state_dict()
+    assert all(torch.equal(stored[l["tensor"]], state[l["tensor"]]) for l in layers["layers"])
+    records = {t["tensor"] for t in json.loads((tmp_path / "out" / "tensors.json").read_text())["tensors"]}
+    assert records == state.keys()  # the non-persistent buffer is not part of it
+    fetch_model(file_row("whole_model.pt", model="whole"), tmp_path / "out2", sheet_dir=tmp_path)
+    assert [l["name"] for l in read_outputs(tmp_path / "out2")[0]["layers"]] == ["0"]
 
 
 def test_torch_load_is_only_called_weights_only(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ which (:meth:`Checkpoint.to_meta`).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -38,6 +39,8 @@ from zooscope.sources.torchscript import archive_root, read_torchscript
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+log = logging.getLogger(__name__)
 
 # Keys under which training scripts nest the model's tensors, in the order candidates are listed:
 # torch examples and most scripts (state_dict, model_state_dict, model), DataParallel-era scripts
@@ -345,10 +348,13 @@ def _npz_array(path: Path, key: str):
 
 
 def load_torch(path: Path, model: str) -> Any:
-    """What a PyTorch file holds, loaded with ``weights_only=True`` and nothing else.
+    """What a PyTorch file holds, loaded with ``weights_only=True``, else read as data.
 
-    A file the weights-only unpickler rejects (a pickled nn.Module, arbitrary objects, a
-    malicious pickle) would need its pickled code run to load: it is refused, never retried.
+    A zip-format file the weights-only unpickler rejects because it pickles objects (a whole
+    nn.Module, ``torch.save(model)``; a YOLO-style checkpoint whose ``model`` is the module) is read
+    again by zooscope.sources.inert, which builds every object as an inert record and calls
+    nothing the file names; each pickled module becomes its state dict (module_states). A pickle
+    that calls anything (a malicious one's ``os.system``), or a legacy-format one, is refused.
     """
     import torch
 
@@ -358,6 +364,8 @@ def load_torch(path: Path, model: str) -> Any:
         with open(path, "rb") as handle, torch.serialization.safe_globals(data_only_globals()):
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if zipfile.is_zipfile(path):
+            return objects_as_data(path, model, refusal_reason(error))
         raise FetchError(
             f"model {model!r}: refusing to load {path}: {refusal_reason(error)}; "
             f"zooscope never runs pickled code: {CONVERT_HINT}"
@@ -367,6 +375,24 @@ def load_torch(path: Path, model: str) -> Any:
             f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
         ) from None
+
+
+def objects_as_data(path: Path, model: str, why: str) -> Any:
+    """A torch.save zip whose pickle holds objects, read as data (load_torch); a FetchError naming
+    what the pickle would call when it calls anything."""
+    from zooscope.sources.inert import load_objects, module_states
+
+    try:
+        loaded = module_states(load_objects(path))
+    except pickle.UnpicklingError as error:
+        raise FetchError(f"model {model!r}: refusing to load {path}: {why}, and {error}; zooscope never runs "
+                         f"pickled code: {CONVERT_HINT}") from None
+    except Exception as error:  # a damaged archive: any of zipfile's, pickle's and torch's errors
+        raise FetchError(f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
+                         f"{type(error).__name__}: {error}") from None
+    log.warning("model %s: %s pickles objects, not only tensors (%s); they are read as inert data and "
+                "nothing in the file is run", model, path, why.removeprefix("loading it would run pickled code "))
+    return loaded
 
 
 def data_only_globals() -> list:
