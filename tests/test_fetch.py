@@ -336,7 +336,8 @@ def test_a_pickled_module_is_read_as_data_without_importing_its_classes(tmp_path
         "        super().__init__()\n"
         "        self.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))\n"
         "        self.head = torch.nn.Linear(8, 4)\n"
-        "        self.register_buffer('anchors', torch.ones(3, 2), persistent=False)\n")
+        "        self.register_buffer('anchors', torch.ones(3, 2), persistent=False)\n"
+        "        self.where, self.stride = torch.device('cpu'), __import__('numpy').array([8.0, 16.0])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import userlib
 

@@ -390,7 +390,7 @@ def objects_as_data(path: Path, model: str, why: str) -> Any:
     except Exception as error:  # a damaged archive: any of zipfile's, pickle's and torch's errors
         raise FetchError(f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
                          f"{type(error).__name__}: {error}") from None
-    log.warning("model %s: %s pickles objects, not only tensors (%s); they are read as inert data and "
+    log.warning("model %s: %s pickles objects, not only tensors %s; they are read as inert data and "
                 "nothing in the file is run", model, path, why.removeprefix("loading it would run pickled code "))
     return loaded
 

@@ -10,7 +10,8 @@ objects beside or instead of a state dict (``torch.save(model)``; YOLO-style che
 Why it is safe: a pickle can only run code through the globals it names, which find_class
 resolves, and the calls it makes with them (REDUCE, NEWOBJ, BUILD's ``__setstate__``). Here a
 global is either on an allowlist of data builders (torch's ``_rebuild_tensor_v2`` and
-``_rebuild_parameter``, storage types, dtypes, ``OrderedDict``, ``set``) or becomes a fresh
+``_rebuild_parameter``, storage types, dtypes, ``torch.device``, ``OrderedDict``, ``set``, numpy's
+array and scalar builders) or becomes a fresh
 subclass of Inert, whose construction (NEWOBJ) and state (BUILD) only record data; calling one
 (REDUCE: how a pickle calls a function, ``os.system`` or ``exec``) is refused unless the caller
 allows it for that module (TorchScript's own classes, whose enum members are pickled so). The
@@ -29,7 +30,12 @@ ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
     ("torch.jit._pickle", "build_intlist"), ("torch.jit._pickle", "build_doublelist"),
     ("torch.jit._pickle", "build_boollist"), ("torch.jit._pickle", "build_tensorlist"),
-    ("torch.jit._pickle", "restore_type_tag"),
+    ("torch.jit._pickle", "restore_type_tag"), ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "device"), ("torch.serialization", "_get_layout"),
+    # numpy arrays, scalars and dtypes a module or its checkpoint keeps (both numpy 1's and 2's names)
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("_codecs", "encode"),  # how protocol 2 pickles bytes (an array's data)
 }
 
 
