@@ -310,6 +310,31 @@ def test_a_training_checkpoint_with_its_args_and_numpy_values_is_read(tmp_path):
     assert all(torch.equal(stored[f"{i}.weight"], network[i].weight.detach()) for i in (0, 2))
 
 
+class RunConfig:
+    """A training config object as Hydra's DictConfig pickles one: an instance of a class of its own
+    whose state holds a defaultdict and nested values (NEWOBJ and BUILD, no call)."""
+
+    def __init__(self):
+        from collections import defaultdict
+
+        self.content = defaultdict(list, {"layers": [1, 2]})
+        self.flags = {"readonly": False}
+
+
+def test_a_checkpoint_whose_hyperparameters_are_objects_is_read(tmp_path):
+    """Lightning checkpoints of Hydra runs keep their config as an object (omegaconf's DictConfig,
+    with a defaultdict inside): read as inert data, the state dict beside it is the model."""
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Linear(6, 4))
+    torch.save({"state_dict": network.state_dict(), "hyper_parameters": {"cfg": RunConfig()}, "epoch": 2},
+               tmp_path / "run.ckpt")
+    with pytest.raises(__import__("pickle").UnpicklingError):
+        torch.load(tmp_path / "run.ckpt", weights_only=True)
+    fetch_model(file_row("run.ckpt", model="hydra"), tmp_path / "out", sheet_dir=tmp_path)
+    layers, meta = read_outputs(tmp_path / "out")
+    assert meta["checkpoint"]["key"] == "state_dict" and [l["name"] for l in layers["layers"]] == ["0"]
+
+
 @pytest.mark.parametrize("wrap", [lambda payload: __import__("argparse").Namespace(x=payload),
                                   lambda payload: np.array([payload], dtype=object)], ids=["namespace", "object-array"])
 def test_a_payload_inside_the_allowed_data_classes_is_refused_and_never_runs(tmp_path, wrap):

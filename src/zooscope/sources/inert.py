@@ -27,7 +27,7 @@ from typing import Any, Callable
 # Data builders a pickle of torch's zip format may call, as (module, name).
 ALLOWED_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_parameter"),
-    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("collections", "OrderedDict"), ("collections", "defaultdict"), ("builtins", "set"), ("builtins", "frozenset"),
     ("torch.jit._pickle", "build_intlist"), ("torch.jit._pickle", "build_doublelist"),
     ("torch.jit._pickle", "build_boollist"), ("torch.jit._pickle", "build_tensorlist"),
     ("torch.jit._pickle", "restore_type_tag"), ("torch._utils", "_rebuild_parameter_with_state"),
