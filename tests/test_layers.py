@@ -380,3 +380,24 @@ def test_checkpoint_weights_the_tree_has_no_parameter_for_are_typed_by_name_afte
     only = layers_from_module(empty, RenamedTensors({**empty.state_dict(), **extra}, {n: n for n in empty.state_dict()}))
     assert [layer.name for layer in only.layers] == sorted(
         (key.removesuffix(".weight") for key in extra if key.endswith(".weight")), key=natural_key)
+
+
+@pytest.mark.parametrize("names", ["parametrizations", "weight_g"])
+@pytest.mark.parametrize("dim", [0, 2])
+def test_a_bare_state_dict_makes_a_weight_norm_pair_into_its_weight(names, dim):
+    """Without a module tree, a weight-norm direction and magnitude (``parametrizations.weight.
+    original1``/``original0``, or ``weight_v``/``weight_g``) are the weight the module computes,
+    under the module's ``weight`` key; the axis the norm keeps is read off the magnitude's shape."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    conv = weight_norm(nn.Conv1d(4, 6, 3), dim=dim)
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.mul_(torch.rand_like(conv.parametrizations.weight.original0) + 0.5)
+    state = {"conv." + key: value for key, value in conv.state_dict().items()}
+    if names == "weight_g":
+        state = {key.replace("parametrizations.weight.original0", "weight_g")
+                 .replace("parametrizations.weight.original1", "weight_v"): value for key, value in state.items()}
+    layers = layers_from_state_dict(state)
+    assert [(l.name, l.tensor, l.type) for l in layers.layers] == [("conv", "conv.weight", "Conv1d")]
+    np.testing.assert_array_equal(np.asarray(layers.tensors["conv.weight"]), conv.weight.detach().numpy())

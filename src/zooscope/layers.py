@@ -27,6 +27,7 @@ are restricted to ``[A-Za-z0-9._-]`` (``zooscope.io.safe_filename``) and made un
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
@@ -35,7 +36,7 @@ import numpy as np
 
 from zooscope.io import FLOAT_DTYPES, safe_filename
 from zooscope.tensors import (
-    LazyTensors, RenamedTensors, TensorInfo, describe_tensor, is_torch_tensor, storage_key, tensor_info,
+    LazyTensors, RenamedTensors, TensorInfo, as_torch, describe_tensor, is_torch_tensor, storage_key, tensor_info,
     tensor_sha256,
 )
 
@@ -144,7 +145,7 @@ def weight_normed(direction, magnitude, dim: int):
     axis but ``dim`` (torch._weight_norm itself, so that the bits are the module's)."""
     import torch
 
-    return torch._weight_norm(torch.as_tensor(direction), torch.as_tensor(magnitude), dim)
+    return torch._weight_norm(as_torch(direction), as_torch(magnitude), dim)
 
 
 def layers_from_module(model: nn.Module, weights: Mapping[str, Tensor] | None = None,
@@ -339,8 +340,42 @@ def layers_from_state_dict(state: Mapping[str, Tensor], select: Selector | None 
         value = state.describe(key) if lazy else state[key]
         maker = (lambda k=key: state[k]) if lazy else (lambda v=value: v.detach() if is_torch_tensor(v) else v)
         identity = None if lazy or not is_torch_tensor(value) else storage_key(value)
+        if pair := weight_norm_pair(key, state):  # a weight-norm direction: the weight it makes
+            magnitude, dim = pair
+            weight = weight_norm_key(key)
+            found.append((weight, state_dict_type(weight, value), ("key", key), tuple(describe_tensor(value).shape),
+                          lambda k=key, g=magnitude, d=dim: weight_normed(state[k], state[g], d)))
+            continue
         found += name_typed(key, value, maker, identity)
     return _build(found, select)
+
+
+# A weight-norm parametrisation's (direction, magnitude) key suffixes: transformers 5's / torch's
+# parametrizations, and the older torch.nn.utils.weight_norm's.
+WEIGHT_NORM_SUFFIXES = ((".parametrizations.weight.original1", ".parametrizations.weight.original0"),
+                        (".weight_v", ".weight_g"))
+
+
+def weight_norm_key(direction: str) -> str:
+    """The key of the weight a weight-norm direction ``{path}...original1``/``weight_v`` makes."""
+    return next(f"{direction.removesuffix(v)}.weight" for v, _ in WEIGHT_NORM_SUFFIXES if direction.endswith(v))
+
+
+def weight_norm_pair(key: str, tensors: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(magnitude key, the axis the norm keeps) when ``key`` is a weight-norm direction v whose
+    magnitude g is in ``tensors``; None otherwise. Without a module the axis is read off g's shape:
+    the one axis it keeps of v's (size > 1), or -1 (one norm over all of v) when g is a scalar."""
+    for direction, magnitude in WEIGHT_NORM_SUFFIXES:
+        if key.endswith(direction) and (partner := key.removesuffix(direction) + magnitude) in tensors:
+            v, g = tensor_info(tensors, key), tensor_info(tensors, partner)
+            if v.dtype not in FLOAT_DTYPES or len(v.shape) < 2 or len(g.shape) not in (0, len(v.shape)):
+                return None
+            if math.prod(g.shape) == 1:
+                return partner, -1
+            kept = [i for i, (a, b) in enumerate(zip(v.shape, g.shape)) if b == a and b > 1]
+            others = all(b == 1 for i, b in enumerate(g.shape) if i not in kept)
+            return (partner, kept[0]) if len(kept) == 1 and others else None
+    return None
 
 
 def name_typed(key: str, value: object, read: Callable[[], Any], identity: object = None) -> list[tuple]:
@@ -386,9 +421,12 @@ def split_layers(key: str, value: object) -> list[tuple[str, Any, tuple]]:
 
 
 def split_parts(tensors: Mapping[str, Any]) -> dict[str, str]:
-    """Tensor key of each layer split_layers makes of a stored tensor -> that tensor's key
-    (``tensors``: key -> tensor or TensorInfo)."""
-    return {part: key for key, value in tensors.items() for part, _, _ in split_layers(key, value)}
+    """Tensor key of each layer name typing makes of a stored tensor under another key -> that
+    tensor's key: the parts split_layers splits a tensor into, and the weight a weight-norm
+    direction makes (weight_norm_pair). ``tensors``: key -> tensor, or a store with ``describe``."""
+    found = {part: key for key in tensors for part, _, _ in split_layers(key, tensor_info(tensors, key))}
+    found.update({weight_norm_key(key): key for key in tensors if weight_norm_pair(key, tensors)})
+    return found
 
 
 def is_layer_weight(key: str, value: object) -> bool:

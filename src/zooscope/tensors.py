@@ -311,6 +311,19 @@ def describe_tensor(value) -> TensorInfo:
     return TensorInfo(names.get(value.dtype, str(value.dtype).removeprefix("torch.")), tuple(value.shape))
 
 
+def as_torch(value):
+    """A torch tensor of the same values and dtype (bf16 and float8 numpy arrays of ml_dtypes by
+    their bytes, which torch.as_tensor does not take); a torch tensor as is."""
+    if is_torch_tensor(value):
+        return value
+    import torch
+
+    array = np.ascontiguousarray(value)
+    dtype = safetensors_dtypes()[safetensors_dtype(array.dtype)]
+    raw = torch.from_numpy(array.reshape(-1).view(np.uint8).copy())
+    return raw.view(dtype).reshape(array.shape)
+
+
 def is_torch_tensor(value: object) -> bool:
     """Whether ``value`` is a torch tensor; without importing torch (no torch: no tensor)."""
     torch = sys.modules.get("torch")
