@@ -143,17 +143,18 @@ def test_a_weight_norm_parametrisation_is_analysed_as_its_weight_and_stored_as_i
     from zooscope.sources.built import unanalysed_state
 
     torch.manual_seed(0)
-    network = torch.nn.Sequential(weight_norm(torch.nn.Conv1d(4, 6, 3), dim=2), weight_norm(torch.nn.Linear(6, 5)))
+    network = torch.nn.Sequential(weight_norm(torch.nn.Conv1d(4, 6, 3), dim=2), weight_norm(torch.nn.Linear(6, 5)),
+                                  weight_norm(torch.nn.Linear(5, 4), dim=None))  # one norm over the whole weight
     with torch.no_grad():
         for module in network:
             module.parametrizations.weight.original0.mul_(2.5)
     layers = layers_from_module(network)
-    assert [(layer.name, layer.type) for layer in layers.layers] == [("0", "Conv1d"), ("1", "Linear")]
+    assert [(layer.name, layer.type) for layer in layers.layers] == [("0", "Conv1d"), ("1", "Linear"), ("2", "Linear")]
     for layer, module in zip(layers.layers, network):
         assert torch.equal(torch.as_tensor(layers.tensors[layer.tensor]), module.weight.detach())
     other = unanalysed_state(network, layers)
     assert {key for key in other if "original" in key} == {f"{i}.parametrizations.weight.original{j}"
-                                                             for i in (0, 1) for j in (0, 1)}
+                                                             for i in (0, 1, 2) for j in (0, 1)}
     stored = {**{layer.tensor: torch.as_tensor(layers.tensors[layer.tensor]) for layer in layers.layers}, **other}
     joined = module_state(network, stored)
     assert joined.keys() == network.state_dict().keys()

@@ -19,8 +19,9 @@ sources) the module class says what a weight is:
   (expert_matrices); a ``...Router`` module's bare ``weight`` is a Linear.
  A bare state dict (``file:`` sources) has
 no classes, so the tensor's name and rank decide (name_typed; a tensor holding several matrices,
-stacked experts or a MultiheadAttention's in_proj_weight, is split as a tree would be: split_layers). Each layer is one weight tensor; biases, norms
-and other 1-D tensors are never analysed, and a tensor reached twice (tied weights) counts once.
+stacked experts or a MultiheadAttention's in_proj_weight, is split as a tree would split it:
+split_layers). Each layer is one weight tensor; biases, norms and other 1-D tensors are never
+analysed, and a tensor reached twice (tied weights) counts once.
 
 Layer names become file names in later stages (``results/esd/{model}/{layer}.npy``), so they
 are restricted to ``[A-Za-z0-9._-]`` (``zooscope.io.safe_filename``) and made unique here, once.
@@ -119,7 +120,7 @@ class ModuleWeight:
     def matrix(self, value):
         """The analysed matrix, from the parameter's value, a torch tensor or a numpy array read
         from a checkpoint (a view: nothing is copied)."""
-        if self.expert is not None:  # (E, rows, columns), or E blocks of rows of a matrix: the same reshape
+        if self.expert is not None:  # (E, rows, columns), indexed (a lazy MXFP4 stack too), or E row blocks
             value = value[self.expert] if value.ndim == 3 else value.reshape(self.experts, -1, value.shape[-1])[self.expert]
         if self.part is not None:
             rows = value.shape[0] // 3
@@ -265,22 +266,22 @@ def module_weights(path: str, module: nn.Module) -> list[tuple[ModuleWeight, Ten
     weight = getattr(module, "weight", None) if kind else None
     if not isinstance(weight, Tensor):
         return []
-    if norm_dim := weight_norm_dim(module):  # (dim + 1: 0 means none)
-        original = f"{prefix}parametrizations.weight.original"
-        return [(ModuleWeight(f"{prefix}weight", kind, f"{original}1", norm=f"{original}0", norm_dim=norm_dim - 1),
-                 weight)]
+    if (norm_dim := weight_norm_dim(module)) is not None:
+        direction, magnitude = (f"{prefix}{suffix.lstrip('.')}" for suffix in WEIGHT_NORM_SUFFIXES[0])
+        return [(ModuleWeight(f"{prefix}weight", kind, direction, norm=magnitude, norm_dim=norm_dim), weight)]
     return [(ModuleWeight(f"{prefix}weight", kind, f"{prefix}weight", optional=router), weight)]
 
 
-def weight_norm_dim(module: nn.Module) -> int:
-    """1 + the axis torch's weight-norm parametrisation of ``module.weight`` keeps (its weight is
-    then computed from ``parametrizations.weight.original0`` and ``original1``: wav2vec2's,
-    HuBERT's and WavLM's positional convolution); 0 when the weight is not so parametrised."""
+def weight_norm_dim(module: nn.Module) -> int | None:
+    """The axis torch's weight-norm parametrisation of ``module.weight`` keeps, as torch._weight_norm
+    takes it (-1: one norm over the whole weight), when the weight is computed from
+    ``parametrizations.weight.original0`` and ``original1`` (wav2vec2's, HuBERT's and WavLM's
+    positional convolution); None when the weight is not so parametrised."""
     parametrizations = getattr(module, "parametrizations", None)
     chain = getattr(parametrizations, "weight", None) if parametrizations is not None else None
     if chain is None or len(chain) != 1 or type(chain[0]).__name__ != "_WeightNorm":
-        return 0
-    return chain[0].dim % module.weight.ndim + 1 if chain[0].dim is not None else 0
+        return None
+    return chain[0].dim
 
 
 def expert_matrices(prefix: str, module: nn.Module) -> list[tuple[ModuleWeight, Tensor]]:
@@ -401,12 +402,11 @@ def split_layers(key: str, value: object) -> list[tuple[str, Any, tuple]]:
       projections, ``{path}.q_proj.weight``, ``k_proj``, ``v_proj`` (its rows in thirds, as
       attention_projections does with the module); its separate ``q_proj_weight`` (other key and
       value sizes) is ``{path}.q_proj.weight`` whole."""
-    if count := stacked_experts(key, value):
-        shape = tuple(describe_tensor(value).shape[1:])
-        return [(f"{layer_name(key)}.{e}.weight", e, shape) for e in range(count)]
     if not isinstance(value, (TensorInfo, np.ndarray)) and not is_torch_tensor(value):
         return []
     info = describe_tensor(value)
+    if count := stacked_experts(key, info):
+        return [(f"{layer_name(key)}.{e}.weight", e, tuple(info.shape[1:])) for e in range(count)]
     if len(info.shape) != 2 or info.dtype not in FLOAT_DTYPES:
         return []
     path, _, name = key.rpartition(".")
@@ -434,7 +434,7 @@ def is_layer_weight(key: str, value: object) -> bool:
     return bool(split_layers(key, value) or state_dict_type(key, value))
 
 
-def stacked_experts(key: str, value: object) -> int:
+def stacked_experts(key: str, info: TensorInfo) -> int:
     """How many experts' matrices a checkpoint tensor stacks along its first axis, by its name and
     rank; 0 if it is not such a stack.
 
@@ -442,9 +442,6 @@ def stacked_experts(key: str, value: object) -> int:
     (EXPERTS_NAME: ``experts``, ``block_sparse_moe``) holds one matrix per expert, as gpt-oss's
     ``mlp.experts.gate_up_proj`` and Granite-MoE's ``block_sparse_moe.input_linear.weight`` do;
     without that name a 3-D weight is a Conv1d's."""
-    if not isinstance(value, (TensorInfo, np.ndarray)) and not is_torch_tensor(value):
-        return 0
-    info = describe_tensor(value)
     if len(info.shape) != 3 or info.dtype not in FLOAT_DTYPES or key.endswith("bias"):
         return 0
     return info.shape[0] if any(EXPERTS_NAME.search(part) for part in key.split(".")[:-1]) else 0

@@ -157,103 +157,6 @@ def with_float8_scales(store: Mapping[str, Any]) -> Mapping[str, Any]:
     return DequantisedFloat8(store, scales) if scales else store
 
 
-# MXFP4 (OCP microscaling; gpt-oss's experts): ``{key}_blocks``, uint8 (..., rows, groups, 16), two
-# 4-bit E2M1 values per byte, the low nibble first; ``{key}_scales``, uint8 (..., rows, groups), the
-# power of two 2^(s - 127) of each group of 32 values.
-MXFP4_SUFFIXES = ("_blocks", "_scales")
-E2M1_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
-
-
-class Mxfp4Tensor:
-    """An MXFP4 tensor, decoded when indexed: ``[e]`` decodes expert e's matrix alone, so a stack
-    of experts is never decoded whole (a gpt-oss-20b block's would be 1 GB in bfloat16).
-
-    In transformers' layout: stacked experts' blocks (E, rows, groups, 16) are (E, groups * 32,
-    rows), as transformers dequantises them for its modules (gpt-oss's ``gate_up_proj`` is
-    (E, hidden, 2 x intermediate)); a matrix's (rows, groups, 16) are (rows, groups * 32). Values
-    are bfloat16, which holds every MXFP4 value exactly (two significant bits, float32's exponents)."""
-
-    def __init__(self, blocks: np.ndarray, scales: np.ndarray):
-        self.blocks, self.scales = blocks, scales
-        *lead, rows, groups, _ = blocks.shape
-        self.shape = (*lead, groups * 32, rows) if lead else (rows, groups * 32)
-        self.ndim = len(self.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-
-    def __getitem__(self, index):
-        if self.ndim == 3 and isinstance(index, (int, np.integer)):
-            return np.ascontiguousarray(dequantised_mxfp4(self.blocks[index], self.scales[index]).T).astype(self.dtype)
-        return np.asarray(self)[index]
-
-    def __array__(self, dtype=None, copy=None):
-        whole = (np.stack([self[e] for e in range(self.shape[0])]) if self.ndim == 3
-                 else dequantised_mxfp4(self.blocks, self.scales).astype(self.dtype))
-        return whole if dtype is None else whole.astype(dtype)
-
-
-def dequantised_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 (rows, groups * 32) from MXFP4 blocks (rows, groups, 16) and scales (rows, groups)."""
-    blocks = np.asarray(blocks, dtype=np.uint8)
-    values = np.empty(blocks.shape[:-1] + (32,), dtype=np.float32)
-    values[..., 0::2] = E2M1_VALUES[blocks & 0x0F]
-    values[..., 1::2] = E2M1_VALUES[blocks >> 4]
-    np.ldexp(values, (np.asarray(scales, dtype=np.int32) - 127)[..., None], out=values)
-    return values.reshape(blocks.shape[0], -1)
-
-
-class DequantisedMxfp4(LazyTensors):
-    """A lazy store whose MXFP4 pairs (``{key}_blocks`` with ``{key}_scales`` of matching shape)
-    are one tensor ``{key}``, an Mxfp4Tensor in the blocks' place, under the name transformers
-    loads it as (gpt-oss's ``mlp.experts.gate_up_proj``); the scales stay (coverage: quantisation
-    scales) and every other tensor is as stored.
-
-    Why: the packed bytes are no matrix, so without this a gpt-oss checkpoint's experts, nearly all
-    of its weights, would be left out as integer buffers."""
-
-    def __init__(self, store: Mapping[str, Any], pairs: Mapping[str, str]):
-        self.store, self.pairs = store, dict(pairs)  # {key}: its blocks' key
-        blocks = {block: key for key, block in self.pairs.items()}
-        super().__init__({blocks.get(key, key): partial(self._read, blocks.get(key, key)) for key in store})
-
-    def _read(self, key: str):
-        if key not in self.pairs:
-            return self.store[key]
-        tensor = Mxfp4Tensor(np.asarray(self.store[self.pairs[key]]), np.asarray(self.store[key + "_scales"]))
-        return tensor if tensor.ndim == 3 else np.asarray(tensor)  # a matrix is one layer: decoded whole
-
-    def describe(self, key: str) -> TensorInfo:
-        if key not in self.pairs:
-            return tensor_info(self.store, key)
-        *lead, rows, groups, _ = tensor_info(self.store, self.pairs[key]).shape
-        return TensorInfo("BF16", (*lead, groups * 32, rows) if lead else (rows, groups * 32))
-
-
-def with_mxfp4(store: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The store, its MXFP4 pairs read as one dequantised tensor each (DequantisedMxfp4); the store
-    itself when it has none. A pair whose shapes do not match is a ValueError naming it."""
-    blocks_suffix, scales_suffix = MXFP4_SUFFIXES
-    pairs = {}
-    for key in store:
-        base = key.removesuffix(blocks_suffix)
-        if key.endswith(blocks_suffix) and base + scales_suffix in store and tensor_info(store, key).dtype == "U8":
-            shapes = tensor_info(store, key).shape, tensor_info(store, base + scales_suffix).shape
-            if len(shapes[0]) < 3 or shapes[0][-1] != 16 or tuple(shapes[0][:-1]) != tuple(shapes[1]):
-                raise ValueError(f"MXFP4 blocks {key!r} {list(shapes[0])} and scales {list(shapes[1])}: expected "
-                                 "(..., rows, groups, 16) bytes and (..., rows, groups) scales")
-            pairs[base] = key
-    return DequantisedMxfp4(store, pairs) if pairs else store
-
-
-def dequantised(store: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The store with its quantised weights read as their values (with_float8_scales, with_mxfp4)."""
-    return with_mxfp4(with_float8_scales(store))
-
-
 def dequantised_float8(weight: np.ndarray, scale: np.ndarray, blocks: tuple[int, int]) -> np.ndarray:
     """float32 ``weight * scale``, each scale over its block of (rows, columns) ``blocks``
     (float8_blocks)."""
@@ -289,6 +192,107 @@ def _block(n: int, count: int) -> int | None:
     return size if size and math.ceil(n / size) == count else None
 
 
+# MXFP4 (OCP microscaling; gpt-oss's experts): ``{key}_blocks``, uint8 (..., rows, groups, 16), two
+# 4-bit E2M1 values per byte, the low nibble first; ``{key}_scales``, uint8 (..., rows, groups), the
+# power of two 2^(s - 127) of each group of 32 values.
+MXFP4_SUFFIXES = ("_blocks", "_scales")
+E2M1_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+
+
+class Mxfp4Tensor:
+    """An MXFP4 tensor, decoded when indexed: ``[e]`` decodes expert e's matrix alone, so a stack
+    of experts is never decoded whole (a gpt-oss-20b block's would be 1 GB in bfloat16).
+
+    In transformers' layout: stacked experts' blocks (E, rows, groups, 16) are (E, groups * 32,
+    rows), as transformers dequantises them for its modules (gpt-oss's ``gate_up_proj`` is
+    (E, hidden, 2 x intermediate)); a matrix's (rows, groups, 16) are (rows, groups * 32). Values
+    are bfloat16, which holds every MXFP4 value exactly (two significant bits, float32's exponents)."""
+
+    def __init__(self, blocks: np.ndarray, scales: np.ndarray):
+        self.blocks, self.scales = blocks, scales
+        self.shape = mxfp4_shape(blocks.shape)
+        self.ndim = len(self.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+
+    def __getitem__(self, index):
+        if self.ndim == 3 and isinstance(index, (int, np.integer)):
+            return dequantised_mxfp4(self.blocks[index], self.scales[index]).T.astype(self.dtype, order="C")
+        return np.asarray(self)[index]
+
+    def __array__(self, dtype=None, copy=None):
+        whole = (np.stack([self[e] for e in range(self.shape[0])]) if self.ndim == 3
+                 else dequantised_mxfp4(self.blocks, self.scales).astype(self.dtype))
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def mxfp4_shape(blocks_shape: tuple) -> tuple:
+    """The decoded shape of MXFP4 blocks (Mxfp4Tensor: stacked experts in transformers' layout)."""
+    *lead, rows, groups, _ = blocks_shape
+    return (*lead, groups * 32, rows) if lead else (rows, groups * 32)
+
+
+def dequantised_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 (rows, groups * 32) from MXFP4 blocks (rows, groups, 16) and scales (rows, groups)."""
+    blocks = np.asarray(blocks, dtype=np.uint8)
+    values = np.empty(blocks.shape[:-1] + (32,), dtype=np.float32)
+    values[..., 0::2] = E2M1_VALUES[blocks & 0x0F]
+    values[..., 1::2] = E2M1_VALUES[blocks >> 4]
+    np.ldexp(values, (np.asarray(scales, dtype=np.int32) - 127)[..., None], out=values)
+    return values.reshape(blocks.shape[0], -1)
+
+
+class DequantisedMxfp4(LazyTensors):
+    """A lazy store whose MXFP4 pairs (``{key}_blocks`` with ``{key}_scales`` of matching shape)
+    are one tensor ``{key}``, an Mxfp4Tensor in the blocks' place, under the name transformers
+    loads it as (gpt-oss's ``mlp.experts.gate_up_proj``); the scales stay (coverage: quantisation
+    scales) and every other tensor is as stored.
+
+    Why: the packed bytes are no matrix, so without this a gpt-oss checkpoint's experts, nearly all
+    of its weights, would be left out as integer buffers."""
+
+    def __init__(self, store: Mapping[str, Any], pairs: Mapping[str, str]):
+        self.store, self.pairs = store, dict(pairs)  # {key}: its blocks' key
+        blocks = {block: key for key, block in self.pairs.items()}
+        super().__init__({blocks.get(key, key): partial(self._read, blocks.get(key, key)) for key in store})
+
+    def _read(self, key: str):
+        if key not in self.pairs:
+            return self.store[key]
+        tensor = Mxfp4Tensor(np.asarray(self.store[self.pairs[key]]), np.asarray(self.store[key + "_scales"]))
+        return tensor if tensor.ndim == 3 else np.asarray(tensor)  # a matrix is one layer: decoded whole
+
+    def describe(self, key: str) -> TensorInfo:
+        if key not in self.pairs:
+            return tensor_info(self.store, key)
+        return TensorInfo("BF16", mxfp4_shape(tensor_info(self.store, self.pairs[key]).shape))
+
+
+def with_mxfp4(store: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The store, its MXFP4 pairs read as one dequantised tensor each (DequantisedMxfp4); the store
+    itself when it has none. A pair whose shapes do not match is a ValueError naming it."""
+    blocks_suffix, scales_suffix = MXFP4_SUFFIXES
+    pairs = {}
+    for key in store:
+        base = key.removesuffix(blocks_suffix)
+        if key.endswith(blocks_suffix) and base + scales_suffix in store and tensor_info(store, key).dtype == "U8":
+            shapes = tensor_info(store, key).shape, tensor_info(store, base + scales_suffix).shape
+            if len(shapes[0]) < 3 or shapes[0][-1] != 16 or tuple(shapes[0][:-1]) != tuple(shapes[1]):
+                raise ValueError(f"MXFP4 blocks {key!r} {list(shapes[0])} and scales {list(shapes[1])}: expected "
+                                 "(..., rows, groups, 16) bytes and (..., rows, groups) scales")
+            pairs[base] = key
+    return DequantisedMxfp4(store, pairs) if pairs else store
+
+
+def dequantised(store: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The store with its quantised weights read as their values (with_float8_scales, with_mxfp4)."""
+    return with_mxfp4(with_float8_scales(store))
+
+
 def _read_tensor(reader: SafetensorsReader, key: str):
     """The tensor as an array over a private map of the file's bytes (no copy:
     io.SafetensorsReader), in its stored dtype (bf16 and f8 as ml_dtypes' types)."""
@@ -307,8 +311,13 @@ def describe_tensor(value) -> TensorInfo:
         return value
     if isinstance(value, np.ndarray):
         return TensorInfo(safetensors_dtype(value.dtype), tuple(value.shape))
-    names = {dtype: name for name, dtype in safetensors_dtypes().items()}
-    return TensorInfo(names.get(value.dtype, str(value.dtype).removeprefix("torch.")), tuple(value.shape))
+    return TensorInfo(torch_dtype_name(value.dtype), tuple(value.shape))
+
+
+def torch_dtype_name(dtype) -> str:
+    """The safetensors name of a torch dtype ("BF16"), or torch's own for one safetensors lacks."""
+    names = {candidate: name for name, candidate in safetensors_dtypes().items()}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
 
 
 def as_torch(value):

@@ -32,10 +32,8 @@ from zooscope.tensors import (
     LazyTensors, RenamedTensors, TensorInfo, TensorStore, is_torch_tensor, num_parameters, tensor_info,
     dequantised,
 )
-from zooscope.sources import dcp, pt2
+from zooscope.sources import dcp, inert, pt2, torchscript
 from zooscope.sources.base import CONVERT_HINT, FetchError
-from zooscope.sources.dcp import CHUNKS_GLOB as DCP_CHUNKS, METADATA as DCP_METADATA, is_dcp_folder
-from zooscope.sources.torchscript import archive_root, read_torchscript
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -62,7 +60,6 @@ DIRECTORY_LAYOUTS = (
     ("safetensors", "model.safetensors.index.json", "model.safetensors"),
     ("torch", "pytorch_model.bin.index.json", "pytorch_model.bin"),
 )
-FORMATS = ("safetensors", "torch", "torchscript", "pt2", "npz", "dcp")
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ def read_checkpoint(path: Path, model: str, key: str | None = None) -> Checkpoin
         found_key, part = choose(candidates(nested), model, path, key)
         tensors = dcp.DcpStore(path, {name: by_placeholder[id(value)] for name, value in part.items()}, model)
     elif file_format == "torchscript":  # its modules' tensors, a state dict (no wrappers)
-        tensors, found_key, lightning = read_torchscript(path, model), None, False
+        tensors, found_key, lightning = torchscript.read_torchscript(path, model), None, False
     elif file_format == "pt2":
         tensors, found_key, lightning = pt2.read_pt2(path, model), None, False
     else:
@@ -225,11 +222,11 @@ def zip_format(path: Path) -> str | None:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return "torch"  # torch.load reports what is wrong with it
-    if archive_root(names) is not None:
+    if torchscript.archive_root(names) is not None:
         return "torchscript"
     if pt2.archive_root(names) is not None:
         return "pt2"
-    if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+    if inert.pickle_root(names) is not None:
         return "torch"
     if names and all(name.endswith(".npy") for name in names):
         return "npz"
@@ -248,15 +245,15 @@ def checkpoint_files(path: Path, model: str) -> tuple[str, list[Path]]:
                 return file_format, shard_files(path / index, model)
             if (path / single).is_file():
                 return file_format, [path / single]
-        if is_dcp_folder(path):
-            return "dcp", [path / DCP_METADATA, *sorted(path.glob(DCP_CHUNKS))]
+        if dcp.is_dcp_folder(path):
+            return "dcp", [path / dcp.METADATA, *sorted(path.glob(dcp.CHUNKS_GLOB))]
         shards = sorted(path.glob("*.safetensors"))
         if shards:
             return "safetensors", shards
         looked_for = ", ".join(name for _, index, single in DIRECTORY_LAYOUTS for name in (index, single))
         raise FetchError(
             f"model {model!r}: no weights in directory {path}; looked for {looked_for}, *.safetensors, "
-            f"{DCP_METADATA} with {DCP_CHUNKS} (a torch.distributed.checkpoint folder)"
+            f"{dcp.METADATA} with {dcp.CHUNKS_GLOB} (a torch.distributed.checkpoint folder)"
         )
     found = sniff(path)
     if found == "index":
@@ -365,7 +362,7 @@ def load_torch(path: Path, model: str) -> Any:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if zipfile.is_zipfile(path):
-            return objects_as_data(path, model, refusal_reason(error))
+            return objects_as_data(path, model)
         raise FetchError(
             f"model {model!r}: refusing to load {path}: {refusal_reason(error)}; "
             f"zooscope never runs pickled code: {CONVERT_HINT}"
@@ -377,21 +374,19 @@ def load_torch(path: Path, model: str) -> Any:
         ) from None
 
 
-def objects_as_data(path: Path, model: str, why: str) -> Any:
+def objects_as_data(path: Path, model: str) -> Any:
     """A torch.save zip whose pickle holds objects, read as data (load_torch); a FetchError naming
     what the pickle would call when it calls anything."""
-    from zooscope.sources.inert import load_objects, module_states
-
     try:
-        loaded = module_states(load_objects(path))
+        loaded = inert.module_states(inert.load_objects(path))
     except pickle.UnpicklingError as error:
-        raise FetchError(f"model {model!r}: refusing to load {path}: {why}, and {error}; zooscope never runs "
+        raise FetchError(f"model {model!r}: refusing to load {path}: {error}; zooscope never runs "
                          f"pickled code: {CONVERT_HINT}") from None
     except Exception as error:  # a damaged archive: any of zipfile's, pickle's and torch's errors
         raise FetchError(f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
                          f"{type(error).__name__}: {error}") from None
-    log.warning("model %s: %s pickles objects, not only tensors %s; they are read as inert data and "
-                "nothing in the file is run", model, path, why.removeprefix("loading it would run pickled code "))
+    log.warning("model %s: %s pickles objects, not only tensors; they are read as inert data and nothing in "
+                "the file is run", model, path)
     return loaded
 
 

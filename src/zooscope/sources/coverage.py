@@ -12,7 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from zooscope.io import FLOAT_DTYPES
-from zooscope.layers import LayerList, split_parts, tree_weights
+from zooscope.layers import WEIGHT_NORM_SUFFIXES, LayerList, split_parts, tree_weights
 from zooscope.tensors import FLOAT8_SCALE_SUFFIXES, MXFP4_SUFFIXES, RenamedTensors, TensorInfo, describe_tensor, tensor_info
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ REASONS = (
     "filtered", "over a cap", "below min_evals", "failed", "training state", "quantisation scale",
 )
 # The magnitude g of a weight-norm parametrisation, under transformers 5's and older names.
-WEIGHT_NORM_MAGNITUDES = (".parametrizations.weight.original0", ".weight_g")
+WEIGHT_NORM_MAGNITUDES = tuple(magnitude for _, magnitude in WEIGHT_NORM_SUFFIXES)
 COVERAGE_COLUMNS = ("tensor", "shape", "dtype", "analysed", "layer", "reason", "detail")
 # The counts models.tsv gains (coverage_counts), kept in the fit stage's summary.json.
 COVERAGE_COUNTS = ("num_tensors", "num_tensors_analysed", "tensors_left_out")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zooscope.sources.base import CONVERT_HINT, FetchError
-from zooscope.tensors import LazyTensors, TensorInfo, safetensors_dtypes
+from zooscope.tensors import LazyTensors, TensorInfo, torch_dtype_name
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -151,9 +151,7 @@ class DcpStore(LazyTensors):
         self.folder, self.tensors, self.model = folder, dict(tensors), model
 
     def describe(self, key: str) -> TensorInfo:
-        tensor = self.tensors[key]
-        names = {dtype: name for name, dtype in safetensors_dtypes().items()}
-        return TensorInfo(names.get(tensor.dtype, str(tensor.dtype).removeprefix("torch.")), tensor.size)
+        return TensorInfo(torch_dtype_name(self.tensors[key].dtype), self.tensors[key].size)
 
     def _read(self, tensor: DcpTensor) -> Tensor:
         import torch

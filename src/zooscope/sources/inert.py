@@ -108,7 +108,8 @@ class InertUnpickler(pickle._Unpickler):  # the Python unpickler: its REDUCE can
 
 def pickle_root(names: list[str]) -> str | None:
     """The folder of a torch zip archive's ``data.pkl`` (``archive/``), or None."""
-    return next((name.removesuffix("data.pkl") for name in names if name.endswith("data.pkl")), None)
+    return next((name.removesuffix("data.pkl") for name in names if name == "data.pkl" or name.endswith("/data.pkl")),
+                None)
 
 
 def load_objects(path, callable_inert: Callable[[str], bool] = lambda module: False) -> Any:
