@@ -362,7 +362,7 @@ def load_torch(path: Path, model: str) -> Any:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if zipfile.is_zipfile(path):
-            return objects_as_data(path, model)
+            return objects_as_data(path, model, refusal_reason(error))
         raise FetchError(
             f"model {model!r}: refusing to load {path}: {refusal_reason(error)}; "
             f"zooscope never runs pickled code: {CONVERT_HINT}"
@@ -374,13 +374,13 @@ def load_torch(path: Path, model: str) -> Any:
         ) from None
 
 
-def objects_as_data(path: Path, model: str) -> Any:
-    """A torch.save zip whose pickle holds objects, read as data (load_torch); a FetchError naming
-    what the pickle would call when it calls anything."""
+def objects_as_data(path: Path, model: str, why: str) -> Any:
+    """A torch.save zip whose pickle holds objects, read as data (load_torch); when it calls
+    anything, a FetchError with ``why`` (the weights-only unpickler's refusal) and what it calls."""
     try:
         loaded = inert.module_states(inert.load_objects(path))
     except pickle.UnpicklingError as error:
-        raise FetchError(f"model {model!r}: refusing to load {path}: {error}; zooscope never runs "
+        raise FetchError(f"model {model!r}: refusing to load {path}: {why}, and {error}; zooscope never runs "
                          f"pickled code: {CONVERT_HINT}") from None
     except Exception as error:  # a damaged archive: any of zipfile's, pickle's and torch's errors
         raise FetchError(f"model {model!r}: cannot read PyTorch file {path} (corrupt or truncated?): "
